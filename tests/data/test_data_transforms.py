@@ -1,0 +1,107 @@
+"""BatchTransform: shapes, channel handling, exact determinism from the generator, real flips."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from visionsmith.config import AugmentConfig
+from visionsmith.data import BatchTransform
+
+MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+def images(b=16, c=1, s=28, seed=0) -> torch.Tensor:
+    return torch.randint(0, 256, (b, c, s, s), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed))
+
+
+def gen(seed):
+    return torch.Generator().manual_seed(seed)
+
+
+@pytest.mark.parametrize("train", [True, False])
+@pytest.mark.parametrize("c, in_chans", [(1, 1), (1, 3), (3, 3), (3, 1)])
+def test_shape_dtype(train, c, in_chans):
+    t = BatchTransform(train, 32, MEAN, STD, in_chans, AugmentConfig(translate=0.1))
+    out = t(images(c=c), gen(0))
+    assert out.shape == (16, in_chans, 32, 32) and out.dtype == torch.float32 and out.is_contiguous()
+    assert torch.isfinite(out).all()
+
+
+def test_same_generator_state_gives_identical_batches():
+    t = BatchTransform(True, 32, MEAN, STD, 3, AugmentConfig(scale=(0.5, 1.0), translate=0.1))
+    x = images(64)
+    a, b = t(x, gen(7)), t(x, gen(7))
+    assert torch.equal(a, b)
+    assert not torch.equal(a, t(x, gen(8)))
+    g = gen(7)
+    first, second = t(x, g), t(x, g)
+    assert torch.equal(first, a) and not torch.equal(first, second)  # the generator advances
+    # resuming from a saved generator state reproduces the next batch exactly
+    g = gen(3)
+    t(x, g)
+    state = g.get_state()
+    nxt = t(x, g)
+    g2 = torch.Generator()
+    g2.set_state(state)
+    assert torch.equal(t(x, g2), nxt)
+
+
+def test_eval_is_deterministic_plain_resize_and_normalise():
+    t = BatchTransform(False, 32, MEAN, STD, 1, AugmentConfig())
+    x = images(8)
+    a, b = t(x), t(x, gen(1))
+    assert torch.equal(a, b)
+    mean, std = sum(MEAN) / 3, sum(STD) / 3  # one channel: the mean of the RGB statistics
+    ref = (F.interpolate(x.float() / 255, size=(32, 32), mode="bilinear", align_corners=False) - mean) / std
+    assert torch.allclose(a, ref, atol=1e-5)
+    assert t.mean.shape == (1, 1, 1, 1) and abs(t.mean.item() - mean) < 1e-6
+    down = BatchTransform(False, 14, MEAN, STD, 3, AugmentConfig())(images(2, c=3))
+    assert down.shape == (2, 3, 14, 14)
+
+
+def test_gray_to_rgb_repeats_and_rgb_to_gray_uses_luma():
+    t = BatchTransform(False, 28, MEAN, STD, 3, AugmentConfig())
+    px = t.to_pixels(t(images(4)))
+    assert torch.allclose(px[:, 0], px[:, 1], atol=1e-6) and torch.allclose(px[:, 1], px[:, 2], atol=1e-6)
+    red = torch.zeros(1, 3, 28, 28, dtype=torch.uint8)
+    red[:, 0] = 255
+    g = BatchTransform(False, 28, MEAN, STD, 1, AugmentConfig())
+    assert torch.allclose(g.to_pixels(g(red)), torch.full((1, 1, 28, 28), 0.299), atol=1e-5)
+
+
+def test_to_pixels_undoes_normalize():
+    t = BatchTransform(True, 28, MEAN, STD, 3, AugmentConfig())
+    x = torch.rand(2, 3, 28, 28)
+    assert torch.allclose(t.to_pixels(t.normalize(x)), x, atol=1e-6)
+
+
+def test_flip_flips_about_half_the_time():
+    # no crop, no shift, same size: every output is exactly the input or its mirror image
+    t = BatchTransform(True, 28, MEAN, STD, 1, AugmentConfig(hflip=True, scale=(1.0, 1.0), translate=0.0))
+    x = images(400)
+    px = t.to_pixels(t(x, gen(0)))
+    src = x.float() / 255
+    same = (px - src).abs().flatten(1).max(1).values < 1e-5
+    mirrored = (px - src.flip(-1)).abs().flatten(1).max(1).values < 1e-5
+    assert (same ^ mirrored).all()
+    assert 0.4 < mirrored.float().mean() < 0.6
+    no_flip = BatchTransform(True, 28, MEAN, STD, 1, AugmentConfig(hflip=False, scale=(1.0, 1.0)))
+    assert torch.allclose(no_flip.to_pixels(no_flip(x, gen(0))), src, atol=1e-5)
+
+
+def test_crop_and_translate_change_content():
+    x = images(32)
+    crop = BatchTransform(True, 28, MEAN, STD, 1, AugmentConfig(hflip=False, scale=(0.3, 0.3)))
+    px = crop.to_pixels(crop(x, gen(0)))
+    assert (px - x.float() / 255).abs().mean() > 0.1  # zoomed in: not the input
+    ones = torch.full((32, 1, 28, 28), 255, dtype=torch.uint8)
+    shift = BatchTransform(True, 28, MEAN, STD, 1, AugmentConfig(hflip=False, scale=(1.0, 1.0), translate=0.2))
+    border = shift.to_pixels(shift(ones, gen(0)))
+    assert (border < 0.01).flatten(1).any(1).float().mean() > 0.9  # shifted in: black edges
+
+
+def test_large_inputs_are_shrunk_before_warping():
+    t = BatchTransform(True, 16, MEAN, STD, 3, AugmentConfig(scale=(0.25, 1.0)))
+    out = t(images(4, c=3, s=128), gen(0))
+    assert out.shape == (4, 3, 16, 16)

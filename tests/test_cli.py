@@ -1,0 +1,131 @@
+"""End to end from the command line: digits recipe -> run folder -> eval, predict, report; and
+the one-line errors a user gets for bad input."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from sklearn.datasets import load_digits
+
+REPO = Path(__file__).resolve().parents[1]
+DIGITS = REPO / "recipes" / "digits.yaml"
+
+
+@pytest.fixture(scope="module")
+def digits_run(tmp_path_factory):
+    """One real training run of recipes/digits.yaml through the CLI, shared by the tests below."""
+    import os
+    import subprocess
+    import sys
+    out = tmp_path_factory.mktemp("cli") / "digits"
+    res = subprocess.run([sys.executable, "-m", "visionsmith", "train", str(DIGITS), "train.threads=1",
+                          "--out", str(out)], capture_output=True, text=True,
+                         env={**os.environ, "HF_HUB_OFFLINE": "1"}, timeout=600)
+    assert res.returncode == 0, res.stderr
+    return out, res
+
+
+def test_train_writes_a_complete_run_folder(digits_run):
+    out, res = digits_run
+    for name in ["config.yaml", "metrics.jsonl", "run.json", "eval.json", "eval_worst.npz", "report.html",
+                 "model_card.md", "checkpoints/last.safetensors", "checkpoints/best.safetensors"]:
+        assert (out / name).is_file(), name
+    info = json.loads((out / "run.json").read_text())
+    assert info["status"] == "done" and info["seed"] == 0 and info["env"]["torch"]
+    assert "git" in info and info["params"]["trainable"] > 0
+    ev = json.loads((out / "eval.json").read_text())
+    assert ev["acc"] > 0.85, ev["acc"]  # 8x8 digits: a small CNN gets ~0.95+ in 8 epochs
+    assert "test accuracy" in res.stdout and str(out) in res.stdout
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    assert {r["split"] for r in rows} == {"train", "val"}
+    html = (out / "report.html").read_text()
+    assert "data:image/png;base64" in html and "<script src=\"http" not in html
+
+
+def test_eval_and_json(digits_run, cli):
+    out, _ = digits_run
+    res = cli("eval", out, "--json")
+    m = json.loads(res.stdout)
+    ev = json.loads((out / "eval.json").read_text())
+    assert m["acc"] == pytest.approx(ev["acc"])  # re-evaluation gives the same number
+    assert len(m["confusion"]) == 10
+    text = cli("eval", out, "--split", "val").stdout
+    assert "precision" in text and "val: accuracy" in text
+
+
+def test_predict_answers_good_files_and_lists_bad_ones(digits_run, cli, tmp_path):
+    out, _ = digits_run
+    d = load_digits()
+    folder = tmp_path / "imgs"
+    folder.mkdir()
+    for i in range(6):  # real digits, written as 8-bit PNGs at 4x size
+        img = (d.images[i] * 255 / 16).astype(np.uint8)
+        Image.fromarray(img).resize((32, 32), Image.NEAREST).save(folder / f"{i}_{d.target[i]}.png")
+    (folder / "broken.png").write_bytes(b"not an image at all")
+    (folder / "empty.png").write_bytes(b"")
+    res = cli("predict", out, folder, "--json", "--topk", "3")
+    js = json.loads(res.stdout)
+    assert len(js["predictions"]) == 6 and all(len(p["topk"]) == 3 for p in js["predictions"])
+    correct = sum(p["topk"][0]["class"] == Path(p["path"]).stem.split("_")[1] for p in js["predictions"])
+    assert correct >= 4
+    assert sorted(Path(b["path"]).name for b in js["bad"]) == ["broken.png", "empty.png"]
+    table = cli("predict", out, folder / "0_0.png", folder / "missing.png")
+    assert "0_0.png" in table.stdout and "missing.png" in table.stderr
+
+
+def test_help_explains_each_command(cli):
+    for cmd in ["quickstart", "train", "eval", "predict", "resume", "models", "datasets", "assets", "report"]:
+        res = cli(cmd, "--help")
+        assert "example" in res.stdout and "usage: visionsmith " + cmd in res.stdout
+
+
+def test_models_and_assets_listings(cli):
+    names = [m["name"] for m in json.loads(cli("models", "--json").stdout)]
+    assert {"mobilenetv2", "efficientnet_lite0", "simple_cnn", "resnet20"} <= set(names)
+    assets = json.loads(cli("assets", "--json").stdout)
+    assert all(a["ok"] for a in assets), assets
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["train", DIGITS, "train.lrr=1"], "unknown config key 'train.lrr'"),
+    (["train", "no-such-recipe"], "no config file or recipe named 'no-such-recipe'"),
+    (["train", DIGITS, "model.name=resnet21"], "unknown model 'resnet21'"),
+    (["eval", "/nonexistent/run"], "is not a run folder"),
+])
+def test_user_errors_are_one_line(cli, args, needle):
+    res = cli(*args, check=False)
+    assert res.returncode == 2
+    assert needle in res.stderr and "Traceback" not in res.stderr
+
+
+def test_checkpoint_of_another_architecture(digits_run, cli, tmp_path):
+    """A run folder whose config names another model than its weights: a clear error, not garbage."""
+    import shutil
+    out, _ = digits_run
+    other = tmp_path / "other"
+    shutil.copytree(out, other)
+    cfg = (other / "config.yaml").read_text().replace("name: simple_cnn", "name: resnet8")
+    (other / "config.yaml").write_text(cfg)
+    res = cli("eval", other, check=False)
+    assert res.returncode == 2 and "do not fit" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_half_written_run_folder(digits_run, cli, tmp_path):
+    import shutil
+    out, _ = digits_run
+    half = tmp_path / "half"
+    shutil.copytree(out, half)
+    (half / "checkpoints" / "last.safetensors").unlink()
+    res = cli("resume", half, check=False)
+    assert res.returncode == 2 and "no committed checkpoint" in res.stderr
+    (half / "checkpoints" / "best.safetensors").write_bytes(b"\x00" * 10)  # truncated weights
+    res = cli("eval", half, check=False)
+    assert res.returncode == 2 and "not a readable safetensors checkpoint" in res.stderr
+    # the report still renders what is there
+    assert (Path(cli("report", half).stdout.strip())).is_file()
+    # a new run refuses to overwrite an existing one
+    res = cli("train", DIGITS, "--out", out, check=False)
+    assert res.returncode == 2 and "already holds a run" in res.stderr

@@ -1,0 +1,161 @@
+"""The Python API; the CLI only wraps these functions.
+
+    import visionsmith
+    run = visionsmith.train("recipes/digits.yaml", overrides=["train.epochs=2"])
+    visionsmith.evaluate(run)
+    visionsmith.predict(run, ["shoe.png"])
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .config import Config, load_config
+from .engine import distributed as D
+from .engine.evaluate import evaluate_run
+from .engine.loop import fit
+from .engine.runfolder import read_json, write_json
+
+RECIPES = Path(__file__).resolve().parents[1] / "recipes"
+
+
+def find_recipe(name_or_path: str | Path) -> Path:
+    """A YAML path, or the name of a recipe in ``recipes/`` (``fashion-mnist-quick``)."""
+    p = Path(name_or_path)
+    if p.is_file():
+        return p
+    for cand in (RECIPES / f"{name_or_path}.yaml", RECIPES / str(name_or_path)):
+        if cand.is_file():
+            return cand
+    known = ", ".join(sorted(q.stem for q in RECIPES.glob("*.yaml")))
+    from .config import ConfigError
+    raise ConfigError(f"no config file or recipe named {str(name_or_path)!r}; recipes: {known}")
+
+
+def _as_config(config: Config | str | Path | None, overrides) -> Config:
+    if isinstance(config, Config):
+        from .config import apply_overrides, from_dict, to_dict
+        return from_dict(apply_overrides(to_dict(config), list(overrides))) if overrides else config
+    return load_config(find_recipe(config) if config is not None else None, list(overrides))
+
+
+def finish(run_dir: Path) -> dict:
+    """After training: test evaluation, published comparison, report and model card (rank 0)."""
+    from .report import published_fashion_mnist, write_model_card, write_report
+    info = read_json(run_dir / "run.json")
+    metrics = evaluate_run(run_dir, "test") if info.get("data", {}).get("test") else {}
+    if info.get("data", {}).get("name") == "fashion_mnist":
+        write_json(run_dir / "published.json", {"rows": published_fashion_mnist()})
+    write_report(run_dir)
+    write_model_card(run_dir)
+    return metrics
+
+
+def train(config: Config | str | Path | None = None, overrides=(), out: str | Path | None = None,
+          report: bool = True) -> Path:
+    """Train from a Config, a YAML path or a recipe name; returns the run folder."""
+    cfg = _as_config(config, overrides)
+    run_dir = fit(cfg, out=out)
+    return _after(run_dir, report)
+
+
+def resume(run_dir: str | Path, report: bool = True) -> Path:
+    """Continue a run from its last committed checkpoint, bit for bit on CPU."""
+    run_dir = Path(run_dir)
+    cfg = load_config(run_dir / "config.yaml") if (run_dir / "config.yaml").is_file() else None
+    if cfg is None:
+        from .engine.checkpoint import CheckpointError
+        raise CheckpointError(f"{run_dir} is not a run folder (no config.yaml)")
+    fit(cfg, resume=run_dir)
+    return _after(run_dir, report)
+
+
+def _after(run_dir: Path, report: bool) -> Path:
+    d = D.current()
+    if report and d.main:
+        finish(run_dir)
+    D.barrier(d)
+    D.shutdown(d)
+    return run_dir
+
+
+def evaluate(run_dir: str | Path, split: str = "test", which: str = "best") -> dict:
+    """Metrics of a run's weights on a split (writes eval.json for the test split)."""
+    return evaluate_run(Path(run_dir), split, which)
+
+
+@dataclass
+class Prediction:
+    path: str
+    topk: list[tuple[str, float]]  # (class, probability), best first
+
+
+@dataclass
+class PredictResult:
+    predictions: list[Prediction] = field(default_factory=list)
+    bad: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+
+
+IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+
+
+def _expand(inputs) -> list[Path]:
+    files = []
+    for item in inputs:
+        p = Path(item)
+        if p.is_dir():
+            files += sorted(q for q in p.rglob("*") if q.is_file() and q.suffix.lower() in IMAGE_EXTS)
+        else:
+            files.append(p)
+    return files
+
+
+@torch.no_grad()
+def predict(run_dir: str | Path, inputs, topk: int = 5, batch_size: int = 64) -> PredictResult:
+    """Top-k classes for each image file (folders are searched recursively).
+
+    Every good file gets an answer; bad ones (unreadable, not an image, too many pixels) are
+    listed in ``.bad`` with the reason, never raised.
+    """
+    from .data import DataError, image_to_uint8, load_image
+    from .engine.build import build_transforms, load_trained
+
+    cfg, model, classes, info = load_trained(run_dir)
+    _, eval_tf = build_transforms(cfg, model)
+    gray = info.get("data", {}).get("channels", 3) == 1
+    size = cfg.data.cache_size or cfg.data.image_size
+    res = PredictResult()
+    good, tensors = [], []
+    for f in _expand(inputs):
+        if not f.exists():
+            res.bad.append((str(f), "no such file"))
+            continue
+        try:
+            tensors.append(image_to_uint8(load_image(f, grayscale=gray), size, gray))
+            good.append(f)
+        except DataError as e:
+            res.bad.append((str(f), getattr(e, "reason", str(e))))
+    k = min(topk, len(classes))
+    for i in range(0, len(tensors), batch_size):
+        x = eval_tf(torch.stack(tensors[i:i + batch_size]), None)
+        probs = model(x).float().softmax(-1)
+        p, idx = probs.topk(k, dim=-1)
+        for f, pr, ix in zip(good[i:i + batch_size], p.tolist(), idx.tolist()):
+            res.predictions.append(Prediction(str(f), [(classes[j], q) for j, q in zip(ix, pr)]))
+    return res
+
+
+def report(run_dir: str | Path) -> Path:
+    """(Re)write report.html and model_card.md of a run folder, even a half-written one."""
+    from .report import write_model_card, write_report
+    run_dir = Path(run_dir)
+    write_model_card(run_dir)
+    return write_report(run_dir)
+
+
+def quickstart(out: str | Path | None = None, overrides=()) -> tuple[Path, dict]:
+    """Fine-tune the embedded ImageNet MobileNetV2 on Fashion-MNIST (recipe fashion-mnist-quick)."""
+    run_dir = train("fashion-mnist-quick", overrides, out=out)
+    return run_dir, read_json(run_dir / "eval.json")

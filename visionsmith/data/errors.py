@@ -1,0 +1,18 @@
+"""Errors for bad data: one line each, naming the file, folder or key and what to do about it."""
+from __future__ import annotations
+
+
+class DataError(ValueError):
+    """A dataset cannot be built as configured (empty folder, one class, unknown label, ...)."""
+
+
+class BadImageError(DataError):
+    """One file cannot be decoded as an image.  ``path`` is the file, ``reason`` says why."""
+
+    def __init__(self, path, reason: str):
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"{self.path}: {reason}")
+
+    def __reduce__(self):  # keep it picklable (worker processes, multiprocessing pools)
+        return (type(self), (self.path, self.reason))

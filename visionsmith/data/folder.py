@@ -1,0 +1,110 @@
+"""An image folder: ``root/<class>/**/<image>``, or ``root/{train,val,test}/<class>/...``.
+
+Class names are the sub-folder names, sorted (or ``data.classes`` in that order).  Files are
+found recursively; hidden files and folders (``.DS_Store``, ``.ipynb_checkpoints``) are ignored;
+files whose extension is not an image's are reported as skipped, never silently dropped.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from .dataset import ImageDataset
+from .errors import DataError
+from .files import dataset_from_files
+from .images import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, has_image_extension
+
+SPLIT_NAMES = ("train", "val", "test")
+
+
+def _visible_dirs(root: Path) -> list[str]:
+    return sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
+
+
+def split_layout(root: str | os.PathLike) -> dict[str, Path] | None:
+    """``{"train": root/train, "test": root/test, ...}`` when root holds only split folders
+    (at least ``train``), else None (root holds class folders)."""
+    root = Path(root)
+    dirs = _visible_dirs(root)
+    if "train" in dirs and set(dirs) <= set(SPLIT_NAMES):
+        return {s: root / s for s in SPLIT_NAMES if s in dirs}
+    return None
+
+
+def check_root(root: str | os.PathLike | None) -> Path:
+    if not root:
+        raise DataError("data.root is not set; point it at a folder of class folders (root/<class>/<image>)")
+    root = Path(root).expanduser()
+    if not root.exists():
+        raise DataError(f"data.root {root} does not exist")
+    if not root.is_dir():
+        raise DataError(f"data.root {root} is not a folder")
+    return root
+
+
+def scan(root: Path, classes: list[str] | None = None,
+         allow_missing: bool = False) -> tuple[list[str], list[tuple[str, int]], list[tuple[str, str]]]:
+    """Find the files of ``root/<class>/...``.  -> (classes, [(path, label)], skipped).
+
+    ``classes`` fixes the class list (a test folder must use the train folder's classes); a
+    folder not in it is a ``DataError``; a class without a folder is one unless ``allow_missing``.
+    """
+    dirs = _visible_dirs(root)
+    loose = sorted(e.path for e in os.scandir(root) if e.is_file() and not e.name.startswith("."))
+    if not dirs:
+        n_img = sum(map(has_image_extension, loose))
+        hint = f" ({n_img} images lie directly in it: move them into one folder per class)" if n_img else ""
+        raise DataError(f"no class folders in {root}{hint}; expected {root}/<class>/<image>.png")
+    if classes is None:
+        classes = dirs
+    else:
+        extra = [d for d in dirs if d not in classes]
+        if extra:
+            raise DataError(f"{root} has folders that are not classes: {', '.join(extra)}; "
+                            f"classes are {', '.join(classes)}")
+        missing = [c for c in classes if c not in dirs]
+        if missing and not allow_missing:
+            raise DataError(f"class {missing[0]!r} has no folder {root / missing[0]}")
+    skipped = [(p, "not inside a class folder") for p in loose]
+    items: list[tuple[str, int]] = []
+    for label, name in enumerate(classes):
+        if name not in dirs:
+            continue
+        for dirpath, subdirs, files in os.walk(root / name, followlinks=True):
+            subdirs[:] = sorted(d for d in subdirs if not d.startswith("."))  # prune hidden, walk in order
+            for f in sorted(files):
+                if f.startswith("."):
+                    continue
+                p = os.path.join(dirpath, f)
+                if has_image_extension(p):
+                    items.append((p, label))
+                else:
+                    skipped.append((p, f"not an image file extension ({Path(f).suffix or 'none'}); "
+                                       f"images are {' '.join(IMAGE_EXTENSIONS)}"))
+    return list(classes), items, skipped
+
+
+def load(root: str | os.PathLike, size: int, grayscale: bool = False, strict: bool = False,
+         classes: list[str] | None = None, max_pixels: int = DEFAULT_MAX_PIXELS) -> dict[str, ImageDataset]:
+    """``{"train": ..., ["val": ..., "test": ...]}`` decoded at ``size``: images uint8 ``[N, C, size, size]``.
+
+    A plain ``root/<class>/`` tree gives only "train"; ``root/train`` + ``root/test`` (+ ``root/val``)
+    give those splits, with the classes taken from ``root/train``.
+    """
+    root = check_root(root)
+    layout = split_layout(root) or {"train": root}
+    out = {}
+    for split, folder in layout.items():
+        is_train = split == "train"
+        cls, items, skipped = scan(folder, classes, allow_missing=not is_train)
+        if is_train:
+            classes = cls
+            if len(classes) < 2:
+                raise DataError(f"only one class folder ({classes[0]!r}) in {folder}; a classifier needs at "
+                                f"least two: add a folder per class")
+        if not items:
+            raise DataError(f"no image files in {folder} (looked for {' '.join(IMAGE_EXTENSIONS)} "
+                            f"inside {folder}/<class>/)")
+        out[split] = dataset_from_files(items, classes, f"folder/{split}", size, grayscale, strict, skipped,
+                                        require_all_classes=is_train, where=str(folder), max_pixels=max_pixels)
+    return out

@@ -1,0 +1,135 @@
+"""Batched, seeded image transforms on tensors (no PIL, no per-sample Python loop).
+
+Training augmentation is one affine warp per sample: random-resized-crop, translation and
+horizontal flip are folded into a 2x3 matrix per image, and a single ``F.affine_grid`` +
+``F.grid_sample`` call crops, flips, shifts and resizes the whole batch to ``image_size``.  All
+random numbers come from the ``torch.Generator`` passed in (drawn on the generator's device,
+usually the CPU, whatever device the images are on), so the same generator state gives
+bit-identical batches: that is what makes a resumed run see exactly the batches the interrupted
+one would have seen.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from ..config import AugmentConfig
+
+_LUMA = (0.299, 0.587, 0.114)  # ITU-R 601, the same weights as Pillow's convert("L")
+_LOG_RATIO = (math.log(3 / 4), math.log(4 / 3))  # aspect range of the random crop
+
+
+class BatchTransform:
+    """uint8 ``[B, C, h, w]`` -> float32 ``[B, in_chans, image_size, image_size]``, normalised.
+
+    Steps: scale to [0, 1]; match channels (gray -> RGB by repeating, RGB -> gray by luma);
+    train: per-sample random-resized-crop (area in ``augment.scale``, aspect in [3/4, 4/3]),
+    shift of up to ``augment.translate`` of the side, horizontal flip with p=0.5 (pixels warped
+    in from outside the image are black); eval: plain bilinear resize (antialiased when
+    shrinking); then ``(x - mean) / std``.
+
+    ``mean``/``std`` are 3-tuples; with ``in_chans == 1`` their channel means are used.  The
+    tensors ``self.mean``/``self.std`` are ``[1, in_chans, 1, 1]``; ``to_pixels`` undoes the
+    normalisation (attacks, plots) and ``normalize`` applies it to [0, 1] pixels.
+    """
+
+    def __init__(self, train: bool, image_size: int, mean: tuple, std: tuple, in_chans: int,
+                 augment: AugmentConfig | None = None):
+        if in_chans not in (1, 3):
+            raise ValueError(f"in_chans must be 1 or 3, got {in_chans}")
+        self.train = train
+        self.image_size = int(image_size)
+        self.in_chans = in_chans
+        self.augment = augment or AugmentConfig()
+        mean_t, std_t = torch.tensor(mean, dtype=torch.float32), torch.tensor(std, dtype=torch.float32)
+        if in_chans == 1 and mean_t.numel() != 1:
+            mean_t, std_t = mean_t.mean().reshape(1), std_t.mean().reshape(1)
+        self.mean = mean_t.reshape(1, -1, 1, 1).expand(1, in_chans, 1, 1).contiguous()
+        self.std = std_t.reshape(1, -1, 1, 1).expand(1, in_chans, 1, 1).contiguous()
+
+    def __repr__(self) -> str:
+        return (f"BatchTransform(train={self.train}, image_size={self.image_size}, in_chans={self.in_chans}, "
+                f"augment={self.augment})")
+
+    def __call__(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """images uint8 ``[B, C, h, w]`` (or float in [0, 1]) -> float32 ``[B, in_chans, S, S]``.
+
+        ``generator`` feeds every random choice in training mode (None: the global RNG, which
+        makes the batch unreproducible on resume); eval mode uses no randomness at all.
+        """
+        if images.dim() != 4:
+            raise ValueError(f"expected images [B, C, H, W], got shape {tuple(images.shape)}")
+        x = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
+        c = x.shape[1]
+        if c == 3 and self.in_chans == 1:  # reduce before warping: a third of the work
+            x = (x * x.new_tensor(_LUMA).view(1, 3, 1, 1)).sum(1, keepdim=True)
+        elif c != self.in_chans and c != 1:
+            raise ValueError(f"cannot turn {c}-channel images into {self.in_chans} channels")
+        x = self._augment(x, generator) if self.train else self._resize(x)
+        if x.shape[1] != self.in_chans:  # 1 -> 3 after warping: the warp ran on one channel
+            x = x.expand(-1, self.in_chans, -1, -1)
+        return self.normalize(x)
+
+    def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
+        """[0, 1] pixels ``[B, in_chans, H, W]`` -> model input (a new contiguous float32 tensor)."""
+        return ((pixels - self.mean.to(pixels.device)) / self.std.to(pixels.device)).contiguous()
+
+    def to_pixels(self, x: torch.Tensor) -> torch.Tensor:
+        """Model input ``[B, in_chans, H, W]`` -> [0, 1] pixels (clamped)."""
+        return (x * self.std.to(x.device) + self.mean.to(x.device)).clamp(0, 1)
+
+    # -- eval ---------------------------------------------------------------------------------
+
+    def _resize(self, x: torch.Tensor) -> torch.Tensor:
+        s = self.image_size
+        if x.shape[-2:] == (s, s):
+            return x
+        shrink = x.shape[-1] > s or x.shape[-2] > s
+        return F.interpolate(x, size=(s, s), mode="bilinear", align_corners=False, antialias=shrink)
+
+    # -- train --------------------------------------------------------------------------------
+
+    def sample_params(self, batch: int, generator: torch.Generator | None) -> torch.Tensor:
+        """float32 ``[B, 2, 3]`` affine matrices (output -> input coordinates, in [-1, 1] units).
+
+        Seven uniforms per sample are always drawn, whatever is switched off, so the generator
+        advances by the same amount for every config.
+        """
+        dev = generator.device if generator is not None else torch.device("cpu")
+        u = torch.rand(batch, 7, generator=generator, device=dev).cpu()
+        lo, hi = self.augment.scale
+        area = lo + (hi - lo) * u[:, 0]
+        # Aspect ratio r, log-uniform within [3/4, 4/3] narrowed to [area, 1/area] so that the crop
+        # (sqrt(area*r) x sqrt(area/r)) always fits: the area is exact and scale=(1, 1) is no crop.
+        # (torchvision gets the same by rejection sampling, which costs a Python loop.)
+        log_area = torch.log(area)
+        lo_r = log_area.clamp(min=_LOG_RATIO[0])
+        hi_r = (-log_area).clamp(max=_LOG_RATIO[1])
+        ratio = torch.exp(lo_r + (hi_r - lo_r) * u[:, 1])
+        w = torch.sqrt(area * ratio).clamp(max=1.0)  # crop side as a fraction of the image side
+        h = torch.sqrt(area / ratio).clamp(max=1.0)  # (the clamps only absorb rounding)
+        cx = (1 - w) * (2 * u[:, 2] - 1)  # crop centre: anywhere that keeps the crop inside
+        cy = (1 - h) * (2 * u[:, 3] - 1)
+        t = 2 * self.augment.translate  # a fraction of the side is 2x that in [-1, 1] units
+        cx = cx + t * (2 * u[:, 4] - 1)
+        cy = cy + t * (2 * u[:, 5] - 1)
+        flip = torch.where(u[:, 6] < 0.5, -1.0, 1.0) if self.augment.hflip else torch.ones(batch)
+        theta = torch.zeros(batch, 2, 3)
+        theta[:, 0, 0] = w * flip  # a negative x scale mirrors the output left-right
+        theta[:, 0, 2] = cx
+        theta[:, 1, 1] = h
+        theta[:, 1, 2] = cy
+        return theta
+
+    def _augment(self, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+        s = self.image_size
+        # grid_sample does not antialias: bring large inputs down first so the smallest crop is
+        # sampled about 1:1 and larger crops shrink by at most 1/sqrt(scale_min).
+        pre = math.ceil(s / math.sqrt(self.augment.scale[0]))
+        if min(x.shape[-2:]) > pre:
+            x = F.interpolate(x, size=(pre, pre), mode="bilinear", align_corners=False, antialias=True)
+        theta = self.sample_params(x.shape[0], generator).to(device=x.device, dtype=x.dtype)
+        grid = F.affine_grid(theta, [x.shape[0], x.shape[1], s, s], align_corners=False)
+        return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)

@@ -1,0 +1,84 @@
+"""Inference over an in-memory dataset: logits for every image, in order."""
+from __future__ import annotations
+
+import contextlib
+
+import torch
+import torch.nn as nn
+from tqdm.auto import tqdm
+
+from ..data import BatchTransform, ImageDataset
+
+
+@torch.no_grad()
+def predict_logits(model: nn.Module, ds: ImageDataset, transform: BatchTransform, batch_size: int,
+                   device: torch.device, channels_last: bool = False, amp_dtype: torch.dtype | None = None,
+                   progress: str | None = None) -> torch.Tensor:
+    """-> float32 logits [N, K] on CPU for ``ds.images`` [N, C, H, W], in dataset order."""
+    was_training = model.training
+    model.eval()
+    out = []
+    starts = range(0, len(ds), batch_size)
+    bar = tqdm(starts, desc=progress, unit="batch", leave=False, disable=progress is None)
+    for i in bar:
+        x = transform(ds.images[i:i + batch_size], None).to(device)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        ctx = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype else contextlib.nullcontext()
+        with ctx:
+            out.append(model(x).float().cpu())
+    model.train(was_training)
+    return torch.cat(out) if out else torch.empty(0)
+
+
+def evaluate_run(run_dir, split: str = "test", which: str = "best", worst_k: int = 16) -> dict:
+    """Evaluate a run's weights on ``split``; writes ``eval.json`` (+ ``eval_worst.npz``) for the
+    test split, ``eval-<split>.json`` otherwise.  Returns the metrics dict."""
+    import time
+    from pathlib import Path
+
+    import numpy as np
+
+    from ..data import build_datasets
+    from ..tasks.classification import compute_metrics, worst_mistakes
+    from .build import build_transforms, load_trained
+    from .runfolder import update_run_json, write_json
+
+    run_dir = Path(run_dir)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    cfg, model, classes, _ = load_trained(run_dir, which, device)
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    data = build_datasets(cfg.data, cfg.seed)
+    if split not in data or not len(data[split]):
+        raise ValueError(f"split {split!r} is empty for data {cfg.data.name!r}; choose from "
+                         f"{', '.join(k for k, v in data.items() if len(v))}")
+    ds = data[split]
+    if list(ds.classes) != list(classes):
+        raise ValueError(f"the run was trained on classes {classes} but the data now has {ds.classes}")
+    _, eval_tf = build_transforms(cfg, model)
+    if cfg.train.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    t0 = time.perf_counter()
+    logits = predict_logits(model, ds, eval_tf, cfg.train.eval_batch_size, device, cfg.train.channels_last,
+                            progress=f"eval {split}")
+    secs = time.perf_counter() - t0
+    m = compute_metrics(logits, ds.labels, classes)
+    worst = worst_mistakes(logits, ds.labels, k=worst_k)
+    m.update(split=split, weights=which, eval_s=round(secs, 2), eval_img_per_s=round(len(ds) / max(secs, 1e-9), 1),
+             worst=worst)
+    name = "eval.json" if split == "test" else f"eval-{split}.json"
+    write_json(run_dir / name, m)
+    if split == "test":
+        idx = torch.tensor([w["index"] for w in worst], dtype=torch.long)
+        np.savez_compressed(run_dir / "eval_worst.npz", images=ds.images[idx].numpy(),
+                            labels=np.array([w["label"] for w in worst]), preds=np.array([w["pred"] for w in worst]),
+                            confidence=np.array([w["confidence"] for w in worst]))
+        update_run_json(run_dir, test={"acc": m["acc"], "top5": m["top5"], "macro_f1": m["macro_f1"]},
+                        timing={**_timing(run_dir), "eval_s": round(secs, 2), "eval_img_per_s": m["eval_img_per_s"]})
+    return m
+
+
+def _timing(run_dir) -> dict:
+    from .runfolder import read_json
+    return read_json(run_dir / "run.json").get("timing", {})

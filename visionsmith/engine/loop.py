@@ -1,0 +1,251 @@
+"""The training loop: one readable function.
+
+Exactness on resume comes from making every random draw a pure function of (seed, epoch,
+batch, rank): the epoch's permutation, each batch's augmentation and the dropout seed of each
+step.  Together with the learning rate as a function of the step, a checkpoint needs only the
+weights, the optimizer, the EMA and a few counters to continue bit for bit.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import time
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+from tqdm.auto import tqdm
+
+from ..config import Config, save_config, to_dict
+from ..data import build_datasets
+from ..methods import build_method
+from ..tasks.classification import compute_metrics
+from . import distributed as D
+from .build import (autocast_dtype, build_model, build_optimizer, build_transforms, count_params, lr_at)
+from .checkpoint import load_checkpoint, save_checkpoint, save_weights
+from .ema import ModelEMA
+from .evaluate import predict_logits
+from .runfolder import (MetricsLog, command_line, environment, git_info, new_run_dir, truncate_metrics,
+                        update_run_json)
+
+
+def _seed_for(*parts: int) -> int:
+    """A 63-bit seed from integers (splitmix-style mixing, stable across Python versions)."""
+    h = 0x9E3779B97F4A7C15
+    for p in parts:
+        h = ((h ^ (p & 0xFFFFFFFFFFFFFFFF)) * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
+        h ^= h >> 31
+    return h & 0x7FFFFFFFFFFFFFFF
+
+
+def _epoch_perm(seed: int, epoch: int, n: int) -> torch.Tensor:
+    return torch.randperm(n, generator=torch.Generator().manual_seed(_seed_for(seed, 1, epoch)))
+
+
+def fit(cfg: Config, out: str | Path | None = None, resume: str | Path | None = None,
+        stop_after_steps: int | None = None) -> Path:
+    """Train ``cfg`` into a new run folder ``out`` (or continue the run folder ``resume``).
+
+    ``stop_after_steps`` ends the process's work after that many steps without finishing the run
+    (used to test resume); the run folder is left as a crash would leave it.
+    Returns the run folder.  Test evaluation and the report are the caller's (``visionsmith.api``).
+    """
+    d, device = D.init(cfg.device)
+    if stop_after_steps is None and os.environ.get("VISIONSMITH_STOP_AFTER_STEPS"):
+        # A simulated crash for resume tests of launched jobs (torchrun), where no Python caller exists.
+        stop_after_steps = int(os.environ["VISIONSMITH_STOP_AFTER_STEPS"])
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    t = cfg.train
+
+    # -- run folder (rank 0 names it; every rank learns the path) ---------------------------
+    if resume is not None:
+        run_dir = Path(resume)
+    else:
+        run_dir = Path(D.broadcast_object(str(new_run_dir(cfg.name, out)) if d.main else None, d))
+
+    # -- data and model (every rank builds the same, deterministically) ---------------------
+    data = build_datasets(cfg.data, cfg.seed)
+    train_ds, val_ds = data["train"], data.get("val")
+    classes = train_ds.classes
+    torch.manual_seed(cfg.seed)  # the new head's init
+    model = build_model(cfg, len(classes)).to(device)
+    if t.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    method = build_method(cfg, model).to(device)
+    train_tf, eval_tf = build_transforms(cfg, model)
+    opt = build_optimizer(cfg, model)
+    ema = ModelEMA(model, t.ema_decay) if t.ema else None
+    amp_dtype = autocast_dtype(t.amp, device)
+    scaler = torch.amp.GradScaler(device.type) if amp_dtype == torch.float16 else None
+    ddp = nn.parallel.DistributedDataParallel(method, device_ids=[device.index] if device.type == "cuda" else None) \
+        if d.enabled else method
+
+    per_step = t.batch_size * d.world  # images per optimizer step, all ranks together
+    steps_per_epoch = len(train_ds) // per_step
+    if steps_per_epoch == 0:
+        raise ValueError(f"train.batch_size={t.batch_size} x {d.world} process(es) is larger than the "
+                         f"{len(train_ds)} training images; lower train.batch_size")
+    total_steps = t.epochs * steps_per_epoch if t.max_steps is None else min(t.max_steps, t.epochs * steps_per_epoch)
+
+    # -- state: fresh, or from the last committed checkpoint ---------------------------------
+    step, epoch, start_batch, best, bad_epochs = 0, 0, 0, None, 0
+    train_time = 0.0
+    if resume is not None:
+        weights, state, _ = load_checkpoint(run_dir / "checkpoints")
+        model.load_state_dict(weights)
+        opt.load_state_dict(state["optimizer"])
+        if ema is not None:
+            ema.load_state_dict(state["ema"])
+        if scaler is not None and state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
+        step, epoch, start_batch = state["step"], state["epoch"], state["batch"]
+        best, bad_epochs, train_time = state["best"], state["bad_epochs"], state["train_time"]
+        if d.main:
+            truncate_metrics(run_dir / "metrics.jsonl", step)
+    if d.main:
+        save_config(cfg, run_dir / "config.yaml")
+        update_run_json(run_dir, name=cfg.name, status="running", seed=cfg.seed, git=git_info(),
+                        env=environment(device), params=count_params(model), classes=classes,
+                        data={"name": train_ds.name, "channels": int(train_ds.images.shape[1]),
+                              "train": len(train_ds), "val": len(val_ds) if val_ds is not None else 0,
+                              "test": len(data["test"]) if "test" in data else 0,
+                              "skipped": [list(s) for s in train_ds.skipped]},
+                        command=command_line(), steps_per_epoch=steps_per_epoch, total_steps=total_steps)
+    log = MetricsLog(run_dir / "metrics.jsonl", enabled=d.main)
+    eval_model = lambda: ema.module if ema is not None else model  # noqa: E731
+
+    def checkpoint(next_epoch: int, next_batch: int) -> None:
+        if d.main:
+            state = {"step": step, "epoch": next_epoch, "batch": next_batch, "best": best, "bad_epochs": bad_epochs,
+                     "train_time": train_time, "optimizer": opt.state_dict(),
+                     "ema": ema.state_dict() if ema is not None else {},
+                     "scaler": scaler.state_dict() if scaler is not None else {}, "config": to_dict(cfg)}
+            save_checkpoint(run_dir / "checkpoints", model.state_dict(), state,
+                            {"step": step, "epoch": next_epoch, "classes": classes, "model": cfg.model.name})
+        D.barrier(d)
+
+    # SIGTERM (a scheduler's pre-emption) becomes a clean stop at the next step boundary.
+    stop_requested = []
+    old_term = signal.signal(signal.SIGTERM, lambda *_: stop_requested.append(1)) if d.main else None
+
+    method.train()
+    status, done = "done", False
+    ctx = (lambda: torch.autocast(device.type, dtype=amp_dtype)) if amp_dtype else contextlib.nullcontext
+    try:
+        while epoch < t.epochs and step < total_steps and not done:
+            perm = _epoch_perm(cfg.seed, epoch, len(train_ds))
+            bar = tqdm(total=steps_per_epoch * per_step, initial=start_batch * per_step, unit="img",
+                       unit_scale=True, desc=f"epoch {epoch + 1}/{t.epochs}", disable=not d.main, dynamic_ncols=True)
+            loss_sum, loss_n, t_log = 0.0, 0, time.perf_counter()
+            for b in range(start_batch, steps_per_epoch):
+                t0 = time.perf_counter()
+                # This rank's slice of the global batch b.  Images [B,C,h,w] uint8 -> [B,3,S,S] float.
+                idx = perm[b * per_step + d.rank * t.batch_size: b * per_step + (d.rank + 1) * t.batch_size]
+                gen = torch.Generator().manual_seed(_seed_for(cfg.seed, 2, epoch, b, d.rank))
+                x = train_tf(train_ds.images[idx], gen).to(device, non_blocking=True)
+                if t.channels_last:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                y = train_ds.labels[idx].to(device, non_blocking=True)
+                torch.manual_seed(_seed_for(cfg.seed, 3, step, d.rank))  # dropout etc.: a function of the step
+                for g in opt.param_groups:
+                    g["lr"] = lr_at(cfg, step, total_steps, steps_per_epoch)
+                with ctx():
+                    out = ddp({"image": x, "label": y})
+                loss = out["loss"]
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"loss is {loss.item()} at step {step}; lower train.lr "
+                                             f"(now {t.lr}) or set train.grad_clip")
+                opt.zero_grad(set_to_none=True)
+                if scaler is not None:
+                    scaler.scale(loss).backward()
+                    scaler.unscale_(opt)
+                else:
+                    loss.backward()
+                if t.grad_clip:
+                    nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
+                if scaler is not None:
+                    scaler.step(opt)
+                    scaler.update()
+                else:
+                    opt.step()
+                if ema is not None:
+                    ema.update(model)
+                step += 1
+                dt = time.perf_counter() - t0
+                train_time += dt
+                loss_sum, loss_n = loss_sum + loss.item(), loss_n + 1
+                bar.update(per_step)
+                if step % t.log_every == 0 or b == steps_per_epoch - 1:
+                    elapsed = time.perf_counter() - t_log
+                    ips = loss_n * per_step / max(elapsed, 1e-9)
+                    mean_loss = D.mean_scalar(loss_sum / loss_n, d, device)
+                    log.log(split="train", step=step, epoch=epoch + b / steps_per_epoch, loss=mean_loss,
+                            lr=opt.param_groups[0]["lr"], img_per_s=ips, time=train_time)
+                    bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{opt.param_groups[0]['lr']:.2e}")
+                    loss_sum, loss_n, t_log = 0.0, 0, time.perf_counter()
+                last_in_epoch = b == steps_per_epoch - 1
+                if t.checkpoint_every and step % t.checkpoint_every == 0 and not last_in_epoch:
+                    checkpoint(epoch, b + 1)
+                if stop_after_steps is not None and step >= stop_after_steps:
+                    return run_dir  # simulated crash: no final checkpoint, no status change
+                if D.broadcast_object(bool(stop_requested), d):
+                    checkpoint(epoch, b + 1)
+                    status, done = "interrupted", True
+                    break
+                if step >= total_steps:
+                    done = True
+                    break
+            bar.close()
+            if status == "interrupted":
+                break
+            epoch_finished = b == steps_per_epoch - 1
+            if epoch_finished:
+                epoch, start_batch = epoch + 1, 0
+            else:  # max_steps reached mid-epoch
+                start_batch = b + 1
+
+            # -- validation, early stopping, best weights: rank 0, shared decision --------
+            improved, stop = False, False
+            if d.main and val_ds is not None and len(val_ds):
+                logits = predict_logits(eval_model(), val_ds, eval_tf, t.eval_batch_size, device,
+                                        t.channels_last, amp_dtype)
+                m = compute_metrics(logits, val_ds.labels, classes)
+                row = {"split": "val", "step": step, "epoch": epoch if epoch_finished else epoch + b / steps_per_epoch,
+                       **{k: m[k] for k in ("acc", "top5", "macro_f1", "loss")}}
+                log.log(**row)
+                tqdm.write(f"epoch {epoch}: val acc {m['acc']:.4f}  macro-F1 {m['macro_f1']:.4f}  loss {m['loss']:.4f}")
+                es = t.early_stop
+                value = row.get(es.metric.split("/", 1)[-1])
+                if value is not None and (best is None or (value > best if es.mode == "max" else value < best)):
+                    best, bad_epochs, improved = value, 0, True
+                else:
+                    bad_epochs += 1
+                stop = bool(es.patience) and bad_epochs >= es.patience
+                if improved:
+                    save_weights(run_dir / "checkpoints" / "best.safetensors", eval_model().state_dict(),
+                                 {"step": step, "epoch": epoch, es.metric: value, "classes": classes,
+                                  "model": cfg.model.name})
+            elif d.main:
+                save_weights(run_dir / "checkpoints" / "best.safetensors", eval_model().state_dict(),
+                             {"step": step, "epoch": epoch, "classes": classes, "model": cfg.model.name})
+            checkpoint(epoch, start_batch)
+            if D.broadcast_object(stop, d):
+                status, done = "stopped_early", True
+                if d.main:
+                    tqdm.write(f"early stop: {t.early_stop.metric} has not improved for {bad_epochs} epochs")
+    except BaseException:
+        if d.main:
+            update_run_json(run_dir, status="failed")
+        raise
+    finally:
+        log.close()
+        if old_term is not None:
+            signal.signal(signal.SIGTERM, old_term)
+    if d.main:
+        update_run_json(run_dir, status=status, timing={"train_s": round(train_time, 2),
+                        "train_img_per_s": round(step * per_step / max(train_time, 1e-9), 1)},
+                        steps_done=step)
+    D.barrier(d)
+    return run_dir

@@ -1,0 +1,60 @@
+"""Optional bridge to timm (Wightman, pytorch-image-models): any ``timm`` architecture by name.
+
+timm is an optional extra (``pip install 'visionsmith[timm]'``): it needs torchvision, and the
+torchvision on PyPI is a CUDA build that does not import next to a CPU torch.  So timm is imported
+inside the factory only, and its absence is a clear ``ImportError`` at the point of use.
+
+timm models already follow the backbone contract this package copies (``num_features``,
+``forward_features``, ``forward_head(pre_logits=)``, ``reset_classifier``, ``pretrained_cfg``), so the
+model is returned as timm builds it.  Differences to know: the classifier keeps timm's name
+(``fc``, ``head``, ``classifier``, ``head.fc``... see ``model.get_classifier()``), not always ``head.fc``.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch.nn as nn
+
+from .registry import register_model
+from .weights import WeightLoadError
+
+INSTALL_HINT = "pip install 'visionsmith[timm]' (needs a torchvision build matching your torch)"
+
+
+class TimmMissingError(ImportError):
+    """timm (or the torchvision it needs) cannot be imported."""
+
+
+def import_timm():
+    try:
+        import timm
+    except Exception as e:  # noqa: BLE001 - a broken torchvision raises RuntimeError/OSError, not ImportError
+        raise TimmMissingError(f"timm models need the optional timm extra: {INSTALL_HINT}. "
+                               f"Import failed with {type(e).__name__}: {e}") from e
+    return timm
+
+
+@register_model(needs=("timm",))
+def timm_model(model_name: str = "resnet18", num_classes: int = 1000, pretrained: bool | str = False,
+               in_chans: int = 3, drop_rate: float = 0.0, **timm_kwargs) -> nn.Module:
+    """Any timm architecture by ``model_name`` (optional extra); ``pretrained='<path>'``: local timm weights.
+
+    timm itself drops a classifier of another class count and adapts the stem to ``in_chans``.
+    Hub downloads are off: ``pretrained=True`` is an error."""
+    if pretrained is True:
+        raise WeightLoadError("timm_model: pass pretrained='<local weight file>'; visionsmith never downloads "
+                              "from a model hub")
+    timm = import_timm()
+    kw = dict(num_classes=num_classes, in_chans=in_chans, drop_rate=drop_rate, **timm_kwargs)
+    if pretrained:
+        path = Path(pretrained)
+        if not path.is_file():
+            raise WeightLoadError(f"pretrained weight file {path} does not exist")
+        kw.update(pretrained=True, pretrained_cfg_overlay={"file": str(path)})
+    model = timm.create_model(model_name, **kw)
+    cfg = dict(getattr(model, "pretrained_cfg", None) or {})
+    cfg.setdefault("mean", (0.485, 0.456, 0.406))
+    cfg.setdefault("std", (0.229, 0.224, 0.225))
+    cfg.setdefault("input_size", (in_chans, 224, 224))
+    model.pretrained_cfg = cfg
+    return model

@@ -1,0 +1,173 @@
+"""``write_model_card(run_dir)``: a markdown model card for a run folder.
+
+Sections follow Mitchell et al., "Model Cards for Model Reporting" (FAT* 2019), cut to what a
+run folder can back with facts: model, data, training recipe, metrics, intended use and
+limitations, how to reproduce, environment.  Intended use and limitations are derived from the
+dataset name: the card states what the model was trained on, so a reader can tell where it does
+not apply.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from . import fmt
+from .html import _atomic_write, headline
+from .published import DEFAULT_PICKS, compare_line
+from .run_folder import FILES, RunData, get, load_run
+
+# What we know about each built-in dataset: a description, the intended use and the limits.
+DATASETS = {
+    "fashion_mnist": {
+        "about": "Fashion-MNIST (Xiao, Rasul and Vollgraf, 2017): 70,000 28x28 grayscale photos of "
+                 "Zalando fashion products (60k train, 10k test), 10 classes, one centred item per "
+                 "image on a plain background.",
+        "use": "Classifying single, centred product photos of clothing, shoes and bags into the 10 "
+               "Fashion-MNIST categories; a baseline and teaching model for the visionsmith pipeline.",
+        "limits": [
+            "Trained on 28x28 grayscale images, upscaled to the model input size: colour, texture and "
+            "fine detail are not used; real photos must be converted and centred the same way.",
+            "Product photos only, one item on a plain background: not for cluttered scenes, "
+            "several items per image, or items worn by people.",
+            "Not for images of people: it says nothing about a person and must not be used to "
+            "infer anything about one.",
+            "Shirt, T-shirt/top, pullover and coat are often confused (see the confusion matrix); "
+            "do not rely on it to tell them apart.",
+            "Any image outside the 10 classes still gets one of the 10 labels, often with high confidence.",
+        ],
+    },
+    "digits": {
+        "about": "scikit-learn's 8x8 handwritten digits (UCI optical recognition of handwritten digits): "
+                 "1,797 images of the digits 0-9 from 43 writers, 16 grey levels.",
+        "use": "Demonstrations and tests of the training pipeline on a tiny real dataset.",
+        "limits": [
+            "8x8 pixel images with 16 grey levels: not a general OCR model; real scans differ in "
+            "resolution, stroke width and layout.",
+            "1,797 images from 43 writers: the test split is small, so accuracy has a wide margin of error.",
+            "Single, segmented, centred digits only; any other image still gets a digit label.",
+        ],
+    },
+}
+GENERIC = {
+    "about": "A user-supplied image dataset ({name}).",
+    "use": "The task the training images were collected for, on images like them.",
+    "limits": [
+        "Only as good as the training images: performance on images from another camera, "
+        "place, time or population is unknown until measured.",
+        "Every input gets one of the training classes, including images of none of them.",
+        "Check the per-class table: classes with few test images have unreliable scores.",
+    ],
+}
+
+
+def _table(head: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+    lines += ["| " + " | ".join(str(c).replace("|", "\\|") for c in r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def render_model_card(data: RunData) -> str:
+    """The model card markdown for ``data``."""
+    c = data.cfg
+    ev, run = data.eval, data.run
+    ds_name = str(c("data.name") or "unknown")
+    ds = DATASETS.get(ds_name, {**GENERIC, "about": GENERIC["about"].format(name=ds_name)})
+    classes = data.classes
+    acc, _ = headline(data)
+    out = [f"# Model card: {data.name}", ""]
+    summary = (f"A `{c('model.name', 'unknown')}` image classifier for {len(classes) or 'an unknown number of'} "
+               f"classes, trained with visionsmith on {ds_name}.")
+    if fmt.is_num(ev.get("acc")):
+        summary += f" Test accuracy **{fmt.pct(acc)}** on {fmt.num(ev.get('n'))} images."
+    elif acc is not None:
+        summary += f" Not evaluated on the test split yet; best validation accuracy {fmt.pct(acc)}."
+    out += [summary, ""]
+    if data.missing:
+        out += [f"> Incomplete run folder (status: {data.status}): missing "
+                + ", ".join(f"`{f}` ({FILES[f]})" for f in data.missing) + ".", ""]
+
+    out += ["## Model", "", _table(["", ""], [
+        ["architecture", f"`{c('model.name', fmt.DASH)}`"],
+        ["initial weights", "pretrained: " + str(c("model.pretrained", fmt.DASH))],
+        ["parameters", f"{fmt.num(get(run, 'params.total'))} ({fmt.num(get(run, 'params.trainable'))} trainable)"],
+        ["input", f"{c('data.image_size', '?')} x {c('data.image_size', '?')} pixels, "
+                  f"{c('model.in_chans', '?')} channel(s)"],
+        ["output", f"{len(classes)} class logits" if classes else "class logits"],
+        ["classes", ", ".join(classes) or fmt.DASH],
+    ]), ""]
+
+    out += ["## Data", "", ds["about"], "", _table(["", ""], [
+        ["dataset", f"`{ds_name}`"],
+        ["validation", f"{fmt.pct(c('data.val_fraction'), 0)} of train, held out by seed"],
+        ["train limit", str(c("data.train_limit")) if c("data.train_limit") else "all training images"],
+        ["test images", fmt.num(ev.get("n"))],
+    ]), ""]
+
+    aug = c("data.augment", {}) or {}
+    recipe = [
+        ["epochs", fmt.num(c("train.epochs"))],
+        ["batch size", fmt.num(c("train.batch_size"))],
+        ["optimizer", f"{c('train.optimizer', fmt.DASH)}, lr {fmt.num(c('train.lr'))}, "
+                      f"weight decay {fmt.num(c('train.weight_decay'))}"],
+        ["schedule", f"{c('train.schedule', fmt.DASH)}, warmup {fmt.num(c('train.warmup_epochs'))} epochs"],
+        ["label smoothing", fmt.num(c("train.label_smoothing"))],
+        ["augmentation", ", ".join(f"{k}={v}" for k, v in aug.items()) if isinstance(aug, dict) and aug else fmt.DASH],
+        ["EMA", str(c("train.ema", fmt.DASH))],
+        ["seed", str(run.get("seed", c("seed", fmt.DASH)))],
+        ["status", data.status],
+        ["training time", fmt.seconds(get(run, "timing.train_s"))],
+    ]
+    out += ["## Training recipe", "", _table(["", ""], recipe), ""]
+
+    out += ["## Metrics", ""]
+    if ev:
+        out += [_table(["metric", "value"], [
+            ["accuracy (top-1)", fmt.pct(ev.get("acc"))],
+            ["top-5 accuracy", fmt.pct(ev.get("top5"))],
+            ["macro-F1", fmt.num(ev.get("macro_f1"), 4)],
+            ["loss (cross-entropy)", fmt.num(ev.get("loss"), 4)],
+            ["test images", fmt.num(ev.get("n"))],
+        ]), ""]
+        pc = ev.get("per_class") or {}
+        p, r, f1, sup = (pc.get(k) or [] for k in ("precision", "recall", "f1", "support"))
+        if p:
+            rows = [[classes[i] if i < len(classes) else str(i), fmt.num(p[i], 3), fmt.num(r[i], 3),
+                     fmt.num(f1[i], 3), fmt.num(sup[i])] for i in range(min(len(p), len(r), len(f1), len(sup)))]
+            out += ["### Per class (test)", "", _table(["class", "precision", "recall", "F1", "support"], rows), ""]
+        if data.published and fmt.is_num(ev.get("acc")):
+            # The README table is long: name a few well-known rows. A run's own published.json
+            # was chosen for this run, so list all of it.
+            picks = None if data.published_source == "published.json" else DEFAULT_PICKS
+            out += ["### Compared with published results", "", "```",
+                    compare_line(ev["acc"], data.published, picks=picks, ours=data.name), "```", ""]
+    else:
+        out += ["No test evaluation in this run folder (`eval.json` is missing)." +
+                (f" Best validation accuracy: {fmt.pct(acc)}." if acc is not None else ""), ""]
+
+    out += ["## Intended use", "", ds["use"], "", "## Limitations", ""]
+    out += [f"- {lim}" for lim in ds["limits"]]
+    out += ["- Accuracy is measured on one test split with one seed; expect a spread of a few tenths "
+            "of a percent between seeds.", ""]
+
+    out += ["## How to reproduce", ""]
+    if run.get("command"):
+        out += ["```bash", str(run["command"]), "```", ""]
+    rev = get(run, "git.rev")
+    out += [f"with the resolved config `config.yaml` in this run folder"
+            + (f", at git revision `{rev}`" + (" (with uncommitted changes)" if get(run, "git.dirty") else "")
+               if rev else "") + ".", ""]
+    if data.config_text:
+        out += ["<details><summary>config.yaml</summary>", "", "```yaml", data.config_text.rstrip(), "```", "",
+                "</details>", ""]
+
+    env = run.get("env") if isinstance(run.get("env"), dict) else {}
+    out += ["## Environment", ""]
+    out += [_table(["", ""], [[k, f"`{v}`"] for k, v in env.items()]) if env else "Not recorded (`run.json` missing).", ""]
+    return "\n".join(out)
+
+
+def write_model_card(run_dir: str | Path) -> Path:
+    """Write ``run_dir/model_card.md``; like the report, it never fails on a partial run folder."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"run folder {run_dir} does not exist")
+    return _atomic_write(run_dir / "model_card.md", render_model_card(load_run(run_dir)))

@@ -1,0 +1,169 @@
+"""Read a run folder for the report and the model card, tolerating any part being absent.
+
+A run folder may be half written: the engine was killed mid-epoch, evaluation never ran, a
+line of ``metrics.jsonl`` was cut off mid-write.  Nothing here raises on such input; every
+file that is absent or unreadable is recorded in ``RunData.missing`` / ``RunData.problems``
+so the report can say so instead of crashing or silently showing less.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+# What each file adds to the report; shown next to a missing file so the reader knows what
+# they are not seeing and why.
+FILES = {
+    "config.yaml": "resolved config",
+    "run.json": "run status, environment, timing, parameters, git revision",
+    "metrics.jsonl": "training and validation curves",
+    "eval.json": "test metrics, confusion matrix, per-class scores",
+    "eval_worst.npz": "images of the worst mistakes",
+    "published.json": "published results to compare with (optional)",
+}
+OPTIONAL = {"published.json"}
+
+
+@dataclass
+class RunData:
+    """Everything the report reads from one run folder; absent parts are empty, never None."""
+
+    run_dir: Path
+    config: dict = field(default_factory=dict)
+    config_text: str = ""
+    run: dict = field(default_factory=dict)
+    train: list[dict] = field(default_factory=list)  # metrics.jsonl lines with split == "train"
+    val: list[dict] = field(default_factory=list)  # metrics.jsonl lines with split == "val"
+    eval: dict = field(default_factory=dict)
+    worst_images: dict[str, np.ndarray] = field(default_factory=dict)
+    published: list[dict] = field(default_factory=list)
+    published_source: str = ""
+    present: dict[str, bool] = field(default_factory=dict)
+    missing: list[str] = field(default_factory=list)  # required files that are absent
+    problems: list[str] = field(default_factory=list)  # files present but (partly) unreadable
+
+    # -- convenience accessors ---------------------------------------------------------------
+    def cfg(self, dotted: str, default: Any = None) -> Any:
+        """``cfg("model.name")``: a value from the resolved config, ``default`` when absent."""
+        return get(self.config, dotted, default)
+
+    @property
+    def name(self) -> str:
+        return str(self.run.get("name") or self.config.get("name") or self.run_dir.name)
+
+    @property
+    def status(self) -> str:
+        return str(self.run.get("status") or "unknown")
+
+    @property
+    def classes(self) -> list[str]:
+        classes = self.eval.get("classes") or self.cfg("data.classes") or []
+        return [str(c) for c in classes] if isinstance(classes, list) else []
+
+
+def get(d: Any, dotted: str, default: Any = None) -> Any:
+    """Walk ``d`` by a dotted key; any non-dict on the way gives ``default`` (files may be odd)."""
+    for part in dotted.split("."):
+        if not isinstance(d, dict) or part not in d:
+            return default
+        d = d[part]
+    return d
+
+
+def _read_json(path: Path, data: RunData, expect: type) -> Any:
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        data.problems.append(f"{path.name}: could not be read ({type(e).__name__}: {e}); ignored")
+        return None
+    if not isinstance(value, expect):
+        data.problems.append(f"{path.name}: expected a JSON {expect.__name__}, got "
+                             f"{type(value).__name__}; ignored")
+        return None
+    return value
+
+
+def _read_metrics(path: Path, data: RunData) -> None:
+    try:
+        text = path.read_text(encoding="utf-8", errors="replace")
+    except OSError as e:
+        data.problems.append(f"metrics.jsonl: could not be read ({e})")
+        return
+    lines = text.splitlines()
+    bad = []
+    for i, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            bad.append(i)
+            continue
+        if not isinstance(row, dict):
+            bad.append(i)
+        elif row.get("split") == "train":
+            data.train.append(row)
+        elif row.get("split") == "val":
+            data.val.append(row)
+    if bad:
+        # The usual cause is a run killed while writing its last line: say which lines.
+        last = " (the last line: the run was probably stopped while writing it)" if bad == [len(lines)] else ""
+        data.problems.append(f"metrics.jsonl: skipped {len(bad)} unreadable line(s) "
+                             f"{', '.join(map(str, bad[:10]))}{last}")
+
+
+def _read_npz(path: Path, data: RunData) -> None:
+    try:
+        # allow_pickle=False: a shared run folder is untrusted input.
+        with np.load(path, allow_pickle=False) as z:
+            data.worst_images = {k: np.asarray(z[k]) for k in z.files}
+    except Exception as e:  # noqa: BLE001 - zip, pickle and value errors all mean "unreadable"
+        data.problems.append(f"eval_worst.npz: could not be read ({type(e).__name__}: {e})")
+
+
+def load_run(run_dir: str | Path) -> RunData:
+    """Read every known file of ``run_dir``; never raises for absent or broken files."""
+    run_dir = Path(run_dir)
+    data = RunData(run_dir=run_dir)
+    for fname in FILES:
+        data.present[fname] = (run_dir / fname).is_file()
+        if not data.present[fname] and fname not in OPTIONAL:
+            data.missing.append(fname)
+
+    if data.present["config.yaml"]:
+        try:
+            data.config_text = (run_dir / "config.yaml").read_text(encoding="utf-8", errors="replace")
+            cfg = yaml.safe_load(data.config_text)
+            if isinstance(cfg, dict):
+                data.config = cfg
+            else:
+                data.problems.append("config.yaml: not a mapping; shown as text only")
+        except (OSError, yaml.YAMLError) as e:
+            data.problems.append(f"config.yaml: could not be parsed ({type(e).__name__}); shown as text only")
+    if data.present["run.json"]:
+        data.run = _read_json(run_dir / "run.json", data, dict) or {}
+    if data.present["metrics.jsonl"]:
+        _read_metrics(run_dir / "metrics.jsonl", data)
+    if data.present["eval.json"]:
+        data.eval = _read_json(run_dir / "eval.json", data, dict) or {}
+    if data.present["eval_worst.npz"]:
+        _read_npz(run_dir / "eval_worst.npz", data)
+    if data.present["published.json"]:
+        rows = _read_json(run_dir / "published.json", data, list) or []
+        data.published = [r for r in rows if isinstance(r, dict) and _is_number(r.get("acc"))]
+        data.published_source = "published.json"
+    elif str(data.cfg("data.name", "")) == "fashion_mnist":
+        # No table in the folder: fall back to the benchmark table shipped with the dataset.
+        from .published import published_fashion_mnist
+
+        data.published = published_fashion_mnist()
+        data.published_source = "fashion-mnist README (Debian dataset-fashion-mnist)"
+    return data
+
+
+def _is_number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and np.isfinite(x)
