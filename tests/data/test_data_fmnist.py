@@ -14,8 +14,11 @@ from visionsmith.data.fashion_mnist import CLASSES, read_idx
 
 
 @pytest.fixture(scope="module")
-def fmnist():
-    return build_datasets(DataConfig(name="fashion_mnist", val_fraction=0.1), seed=0)
+def fmnist(tmp_path_factory):
+    # module scope runs before the per-test VISIONSMITH_HOME fixture: give it its own home
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("VISIONSMITH_HOME", str(tmp_path_factory.mktemp("fmnist_home")))
+        return build_datasets(DataConfig(name="fashion_mnist", val_fraction=0.1), seed=0)
 
 
 def test_shapes_labels_and_class_counts(fmnist):
@@ -94,3 +97,18 @@ def test_digits():
     assert (te.class_counts() >= 35).all()  # stratified
     ds2 = build_datasets(DataConfig(name="digits", test_fraction=0.5), seed=3)
     assert len(ds2["test"]) == 899  # round(1797 * 0.5)
+
+
+def test_parsed_tensors_cached(vs_home):
+    from visionsmith.data import cache, fashion_mnist
+    first = fashion_mnist.load()
+    files = list((vs_home / "cache").glob("fashion_mnist-*.pt"))
+    assert len(files) == 1 and not list((vs_home / "cache").glob("*.tmp"))
+    hits = cache.stats["cache_hits"]
+    second = fashion_mnist.load()
+    assert cache.stats["cache_hits"] == hits + 1
+    for s in ("train", "test"):
+        assert torch.equal(first[s].images, second[s].images) and torch.equal(first[s].labels, second[s].labels)
+    files[0].write_bytes(b"damaged")  # a broken cache file is parsed over, not trusted
+    third = fashion_mnist.load()
+    assert cache.stats["cache_hits"] == hits + 1 and torch.equal(third["test"].images, first["test"].images)

@@ -67,9 +67,6 @@ def test_other_architecture_is_named_mobilenetv2_strict_loader():
         load_strict(model, create_model("resnet20").state_dict())
 
 
-@pytest.mark.xfail(strict=True, raises=KeyError,
-                   reason="mobilenetv2._remap_torchvision reads features.0.0.weight before the strict check: "
-                          "a foreign checkpoint gives KeyError instead of WeightLoadError (mobilenetv2.py)")
 def test_other_architecture_is_named_mobilenetv2_factory(tmp_path):
     path = _save(create_model("resnet20").state_dict(), tmp_path / "resnet20.safetensors")
     with pytest.raises(WeightLoadError, match="missing"):

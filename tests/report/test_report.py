@@ -57,7 +57,7 @@ def test_half_written_run_folder_says_what_is_missing(digits_run):
     assert "This run folder is incomplete" in page
     assert "<code>eval.json</code> is missing" in page and "<code>run.json</code> is missing" in page
     assert "eval_worst.npz</code> is missing" in page
-    assert "skipped 1 unreadable line(s)" in page and "the last line" in page
+    assert "skipped 1 unreadable line (" in page and "the last one: the run was probably stopped" in page
     assert "No test evaluation" in page
     assert f"{100 * max(val_accs):.2f}%" in page and "best val accuracy" in page  # headline falls back
     assert page.count(PNG) == 4  # the training curves are all still there
@@ -85,7 +85,7 @@ def test_empty_and_garbage_run_folders_never_crash(tmp_path):
     (junk / "published.json").write_text('{"name": "x"}')
     page = write_report(junk).read_text()
     assert "Problems reading the run folder" in page
-    for needle in ("config.yaml: could not be parsed", "run.json: expected a JSON dict",
+    for needle in ("config.yaml: could not be parsed", "run.json: expected a JSON dict", "&#x27;acc&#x27;",
                    "eval_worst.npz: could not be read", "published.json: expected a JSON list"):
         assert needle in page, needle
     assert write_model_card(junk).is_file()
@@ -99,6 +99,10 @@ def test_unexpected_values_become_an_error_box_not_a_crash(digits_run):
     (run_dir / "eval.json").write_text(json.dumps(ev))
     page = write_report(run_dir).read_text()
     assert "Test evaluation" in page and "Run details" in page  # later sections still drawn
+    assert "eval.json: &#x27;per_class&#x27; does not have the expected form" in page
+    assert "eval.json: &#x27;confusion&#x27; does not have the expected form" in page
+    assert page.count(PNG) == 6  # no confusion matrix, no per-class bars; everything else
+    assert "Per class" not in page
 
 
 def test_model_card(digits_run):
@@ -186,3 +190,16 @@ def test_fashion_mnist_run_falls_back_to_readme_table(digits_run):
     page = write_report(run_dir).read_text()
     assert "fashion-mnist README" in page and "MobileNet" in page and "Human Performance" in page
     assert page.count(PNG) == 8
+
+
+def test_a_section_that_fails_becomes_an_error_box(digits_run, monkeypatch):
+    from visionsmith.report import plots
+
+    def boom(*_a, **_k):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(plots, "confusion", boom)
+    page = write_report(digits_run[0]).read_text()
+    assert "This section could not be drawn: RuntimeError: boom" in page
+    assert "section &#x27;Test evaluation&#x27; could not be drawn" in page  # listed at the top too
+    assert "Most confident mistakes" in page and page.count(PNG) == 6  # the rest is still there

@@ -26,7 +26,7 @@ _FORMAT = 1
 PROGRESS_MIN_FILES = 200  # a progress bar for anything slower than a blink
 
 # Counters for tests and for the CLI to report: how many files were decoded, how many whole
-# datasets came from the cache.
+# datasets (folder/csv lists or Fashion-MNIST) came from the cache.
 stats = {"decoded": 0, "cache_hits": 0, "cache_writes": 0}
 
 
@@ -47,18 +47,20 @@ def cache_key(paths: list[str], size: int, grayscale: bool, max_pixels: int) -> 
     return h.hexdigest()[:32]
 
 
-def _read(path: Path) -> dict | None:
+def read_blob(path: Path) -> dict | None:
+    """A cache file's dict, or None when it is missing, damaged or from another format version."""
+    if not path.is_file():
+        return None
     try:
         blob = torch.load(path, weights_only=True, map_location="cpu")
     except Exception:
         return None  # damaged or from another version: decode again and overwrite
-    ok = (isinstance(blob, dict) and blob.get("format") == _FORMAT
-          and isinstance(blob.get("images"), torch.Tensor)
-          and len(blob.get("paths", ())) == blob["images"].shape[0])
-    return blob if ok else None
+    return blob if isinstance(blob, dict) and blob.get("format") == _FORMAT else None
 
 
-def _write(path: Path, blob: dict) -> None:
+def write_blob(path: Path, blob: dict) -> None:
+    """Write ``blob`` (plus the format version) to ``path`` atomically; a failure only warns."""
+    blob = {**blob, "format": _FORMAT}
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
@@ -87,7 +89,10 @@ def decode_files(paths: list[str], size: int, grayscale: bool, strict: bool = Fa
     paths = sorted(set(os.fspath(p) for p in paths))
     c = 1 if grayscale else 3
     file = cache_dir() / f"images-{cache_key(paths, size, grayscale, max_pixels)}.pt"
-    blob = _read(file) if use_cache and file.is_file() else None
+    blob = read_blob(file) if use_cache else None
+    if blob is not None and not (isinstance(blob.get("images"), torch.Tensor)
+                                 and len(blob.get("paths", ())) == blob["images"].shape[0]):
+        blob = None
     if blob is not None:
         stats["cache_hits"] += 1
         skipped = list(zip(blob["skipped_paths"], blob["skipped_reasons"]))
@@ -123,6 +128,6 @@ def decode_files(paths: list[str], size: int, grayscale: bool, strict: bool = Fa
             raise
     images = torch.stack(tensors) if tensors else torch.empty(0, c, size, size, dtype=torch.uint8)
     if use_cache:
-        _write(file, {"format": _FORMAT, "images": images, "paths": kept,
+        write_blob(file, {"images": images, "paths": kept,
                       "skipped_paths": [p for p, _ in skipped], "skipped_reasons": [r for _, r in skipped]})
     return images, kept, skipped

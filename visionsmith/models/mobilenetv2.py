@@ -81,7 +81,8 @@ class MobileNetV2(BackboneMixin, nn.Module):
 
 def _remap_torchvision(sd: dict[str, torch.Tensor], in_chans: int) -> dict[str, torch.Tensor]:
     out = {k.replace("classifier.1.", "head.fc."): v for k, v in sd.items()}
-    out["features.0.0.weight"] = adapt_first_conv(out["features.0.0.weight"], in_chans)
+    if "features.0.0.weight" in out:  # absent in another architecture's file: load_strict names what differs
+        out["features.0.0.weight"] = adapt_first_conv(out["features.0.0.weight"], in_chans)
     return out
 
 

@@ -95,10 +95,21 @@ def _header(data: RunData) -> str:
 def _kpis(data: RunData) -> str:
     ev, timing = data.eval, data.run.get("timing") if isinstance(data.run.get("timing"), dict) else {}
     last_train = next((r for r in reversed(data.train) if fmt.is_num(r.get("step"))), {})
-    cards = [
-        ("test acc", fmt.pct(ev.get("acc")), f"top-5 {fmt.pct(ev.get('top5'))}"),
-        ("macro-F1", fmt.num(ev.get("macro_f1"), 3), "mean over classes"),
-        ("test loss", fmt.num(ev.get("loss"), 3), "cross-entropy"),
+    if ev or not data.val:
+        scores = [
+            ("test acc", fmt.pct(ev.get("acc")), f"top-5 {fmt.pct(ev.get('top5'))}"),
+            ("macro-F1", fmt.num(ev.get("macro_f1"), 3), "mean over classes"),
+            ("test loss", fmt.num(ev.get("loss"), 3), "cross-entropy"),
+        ]
+    else:  # not evaluated yet: lead with the best validation epoch rather than three dashes
+        best = max(data.val, key=lambda r: r.get("acc") if fmt.is_num(r.get("acc")) else -1)
+        scores = [
+            ("val acc", fmt.pct(best.get("acc")), f"best epoch {fmt.num(best.get('epoch'))}, "
+                                                   f"top-5 {fmt.pct(best.get('top5'))}"),
+            ("val macro-F1", fmt.num(best.get("macro_f1"), 3), "at the best epoch"),
+            ("val loss", fmt.num(best.get("loss"), 3), "at the best epoch"),
+        ]
+    cards = scores + [
         ("parameters", fmt.count(get(data.run, "params.total")),
          f"{fmt.count(get(data.run, 'params.trainable'))} trainable"),
         ("train time", fmt.seconds(timing.get("train_s")), fmt.rate(timing.get("train_img_per_s"))),

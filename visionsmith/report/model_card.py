@@ -65,27 +65,25 @@ def _table(head: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
-def render_model_card(data: RunData) -> str:
-    """The model card markdown for ``data``."""
-    c = data.cfg
-    ev, run = data.eval, data.run
-    ds_name = str(c("data.name") or "unknown")
-    ds = DATASETS.get(ds_name, {**GENERIC, "about": GENERIC["about"].format(name=ds_name)})
-    classes = data.classes
+def _intro(data: RunData, ds_name: str) -> list[str]:
+    ev, classes = data.eval, data.classes
     acc, _ = headline(data)
-    out = [f"# Model card: {data.name}", ""]
-    summary = (f"A `{c('model.name', 'unknown')}` image classifier for {len(classes) or 'an unknown number of'} "
+    summary = (f"A `{data.cfg('model.name', 'unknown')}` image classifier for {len(classes) or 'an unknown number of'} "
                f"classes, trained with visionsmith on {ds_name}.")
     if fmt.is_num(ev.get("acc")):
         summary += f" Test accuracy **{fmt.pct(acc)}** on {fmt.num(ev.get('n'))} images."
     elif acc is not None:
         summary += f" Not evaluated on the test split yet; best validation accuracy {fmt.pct(acc)}."
-    out += [summary, ""]
+    out = [f"# Model card: {data.name}", "", summary, ""]
     if data.missing:
         out += [f"> Incomplete run folder (status: {data.status}): missing "
                 + ", ".join(f"`{f}` ({FILES[f]})" for f in data.missing) + ".", ""]
+    return out
 
-    out += ["## Model", "", _table(["", ""], [
+
+def _model(data: RunData) -> list[str]:
+    c, run, classes = data.cfg, data.run, data.classes
+    return ["## Model", "", _table(["", ""], [
         ["architecture", f"`{c('model.name', fmt.DASH)}`"],
         ["initial weights", "pretrained: " + str(c("model.pretrained", fmt.DASH))],
         ["parameters", f"{fmt.num(get(run, 'params.total'))} ({fmt.num(get(run, 'params.trainable'))} trainable)"],
@@ -95,15 +93,21 @@ def render_model_card(data: RunData) -> str:
         ["classes", ", ".join(classes) or fmt.DASH],
     ]), ""]
 
-    out += ["## Data", "", ds["about"], "", _table(["", ""], [
+
+def _data(data: RunData, ds: dict, ds_name: str) -> list[str]:
+    c = data.cfg
+    return ["## Data", "", ds["about"], "", _table(["", ""], [
         ["dataset", f"`{ds_name}`"],
         ["validation", f"{fmt.pct(c('data.val_fraction'), 0)} of train, held out by seed"],
         ["train limit", str(c("data.train_limit")) if c("data.train_limit") else "all training images"],
-        ["test images", fmt.num(ev.get("n"))],
+        ["test images", fmt.num(data.eval.get("n"))],
     ]), ""]
 
+
+def _recipe(data: RunData) -> list[str]:
+    c, run = data.cfg, data.run
     aug = c("data.augment", {}) or {}
-    recipe = [
+    return ["## Training recipe", "", _table(["", ""], [
         ["epochs", fmt.num(c("train.epochs"))],
         ["batch size", fmt.num(c("train.batch_size"))],
         ["optimizer", f"{c('train.optimizer', fmt.DASH)}, lr {fmt.num(c('train.lr'))}, "
@@ -115,53 +119,82 @@ def render_model_card(data: RunData) -> str:
         ["seed", str(run.get("seed", c("seed", fmt.DASH)))],
         ["status", data.status],
         ["training time", fmt.seconds(get(run, "timing.train_s"))],
-    ]
-    out += ["## Training recipe", "", _table(["", ""], recipe), ""]
+    ]), ""]
 
-    out += ["## Metrics", ""]
-    if ev:
-        out += [_table(["metric", "value"], [
-            ["accuracy (top-1)", fmt.pct(ev.get("acc"))],
-            ["top-5 accuracy", fmt.pct(ev.get("top5"))],
-            ["macro-F1", fmt.num(ev.get("macro_f1"), 4)],
-            ["loss (cross-entropy)", fmt.num(ev.get("loss"), 4)],
-            ["test images", fmt.num(ev.get("n"))],
-        ]), ""]
-        pc = ev.get("per_class") or {}
-        p, r, f1, sup = (pc.get(k) or [] for k in ("precision", "recall", "f1", "support"))
-        if p:
-            rows = [[classes[i] if i < len(classes) else str(i), fmt.num(p[i], 3), fmt.num(r[i], 3),
-                     fmt.num(f1[i], 3), fmt.num(sup[i])] for i in range(min(len(p), len(r), len(f1), len(sup)))]
-            out += ["### Per class (test)", "", _table(["class", "precision", "recall", "F1", "support"], rows), ""]
-        if data.published and fmt.is_num(ev.get("acc")):
-            # The README table is long: name a few well-known rows. A run's own published.json
-            # was chosen for this run, so list all of it.
-            picks = None if data.published_source == "published.json" else DEFAULT_PICKS
-            out += ["### Compared with published results", "", "```",
-                    compare_line(ev["acc"], data.published, picks=picks, ours=data.name), "```", ""]
-    else:
-        out += ["No test evaluation in this run folder (`eval.json` is missing)." +
-                (f" Best validation accuracy: {fmt.pct(acc)}." if acc is not None else ""), ""]
 
-    out += ["## Intended use", "", ds["use"], "", "## Limitations", ""]
+def _metrics(data: RunData) -> list[str]:
+    ev, classes = data.eval, data.classes
+    out = ["## Metrics", ""]
+    if not ev:
+        acc, _ = headline(data)
+        return out + ["No test evaluation in this run folder (`eval.json` is missing)." +
+                      (f" Best validation accuracy: {fmt.pct(acc)}." if acc is not None else ""), ""]
+    out += [_table(["metric", "value"], [
+        ["accuracy (top-1)", fmt.pct(ev.get("acc"))],
+        ["top-5 accuracy", fmt.pct(ev.get("top5"))],
+        ["macro-F1", fmt.num(ev.get("macro_f1"), 4)],
+        ["loss (cross-entropy)", fmt.num(ev.get("loss"), 4)],
+        ["test images", fmt.num(ev.get("n"))],
+    ]), ""]
+    pc = ev.get("per_class") or {}
+    p, r, f1, sup = (pc.get(k) or [] for k in ("precision", "recall", "f1", "support"))
+    k = min(len(p), len(r), len(f1), len(sup))
+    if k:
+        rows = [[classes[i] if i < len(classes) else str(i), fmt.fixed(p[i]), fmt.fixed(r[i]),
+                 fmt.fixed(f1[i]), fmt.num(sup[i])] for i in range(k)]
+        out += ["### Per class (test)", "", _table(["class", "precision", "recall", "F1", "support"], rows), ""]
+    if data.published and fmt.is_num(ev.get("acc")):
+        # The README table is long: name a few well-known rows. A run's own published.json
+        # was chosen for this run, so list all of it.
+        picks = None if data.published_source == "published.json" else DEFAULT_PICKS
+        out += ["### Compared with published results", "", "```",
+                compare_line(ev["acc"], data.published, picks=picks, ours=data.name), "```", ""]
+    return out
+
+
+def _use(ds: dict) -> list[str]:
+    out = ["## Intended use", "", ds["use"], "", "## Limitations", ""]
     out += [f"- {lim}" for lim in ds["limits"]]
-    out += ["- Accuracy is measured on one test split with one seed; expect a spread of a few tenths "
-            "of a percent between seeds.", ""]
+    return out + ["- Accuracy is measured on one test split with one seed; expect a spread of a few tenths "
+                  "of a percent between seeds.", ""]
 
-    out += ["## How to reproduce", ""]
+
+def _reproduce(data: RunData) -> list[str]:
+    run = data.run
+    out = ["## How to reproduce", ""]
     if run.get("command"):
         out += ["```bash", str(run["command"]), "```", ""]
     rev = get(run, "git.rev")
-    out += [f"with the resolved config `config.yaml` in this run folder"
+    out += ["with the resolved config `config.yaml` in this run folder"
             + (f", at git revision `{rev}`" + (" (with uncommitted changes)" if get(run, "git.dirty") else "")
                if rev else "") + ".", ""]
     if data.config_text:
         out += ["<details><summary>config.yaml</summary>", "", "```yaml", data.config_text.rstrip(), "```", "",
                 "</details>", ""]
+    return out
 
-    env = run.get("env") if isinstance(run.get("env"), dict) else {}
-    out += ["## Environment", ""]
-    out += [_table(["", ""], [[k, f"`{v}`"] for k, v in env.items()]) if env else "Not recorded (`run.json` missing).", ""]
+
+def _environment(data: RunData) -> list[str]:
+    env = data.run.get("env") if isinstance(data.run.get("env"), dict) else {}
+    table = _table(["", ""], [[k, f"`{v}`"] for k, v in env.items()]) if env else "Not recorded (`run.json` missing)."
+    return ["## Environment", "", table, ""]
+
+
+def render_model_card(data: RunData) -> str:
+    """The model card markdown for ``data``; a section that cannot be written says so."""
+    ds_name = str(data.cfg("data.name") or "unknown")
+    ds = DATASETS.get(ds_name, {**GENERIC, "about": GENERIC["about"].format(name=ds_name)})
+    sections = [
+        lambda: _intro(data, ds_name), lambda: _model(data), lambda: _data(data, ds, ds_name),
+        lambda: _recipe(data), lambda: _metrics(data), lambda: _use(ds), lambda: _reproduce(data),
+        lambda: _environment(data),
+    ]
+    out: list[str] = []
+    for section in sections:
+        try:
+            out += section()
+        except Exception as e:  # noqa: BLE001 - a partial card beats none; name what failed
+            out += [f"> A section could not be written from this run folder ({type(e).__name__}: {e}).", ""]
     return "\n".join(out)
 
 

@@ -182,7 +182,7 @@ def throughput_curve(train: list[dict]) -> str | None:
         ax.axhline(float(np.median(y)), color=MUTED, lw=1, ls="--", label=f"median {np.median(y):,.0f} img/s")
         ax.set_ylim(bottom=0, top=float(np.max(y)) * 1.25)  # headroom for the legend
         if np.max(y) >= 10_000:  # one unit for every tick: 5k, 10k, 15k rather than 5,000, 10k
-            ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v / 1000:,.0f}k"))
+            ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v / 1000:,.0f}k" if v else "0"))
         else:
             ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}"))
         ax.legend(loc="upper left")

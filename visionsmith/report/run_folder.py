@@ -111,9 +111,11 @@ def _read_metrics(path: Path, data: RunData) -> None:
             data.val.append(row)
     if bad:
         # The usual cause is a run killed while writing its last line: say which lines.
-        last = " (the last line: the run was probably stopped while writing it)" if bad == [len(lines)] else ""
-        data.problems.append(f"metrics.jsonl: skipped {len(bad)} unreadable line(s) "
-                             f"{', '.join(map(str, bad[:10]))}{last}")
+        where = ", ".join(map(str, bad[:10])) + (", ..." if len(bad) > 10 else "")
+        if bad == [len(lines)]:
+            where += ", the last one: the run was probably stopped while writing it"
+        data.problems.append(f"metrics.jsonl: skipped {len(bad)} unreadable "
+                             f"line{'s' if len(bad) > 1 else ''} ({where})")
 
 
 def _read_npz(path: Path, data: RunData) -> None:
@@ -123,6 +125,36 @@ def _read_npz(path: Path, data: RunData) -> None:
             data.worst_images = {k: np.asarray(z[k]) for k in z.files}
     except Exception as e:  # noqa: BLE001 - zip, pickle and value errors all mean "unreadable"
         data.problems.append(f"eval_worst.npz: could not be read ({type(e).__name__}: {e})")
+
+
+def _clean_eval(ev: dict, data: RunData) -> dict:
+    """Drop eval.json fields whose shape is not the one ``compute_metrics`` writes, noting each.
+
+    Sections can then trust the types they read; a hand-edited or foreign eval.json loses the
+    odd fields, not the whole page.
+    """
+    def bad(key: str) -> None:
+        data.problems.append(f"eval.json: '{key}' does not have the expected form; ignored")
+        ev.pop(key)
+
+    for key in ("acc", "top5", "macro_f1", "loss", "n", "eval_img_per_s"):
+        if key in ev and not _is_number(ev[key]):
+            bad(key)
+    if "classes" in ev and not (isinstance(ev["classes"], list) and all(isinstance(c, str) for c in ev["classes"])):
+        bad("classes")
+    cm = ev.get("confusion")
+    if cm is not None and not (isinstance(cm, list) and cm and all(
+            isinstance(r, list) and len(r) == len(cm) and all(_is_number(v) for v in r) for r in cm)):
+        bad("confusion")
+    pc = ev.get("per_class")
+    if pc is not None:
+        lists = [pc.get(k) for k in ("precision", "recall", "f1", "support")] if isinstance(pc, dict) else [None]
+        if not all(isinstance(v, list) and len(v) == len(lists[0]) and all(_is_number(x) for x in v)
+                   for v in lists):
+            bad("per_class")
+    if "worst" in ev and not (isinstance(ev["worst"], list) and all(isinstance(w, dict) for w in ev["worst"])):
+        bad("worst")
+    return ev
 
 
 def load_run(run_dir: str | Path) -> RunData:
@@ -149,7 +181,7 @@ def load_run(run_dir: str | Path) -> RunData:
     if data.present["metrics.jsonl"]:
         _read_metrics(run_dir / "metrics.jsonl", data)
     if data.present["eval.json"]:
-        data.eval = _read_json(run_dir / "eval.json", data, dict) or {}
+        data.eval = _clean_eval(_read_json(run_dir / "eval.json", data, dict) or {}, data)
     if data.present["eval_worst.npz"]:
         _read_npz(run_dir / "eval_worst.npz", data)
     if data.present["published.json"]:
