@@ -90,6 +90,14 @@ def test_16bit_scaled_not_clipped(bad_files, tmp_path):
     assert np.abs(out - ramp / 257).max() <= 0.5 + 1e-9
 
 
+def test_16bit_transparency_is_white(tmp_path):
+    a = np.zeros((4, 4), np.uint16)
+    a[:, 2:] = 40000
+    Image.fromarray(a).save(tmp_path / "t16.png", transparency=0)
+    out = np.asarray(load_image(tmp_path / "t16.png", grayscale=True))
+    assert out[0].tolist() == [255, 255, 156, 156]
+
+
 @pytest.mark.parametrize("mode, values, expect", [
     ("I;16B", [0, 65535], [0, 255]),  # big-endian 16-bit TIFF data
     ("I", [0, 65535], [0, 255]),      # 32-bit int holding 16-bit values

@@ -4,7 +4,6 @@ from __future__ import annotations
 import gzip
 import json
 import re
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -57,7 +56,8 @@ def test_half_written_run_folder_says_what_is_missing(digits_run):
     assert "This run folder is incomplete" in page
     assert "<code>eval.json</code> is missing" in page and "<code>run.json</code> is missing" in page
     assert "eval_worst.npz</code> is missing" in page
-    assert "skipped 1 unreadable line (" in page and "the last one: the run was probably stopped" in page
+    cut = len(metrics.splitlines()) + 1
+    assert f"skipped unreadable line {cut} (the last one: the run was probably stopped" in page
     assert "No test evaluation" in page
     assert f"{100 * max(val_accs):.2f}%" in page and "best val accuracy" in page  # headline falls back
     assert page.count(PNG) == 4  # the training curves are all still there
@@ -85,6 +85,7 @@ def test_empty_and_garbage_run_folders_never_crash(tmp_path):
     (junk / "published.json").write_text('{"name": "x"}')
     page = write_report(junk).read_text()
     assert "Problems reading the run folder" in page
+    assert "metrics.jsonl: skipped 1 unreadable line(s): 1" in page  # a JSON string, not an object
     for needle in ("config.yaml: could not be parsed", "run.json: expected a JSON dict", "&#x27;acc&#x27;",
                    "eval_worst.npz: could not be read", "published.json: expected a JSON list"):
         assert needle in page, needle

@@ -2,7 +2,8 @@
 
 Class names are the sub-folder names, sorted (or ``data.classes`` in that order).  Files are
 found recursively; hidden files and folders (``.DS_Store``, ``.ipynb_checkpoints``) are ignored;
-files whose extension is not an image's are reported as skipped, never silently dropped.
+files whose extension is not an image's are reported as skipped, never silently dropped (also
+with ``data.strict``, which raises only for files with an image extension that fail to decode).
 """
 from __future__ import annotations
 

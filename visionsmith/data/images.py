@@ -97,7 +97,13 @@ def _to_8bit(im: Image.Image, grayscale: bool) -> Image.Image:
         white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(white, rgba).convert(out_mode)
     if im.mode.startswith("I") or im.mode == "F":
+        trns = im.info.get("transparency")  # a 16-bit PNG's tRNS: one gray value that is transparent
+        clear = np.asarray(im) == trns if isinstance(trns, int) else None
         im = _scale_to_l(im)  # 16/32-bit and float images: one channel of scaled values
+        if clear is not None and clear.any():
+            a = np.array(im)
+            a[clear] = 255  # on white, like every other transparent pixel
+            im = Image.fromarray(a, mode="L")
     if im.mode == out_mode:
         return im
     return im.convert(out_mode)  # P, 1, L, RGB, CMYK, YCbCr, ... (Pillow's ITU-R 601 luma for L)

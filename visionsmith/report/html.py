@@ -11,14 +11,12 @@ from __future__ import annotations
 
 import datetime as dt
 import html
-import os
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 from . import fmt, plots
 from .published import DEFAULT_PICKS
-from .run_folder import FILES, OPTIONAL, RunData, get, load_run
+from .run_folder import FILES, OPTIONAL, RunData, atomic_write, get, headline, load_run
 from .style import CSS
 
 esc = html.escape
@@ -57,18 +55,7 @@ def _safe(fn: Callable[[RunData], str], data: RunData, sid: str, title: str) -> 
 
 
 # ---------------------------------------------------------------------------------------------
-# headline
-
-
-def headline(data: RunData) -> tuple[float | None, str]:
-    """The one number the page leads with: test accuracy, else the best validation accuracy."""
-    if fmt.is_num(data.eval.get("acc")):
-        return float(data.eval["acc"]), f"test accuracy \u00b7 {fmt.num(data.eval.get('n'))} images"
-    accs = [(r["acc"], r.get("epoch")) for r in data.val if fmt.is_num(r.get("acc"))]
-    if accs:
-        acc, epoch = max(accs, key=lambda a: a[0])
-        return float(acc), f"best val accuracy (epoch {epoch}) \u00b7 no test evaluation yet"
-    return None, "no accuracy recorded yet"
+# header, key numbers, notices
 
 
 def _header(data: RunData) -> str:
@@ -111,7 +98,7 @@ def _kpis(data: RunData) -> str:
         ]
     cards = scores + [
         ("parameters", fmt.count(get(data.run, "params.total")),
-         f"{fmt.count(get(data.run, 'params.trainable'))} trainable"),
+         f"{fmt.count(get(data.run, 'params.trainable'))} trainable" if get(data.run, "params.total") else ""),
         ("train time", fmt.seconds(timing.get("train_s")), fmt.rate(timing.get("train_img_per_s"))),
         ("steps", fmt.num(last_train.get("step")), f"epoch {fmt.num(last_train.get('epoch'))}"),
     ]
@@ -410,16 +397,4 @@ def write_report(run_dir: str | Path) -> Path:
         raise FileNotFoundError(f"run folder {run_dir} does not exist")
     data = load_run(run_dir)
     page = render_report(data)
-    return _atomic_write(run_dir / "report.html", page)
-
-
-def _atomic_write(path: Path, text: str) -> Path:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write(run_dir / "report.html", page)

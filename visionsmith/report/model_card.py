@@ -11,9 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from . import fmt
-from .html import _atomic_write, headline
 from .published import DEFAULT_PICKS, compare_line
-from .run_folder import FILES, RunData, get, load_run
+from .run_folder import FILES, RunData, atomic_write, get, headline, load_run
 
 # What we know about each built-in dataset: a description, the intended use and the limits.
 DATASETS = {
@@ -99,7 +98,7 @@ def _data(data: RunData, ds: dict, ds_name: str) -> list[str]:
     return ["## Data", "", ds["about"], "", _table(["", ""], [
         ["dataset", f"`{ds_name}`"],
         ["validation", f"{fmt.pct(c('data.val_fraction'), 0)} of train, held out by seed"],
-        ["train limit", str(c("data.train_limit")) if c("data.train_limit") else "all training images"],
+        ["train limit", fmt.num(c("data.train_limit")) if c("data.train_limit") else "all training images"],
         ["test images", fmt.num(data.eval.get("n"))],
     ]), ""]
 
@@ -203,4 +202,4 @@ def write_model_card(run_dir: str | Path) -> Path:
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise FileNotFoundError(f"run folder {run_dir} does not exist")
-    return _atomic_write(run_dir / "model_card.md", render_model_card(load_run(run_dir)))
+    return atomic_write(run_dir / "model_card.md", render_model_card(load_run(run_dir)))

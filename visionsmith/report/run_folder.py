@@ -8,6 +8,8 @@ so the report can say so instead of crashing or silently showing less.
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -111,11 +113,12 @@ def _read_metrics(path: Path, data: RunData) -> None:
             data.val.append(row)
     if bad:
         # The usual cause is a run killed while writing its last line: say which lines.
-        where = ", ".join(map(str, bad[:10])) + (", ..." if len(bad) > 10 else "")
         if bad == [len(lines)]:
-            where += ", the last one: the run was probably stopped while writing it"
-        data.problems.append(f"metrics.jsonl: skipped {len(bad)} unreadable "
-                             f"line{'s' if len(bad) > 1 else ''} ({where})")
+            msg = f"skipped unreadable line {bad[0]} (the last one: the run was probably stopped while writing it)"
+        else:
+            msg = f"skipped {len(bad)} unreadable line(s): " + ", ".join(map(str, bad[:10])) + \
+                  (", ..." if len(bad) > 10 else "")
+        data.problems.append(f"metrics.jsonl: {msg}")
 
 
 def _read_npz(path: Path, data: RunData) -> None:
@@ -199,3 +202,29 @@ def load_run(run_dir: str | Path) -> RunData:
 
 def _is_number(x: Any) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool) and np.isfinite(x)
+
+
+def headline(data: RunData) -> tuple[float | None, str]:
+    """The one number a report leads with, and its label: test accuracy, else the best val accuracy."""
+    if _is_number(data.eval.get("acc")):
+        n = data.eval.get("n")
+        return float(data.eval["acc"]), "test accuracy" + (f" \u00b7 {n:,} images" if _is_number(n) else "")
+    accs = [(r["acc"], r.get("epoch")) for r in data.val if _is_number(r.get("acc"))]
+    if accs:
+        acc, epoch = max(accs, key=lambda a: a[0])
+        return float(acc), f"best val accuracy (epoch {epoch}) \u00b7 no test evaluation yet"
+    return None, "no accuracy recorded yet"
+
+
+def atomic_write(path: Path, text: str) -> Path:
+    """Write ``text`` to ``path`` via a temp file + rename: a reader never sees half a file."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; a report is meant to be shared
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path

@@ -1,0 +1,375 @@
+"""Training-loop overhead: visionsmith's ``fit`` vs a hand-written PyTorch loop vs ``transformers.Trainer``.
+
+    python benchmarks/loop_overhead.py                 # MobileNetV2 (pretrained), Fashion-MNIST, 32 px
+    python benchmarks/loop_overhead.py --quick         # smoke run: simple_cnn, a few steps
+
+All three contenders train the same thing, in the same process, with the same torch threads:
+the same model (``visionsmith.models.create_model`` with the recipe's arguments, head initialised
+from the same seed, channels-last), the same training images (Fashion-MNIST train split from
+``build_datasets``, uint8, in memory), the same per-batch augmentation (``BatchTransform``, one
+affine warp per image), the same loss (cross-entropy with the recipe's label smoothing, dropout on),
+the same optimizer (``torch.optim.AdamW`` with torch's default CPU implementation), batch size
+and number of steps.  The base config is ``recipes/fashion-mnist-quick.yaml``.
+
+What is timed, identically for each contender: the wall-clock time of N optimizer steps that
+follow W warm-up steps, i.e. from the end of step W to the end of step W+N.  One step's time
+therefore contains everything the loop does between two optimizer steps: indexing the batch out
+of the uint8 tensor, augmentation and normalisation, forward, loss, backward, optimizer step, the
+learning-rate update and whatever bookkeeping the loop does (progress bar, loss.item(), logging,
+callbacks).  Not timed: building data and model, validation, evaluation, checkpoint writing.
+Result: images/s = N * batch / that time.
+
+  * plain: a loop as one writes it by hand (below, ``plain_loop``), with a cosine LambdaLR and a
+    ``loss.item()`` per step (as any loop that prints its loss); stamps from ``time.perf_counter``.
+  * visionsmith: ``visionsmith.engine.loop.fit(cfg, out=tmp)`` with ``train.max_steps=W+N``,
+    ``train.epochs=1`` and ``train.log_every=gcd(W, N)``.  The stamp is taken when ``fit`` appends
+    a train row to metrics.jsonl (the benchmark wraps ``MetricsLog.log`` to read the clock; the
+    loop's code is untouched), so the interval covers the loop's full iteration, bookkeeping
+    included.  ``fit``'s own yardstick, the ``time`` column (cumulative per-step time that stops
+    before ``loss.item()``, the progress bar and the log write), is reported next to it as
+    ``visionsmith_self``.  ``git_info`` is stubbed out (run.json metadata only, outside the timed
+    region) so the benchmark runs no git commands.
+  * trainer: ``transformers.Trainer`` on the model wrapped in a module returning
+    ``{"loss", "logits"}``; the dataset yields indices and the collator gathers the uint8 batch
+    and applies the same ``BatchTransform`` (so augmentation is timed, as in the others);
+    ``use_cpu=True``, ``optim="adamw_torch"`` (the same AdamW implementation as the others; the
+    Trainer's own default would be the fused one), ``max_grad_norm=0`` (no clipping, like the
+    recipe), cosine schedule, logging/saving/eval off, ``dataloader_num_workers=0``.  Stamps from a
+    ``TrainerCallback.on_step_end``; the Trainer fetches the next batch before ``on_step_begin``,
+    so step_end-to-step_end intervals include data loading.
+
+Contenders run in rounds, interleaved and rotated (round r starts with contender r mod 3), so
+slow drift of the shared machine's load hits all of them alike.  Reported: the median images/s
+of each over the rounds, the ratios of those medians, and the median of the per-round ratios.
+Absolute numbers on a shared machine are noise; the ratios measured in one run are the result.
+Writes ``benchmarks/results/loop_overhead.json`` (``loop_overhead-quick.json`` with --quick).
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as _dt
+import gc
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+
+import torch  # noqa: E402
+import torch.nn as nn  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPE = ROOT / "recipes" / "fashion-mnist-quick.yaml"
+CONTENDERS = ("plain", "visionsmith", "trainer")
+
+
+# -- shared setup --------------------------------------------------------------------------------
+
+def make_config(args):
+    from visionsmith.config import load_config
+    from visionsmith.models import get_model_entry
+    pretrained = bool(get_model_entry(args.model).pretrained)  # embedded weights where the model has them
+    overrides = [f"model.name={args.model}", f"model.pretrained={str(pretrained).lower()}",
+                 f"data.image_size={args.image_size}", f"train.batch_size={args.batch_size}",
+                 f"train.threads={args.threads}", f"train.max_steps={args.warmup + args.steps}",
+                 "train.epochs=1", f"train.log_every={math.gcd(args.warmup, args.steps)}",
+                 "train.checkpoint_every=0", "train.ema=false"]
+    return load_config(RECIPE, overrides)
+
+
+def make_model(cfg, num_classes: int) -> nn.Module:
+    """The model as ``fit`` builds it: same factory arguments, head initialised from the seed."""
+    from visionsmith.models import create_model
+    torch.manual_seed(cfg.seed)
+    m = cfg.model
+    model = create_model(m.name, num_classes=num_classes, pretrained=m.pretrained, in_chans=m.in_chans,
+                         drop_rate=m.drop_rate, **m.kwargs)
+    return model.to(memory_format=torch.channels_last) if cfg.train.channels_last else model
+
+
+def make_transform(cfg, model):
+    from visionsmith.data import BatchTransform
+    pc = getattr(model, "pretrained_cfg", {}) or {}
+    mean, std = tuple(pc.get("mean", (0.5,) * 3)), tuple(pc.get("std", (0.5,) * 3))
+    return BatchTransform(True, cfg.data.image_size, mean, std, cfg.model.in_chans, cfg.data.augment)
+
+
+def cosine_lambda(cfg, total_steps: int, steps_per_epoch: int):
+    warm = int(cfg.train.warmup_epochs * steps_per_epoch)
+
+    def f(step):
+        if step < warm:
+            return (step + 1) / warm
+        p = min(1.0, (step - warm) / max(1, total_steps - warm))
+        return 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * p))
+    return f
+
+
+def rate(stamps: dict[int, float], warmup: int, steps: int, batch: int) -> float:
+    return steps * batch / (stamps[warmup + steps] - stamps[warmup])
+
+
+# -- (a) the plain loop ------------------------------------------------------------------------
+
+def plain_loop(cfg, train, args) -> dict:
+    t = cfg.train
+    model = make_model(cfg, len(train.classes))
+    tf = make_transform(cfg, model)
+    images, labels = train.images, train.labels
+    B, total = t.batch_size, args.warmup + args.steps
+    opt = torch.optim.AdamW(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, cosine_lambda(cfg, total, len(train) // B))
+    gen = torch.Generator().manual_seed(cfg.seed)
+    perm = torch.randperm(len(train), generator=gen)
+    model.train()
+    stamps = {0: time.perf_counter()}
+    for step in range(total):
+        idx = perm[step * B:(step + 1) * B]
+        x = tf(images[idx], gen).contiguous(memory_format=torch.channels_last)
+        y = labels[idx]
+        loss = F.cross_entropy(model(x).float(), y, label_smoothing=t.label_smoothing)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        loss.item()
+        stamps[step + 1] = time.perf_counter()
+    return {"img_per_s": rate(stamps, args.warmup, args.steps, B)}
+
+
+# -- (b) visionsmith ---------------------------------------------------------------------------
+
+def visionsmith_loop(cfg, train, args, tmp: Path, r: int) -> dict:
+    from visionsmith.engine import loop as vloop
+    from visionsmith.engine import runfolder
+    stamps: dict[int, float] = {}
+    orig_log, orig_git = runfolder.MetricsLog.log, vloop.git_info
+
+    def log(self, **row):
+        if row.get("split") == "train":
+            stamps[row["step"]] = time.perf_counter()
+        return orig_log(self, **row)
+
+    runfolder.MetricsLog.log = log
+    vloop.git_info = lambda: {"rev": None, "dirty": False, "note": "not read by the benchmark"}
+    try:
+        run_dir = vloop.fit(cfg, out=tmp / f"vs-{r}")
+    finally:
+        runfolder.MetricsLog.log, vloop.git_info = orig_log, orig_git
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    cum = {row["step"]: row["time"] for row in rows if row.get("split") == "train"}
+    W, N, B = args.warmup, args.steps, cfg.train.batch_size
+    return {"img_per_s": rate(stamps, W, N, B), "self_img_per_s": N * B / (cum[W + N] - cum[W])}
+
+
+# -- (c) the Hugging Face Trainer ----------------------------------------------------------------
+
+class _Indices(torch.utils.data.Dataset):
+    def __init__(self, n: int):
+        self.n = n
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> int:
+        return i
+
+
+class _Collate:
+    """Indices -> the same augmented, normalised, channels-last batch the other loops build."""
+
+    def __init__(self, images, labels, tf, gen):
+        self.images, self.labels, self.tf, self.gen = images, labels, tf, gen
+
+    def __call__(self, idxs):
+        idx = torch.as_tensor(idxs)
+        x = self.tf(self.images[idx], self.gen).contiguous(memory_format=torch.channels_last)
+        return {"pixel_values": x, "labels": self.labels[idx]}
+
+
+class _HFWrap(nn.Module):
+    def __init__(self, model: nn.Module, label_smoothing: float):
+        super().__init__()
+        self.model, self.label_smoothing = model, label_smoothing
+
+    def forward(self, pixel_values, labels=None):
+        logits = self.model(pixel_values)
+        loss = None if labels is None else F.cross_entropy(logits.float(), labels,
+                                                           label_smoothing=self.label_smoothing)
+        return {"loss": loss, "logits": logits}
+
+
+def trainer_loop(cfg, train, args, tmp: Path, r: int) -> dict:
+    from transformers import Trainer, TrainerCallback, TrainingArguments
+    t = cfg.train
+    stamps: dict[int, float] = {}
+
+    class Stamp(TrainerCallback):
+        def on_train_begin(self, a, state, control, **kw):
+            stamps[0] = time.perf_counter()
+
+        def on_step_end(self, a, state, control, **kw):
+            stamps[state.global_step] = time.perf_counter()
+
+    model = make_model(cfg, len(train.classes))
+    tf = make_transform(cfg, model)
+    steps_per_epoch = len(train) // t.batch_size
+    targs = TrainingArguments(
+        output_dir=str(tmp / f"hf-{r}"), use_cpu=True, per_device_train_batch_size=t.batch_size,
+        max_steps=args.warmup + args.steps, learning_rate=t.lr, weight_decay=t.weight_decay,
+        lr_scheduler_type="cosine", warmup_steps=int(t.warmup_epochs * steps_per_epoch), optim="adamw_torch",
+        max_grad_norm=0.0, logging_strategy="no", save_strategy="no", eval_strategy="no", report_to=[],
+        dataloader_num_workers=0, dataloader_drop_last=True, disable_tqdm=True, remove_unused_columns=False,
+        seed=cfg.seed)
+    trainer = Trainer(model=_HFWrap(model, t.label_smoothing), args=targs, train_dataset=_Indices(len(train)),
+                      data_collator=_Collate(train.images, train.labels, tf, torch.Generator().manual_seed(cfg.seed)),
+                      callbacks=[Stamp()])
+    trainer.train()
+    del trainer
+    return {"img_per_s": rate(stamps, args.warmup, args.steps, t.batch_size)}
+
+
+# -- driver ------------------------------------------------------------------------------------
+
+def cpu_model() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown"
+
+
+def loadavg() -> list[float] | None:
+    with contextlib.suppress(OSError):
+        return [float(v) for v in Path("/proc/loadavg").read_text().split()[:3]]
+    return None
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default=None, help="registered model (default mobilenetv2; simple_cnn with --quick)")
+    p.add_argument("--batch-size", type=int, default=None, help="default 128 (64 with --quick)")
+    p.add_argument("--steps", type=int, default=None, help="timed steps per run (default 30; 6 with --quick)")
+    p.add_argument("--warmup", type=int, default=None, help="untimed steps first, >= 1 (default 5; 2 with --quick)")
+    p.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 3; 2 with --quick)")
+    p.add_argument("--threads", type=int, default=2, help="torch intra-op threads for every contender")
+    p.add_argument("--image-size", type=int, default=32)
+    p.add_argument("--quick", action="store_true", help="smoke run: simple_cnn, few steps")
+    p.add_argument("--out", type=Path, default=None, help="JSON result (default benchmarks/results/loop_overhead.json)")
+    args = p.parse_args(argv)
+    defaults = dict(model="simple_cnn", batch_size=64, steps=6, warmup=2, rounds=2) if args.quick else \
+        dict(model="mobilenetv2", batch_size=128, steps=30, warmup=5, rounds=3)
+    for k, v in defaults.items():
+        if getattr(args, k) is None:
+            setattr(args, k, v)
+    if args.out is None:
+        args.out = ROOT / "benchmarks" / "results" / ("loop_overhead-quick.json" if args.quick else "loop_overhead.json")
+    if args.warmup < 1 or args.steps < 1 or args.rounds < 1:
+        p.error("--warmup, --steps and --rounds must be >= 1")
+    return args
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    import transformers
+
+    import visionsmith
+    from visionsmith.data import build_datasets
+    cfg = make_config(args)
+    train = build_datasets(cfg.data, cfg.seed)["train"]
+    if len(train) < (args.warmup + args.steps) * args.batch_size:
+        sys.exit(f"{len(train)} training images are fewer than (warmup + steps) x batch; lower --steps")
+    load_before = loadavg()
+    print(f"loop_overhead: {args.model}, batch {args.batch_size}, {args.image_size}px, {args.threads} threads, "
+          f"{args.warmup} warm-up + {args.steps} timed steps, {args.rounds} rounds; load average {load_before}",
+          flush=True)
+
+    runs: dict[str, list[dict]] = {c: [] for c in CONTENDERS}
+    threads_seen = set()
+    with tempfile.TemporaryDirectory(prefix="vs-bench-") as tmpdir:
+        tmp = Path(tmpdir)
+        for r in range(args.rounds):
+            order = CONTENDERS[r % 3:] + CONTENDERS[:r % 3]
+            for name in order:
+                torch.set_num_threads(args.threads)
+                if name == "plain":
+                    res = plain_loop(cfg, train, args)
+                elif name == "visionsmith":
+                    res = visionsmith_loop(cfg, train, args, tmp, r)
+                else:
+                    res = trainer_loop(cfg, train, args, tmp, r)
+                threads_seen.add(torch.get_num_threads())
+                res["round"], res["load_avg"] = r, loadavg()
+                runs[name].append(res)
+                gc.collect()
+                print(f"  round {r + 1}/{args.rounds} {name:<12} {res['img_per_s']:8.1f} img/s", flush=True)
+
+    med = {c: statistics.median(x["img_per_s"] for x in runs[c]) for c in CONTENDERS}
+    med_self = statistics.median(x["self_img_per_s"] for x in runs["visionsmith"])
+
+    def per_round(a, b):
+        return statistics.median(x["img_per_s"] / y["img_per_s"] for x, y in zip(runs[a], runs[b]))
+
+    ratios = {"visionsmith/plain": med["visionsmith"] / med["plain"],
+              "visionsmith/trainer": med["visionsmith"] / med["trainer"],
+              "trainer/plain": med["trainer"] / med["plain"]}
+    ratios_rounds = {"visionsmith/plain": per_round("visionsmith", "plain"),
+                     "visionsmith/trainer": per_round("visionsmith", "trainer"),
+                     "trainer/plain": per_round("trainer", "plain")}
+    load_after = loadavg()
+
+    print()
+    print(f"{'contender':<22}{'median img/s':>14}{'vs plain':>10}   rounds")
+    for c in CONTENDERS:
+        rr = " ".join(f"{x['img_per_s']:.1f}" for x in runs[c])
+        print(f"{c:<22}{med[c]:>14.1f}{med[c] / med['plain']:>9.3f}x   {rr}")
+    rr = " ".join(f"{x['self_img_per_s']:.1f}" for x in runs["visionsmith"])
+    print(f"{'visionsmith (self)':<22}{med_self:>14.1f}{med_self / med['plain']:>9.3f}x   {rr}"
+          "   (fit's own `time` column)")
+    print()
+    for k in ratios:
+        print(f"{k:<20} {ratios[k]:.3f}x (ratio of medians)   {ratios_rounds[k]:.3f}x (median of per-round ratios)")
+    target = ratios["visionsmith/plain"] >= 0.95
+    print(f"target visionsmith >= 0.95x plain: {'met' if target else 'NOT met'}")
+    print(f"load average: before {load_before}, after {load_after}")
+
+    result = {
+        "benchmark": "loop_overhead",
+        "command": "python benchmarks/loop_overhead.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        "what": "wall-clock images/s over N optimizer steps after W warm-up steps (data indexing, augmentation, "
+                "forward, backward, optimizer step, loop bookkeeping); see the script's docstring",
+        "settings": {"model": args.model, "pretrained": cfg.model.pretrained, "batch_size": args.batch_size,
+                     "steps": args.steps, "warmup": args.warmup, "rounds": args.rounds, "threads": args.threads,
+                     "image_size": args.image_size, "data": train.name, "train_images": len(train),
+                     "channels_last": cfg.train.channels_last, "label_smoothing": cfg.train.label_smoothing,
+                     "log_every": cfg.train.log_every, "quick": args.quick},
+        "median_img_per_s": {**med, "visionsmith_self": med_self},
+        "ratios": ratios,
+        "ratios_median_per_round": ratios_rounds,
+        "target_visionsmith_vs_plain_0.95": target,
+        "runs": runs,
+        "env": {"date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                "torch": torch.__version__, "transformers": transformers.__version__,
+                "visionsmith": visionsmith.__version__, "python": platform.python_version(),
+                "threads": sorted(threads_seen), "cpu_count": os.cpu_count(), "cpu_model": cpu_model(),
+                "platform": platform.platform(), "load_avg_before": load_before, "load_avg_after": load_after},
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {args.out}")
+    return result
+
+
+if __name__ == "__main__":
+    main()
