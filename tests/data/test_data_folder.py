@@ -172,13 +172,24 @@ def test_cache_used_on_second_build(image_folder, vs_home):
     assert blob["images"].shape == (24, 3, 16, 16)
 
 
-def test_progress_bar_for_many_files(tmp_path, capfd):
-    root = tmp_path / "many"
+def many_images(root: Path) -> Path:
+    """202 tiny PNGs in two classes: above the 200-file progress-bar threshold."""
     for c in ("a", "b"):
         (root / c).mkdir(parents=True)
         for i in range(101):
             Image.new("L", (8, 8), i if c == "a" else 255 - i).save(root / c / f"{i}.png")
-    ds = build_datasets(folder_cfg(root, grayscale=True, image_size=8), seed=0)
+    return root
+
+
+def test_progress_bar_for_many_files(tmp_path, capfd, monkeypatch):
+    monkeypatch.delenv("TQDM_DISABLE", raising=False)  # tests/conftest.py silences tqdm by default
+    ds = build_datasets(folder_cfg(many_images(tmp_path / "many"), grayscale=True, image_size=8), seed=0)
     assert sum(len(s) for s in ds.values()) == 202
     err = capfd.readouterr().err
     assert "decoding folder/train" in err and "202/202" in err
+
+
+def test_progress_bar_honours_tqdm_disable(tmp_path, capfd, monkeypatch):
+    monkeypatch.setenv("TQDM_DISABLE", "1")
+    build_datasets(folder_cfg(many_images(tmp_path / "many"), grayscale=True, image_size=8), seed=0)
+    assert "decoding" not in capfd.readouterr().err

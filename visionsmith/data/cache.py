@@ -112,8 +112,10 @@ def decode_files(paths: list[str], size: int, grayscale: bool, strict: bool = Fa
 
     kept, tensors, skipped = [], [], []
     workers = max(1, min(8, os.cpu_count() or 1))
+    # an explicit disable= would override tqdm's own TQDM_DISABLE variable, so honour it here
+    quiet = len(paths) <= PROGRESS_MIN_FILES or os.environ.get("TQDM_DISABLE", "").lower() in ("1", "true")
     with ThreadPoolExecutor(workers) as pool, tqdm(total=len(paths), desc=desc, unit="img", file=sys.stderr,
-                                                  disable=len(paths) <= PROGRESS_MIN_FILES) as bar:
+                                                  disable=quiet) as bar:
         try:
             for p, out in zip(paths, pool.map(one, paths)):  # map keeps order: strict raises the first bad file
                 stats["decoded"] += 1

@@ -111,7 +111,7 @@ def fit(cfg: Config, out: str | Path | None = None, resume: str | Path | None = 
                         data={"name": train_ds.name, "channels": int(train_ds.images.shape[1]),
                               "train": len(train_ds), "val": len(val_ds) if val_ds is not None else 0,
                               "test": len(data["test"]) if "test" in data else 0,
-                              "skipped": [list(s) for s in train_ds.skipped]},
+                              "skipped": [list(s) for ds in data.values() for s in ds.skipped]},
                         command=command_line(), steps_per_epoch=steps_per_epoch, total_steps=total_steps)
     log = MetricsLog(run_dir / "metrics.jsonl", enabled=d.main)
     eval_model = lambda: ema.module if ema is not None else model  # noqa: E731
