@@ -369,7 +369,7 @@ def main(argv=None) -> dict:
 
     result = {
         "benchmark": "loop_overhead",
-        "command": "python benchmarks/loop_overhead.py " + " ".join(sys.argv[1:] if argv is None else argv),
+        "command": " ".join(["python benchmarks/loop_overhead.py", *(sys.argv[1:] if argv is None else argv)]),
         "what": "wall-clock images/s over N optimizer steps after W warm-up steps (data indexing, augmentation, "
                 "forward, backward, optimizer step, loop bookkeeping); see the script's docstring",
         "settings": {"model": args.model, "pretrained": cfg.model.pretrained, "batch_size": args.batch_size,

@@ -23,6 +23,7 @@ def test_overrides_are_typed():
                        "model.kwargs={width: 8}", "data.augment.hflip=false"])
     assert cfg.train.lr == pytest.approx(3e-4) and isinstance(cfg.train.lr, float)
     assert cfg.train.epochs == 2 and cfg.data.augment.scale == (0.5, 1.0)
+    assert load_config(None, ["train.amp=off"]).train.amp == "off"  # not YAML 1.1's False
     assert cfg.train.grad_clip is None and cfg.model.kwargs == {"width": 8} and cfg.data.augment.hflip is False
 
 
@@ -36,6 +37,7 @@ def test_overrides_are_typed():
     ("data.augment.scale=[0.5]", "data.augment.scale: expected a list of 2 values"),
     ("data.name=imagenet", "data.name: 'imagenet' is not allowed"),
     ("train.lr", "must look like key.subkey=value"),
+    ("train.amp=of", "train.amp: 'of' is not allowed"),
 ])
 def test_bad_config_names_the_key(override, needle):
     with pytest.raises(ConfigError) as e:

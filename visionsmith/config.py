@@ -121,6 +121,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
                               f"got {value!r}")
         return _build(tp, value, key + ".")
     if origin is Literal:
+        if isinstance(value, bool) and ("on" if value else "off") in typing.get_args(tp):
+            value = "on" if value else "off"  # YAML 1.1 reads a bare off/on as a boolean
         if value not in typing.get_args(tp):
             raise ConfigError(f"{key}: {value!r} is not allowed; use {_type_name(tp)}")
         return value
