@@ -8,7 +8,7 @@ the same model (``visionsmith.models.create_model`` with the recipe's arguments,
 from the same seed, channels-last), the same training images (Fashion-MNIST train split from
 ``build_datasets``, uint8, in memory), the same per-batch augmentation (``BatchTransform``, one
 affine warp per image), the same loss (cross-entropy with the recipe's label smoothing, dropout on),
-the same optimizer (``torch.optim.AdamW`` with torch's default CPU implementation), batch size
+the same optimizer (``torch.optim.AdamW(fused=True)``, the kernel visionsmith uses), batch size
 and number of steps.  The base config is ``recipes/fashion-mnist-quick.yaml``.
 
 What is timed, identically for each contender: the wall-clock time of N optimizer steps that
@@ -36,9 +36,8 @@ robust to a neighbour's job hogging the cores for a few steps of one run.
   * trainer: ``transformers.Trainer`` on the model wrapped in a module returning
     ``{"loss", "logits"}``; the dataset yields indices and the collator gathers the uint8 batch
     and applies the same ``BatchTransform`` (so augmentation is timed, as in the others);
-    ``use_cpu=True``, ``optim="adamw_torch"`` (the same AdamW implementation as the others; the
-    Trainer's own default, ``adamw_torch_fused``, is a different kernel: ``--trainer-optim``
-    picks it, and then the comparison is no longer like for like), ``max_grad_norm=0`` (no clipping, like the
+    ``use_cpu=True``, ``optim="adamw_torch_fused"`` (the Trainer's own default and the same fused
+    AdamW kernel as the others), ``max_grad_norm=0`` (no clipping, like the
     recipe), cosine schedule, logging/saving/eval off, ``dataloader_num_workers=0``.  Stamps from a
     ``TrainerCallback.on_step_end``; the Trainer fetches the next batch before ``on_step_begin``,
     so step_end-to-step_end intervals include data loading.
@@ -137,7 +136,7 @@ def plain_loop(cfg, train, args) -> dict:
     tf = make_transform(cfg, model)
     images, labels = train.images, train.labels
     B, total = t.batch_size, args.warmup + args.steps
-    opt = torch.optim.AdamW(model.parameters(), lr=t.lr, weight_decay=t.weight_decay)
+    opt = torch.optim.AdamW(model.parameters(), lr=t.lr, weight_decay=t.weight_decay, fused=True)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, cosine_lambda(cfg, total, len(train) // B))
     gen = torch.Generator().manual_seed(cfg.seed)
     perm = torch.randperm(len(train), generator=gen)
@@ -275,9 +274,8 @@ def parse_args(argv=None):
     p.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 3; 2 with --quick)")
     p.add_argument("--threads", type=int, default=2, help="torch intra-op threads for every contender")
     p.add_argument("--image-size", type=int, default=32)
-    p.add_argument("--trainer-optim", default="adamw_torch",
-                   help="the Trainer's optim (default adamw_torch: the same AdamW code as the other two; "
-                        "adamw_torch_fused is the Trainer's own default on torch >= 2.8)")
+    p.add_argument("--trainer-optim", default="adamw_torch_fused",
+                   help="the Trainer's optim (default adamw_torch_fused: the same fused AdamW as the other two)")
     p.add_argument("--quick", action="store_true", help="smoke run: simple_cnn, few steps")
     p.add_argument("--out", type=Path, default=None, help="JSON result (default benchmarks/results/loop_overhead.json)")
     args = p.parse_args(argv)
