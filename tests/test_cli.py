@@ -129,3 +129,21 @@ def test_half_written_run_folder(digits_run, cli, tmp_path):
     # a new run refuses to overwrite an existing one
     res = cli("train", DIGITS, "--out", out, check=False)
     assert res.returncode == 2 and "already holds a run" in res.stderr
+
+
+def test_training_on_a_folder_skips_bad_files_or_stops_with_strict(cli, tmp_path):
+    """Bad files in a user's folder: reported and skipped by default; --strict names the first one."""
+    from visionsmith.data.synthetic import make_bad_files, make_image_folder
+    root = make_image_folder(tmp_path / "shapes", classes=3, per_class=12, size=24)
+    bad = make_bad_files(root / sorted(p.name for p in root.iterdir())[0])
+    args = ["train", DIGITS, "data.name=folder", f"data.root={root}", "data.image_size=16", "data.test_fraction=0.2",
+            "data.max_pixels=1000000", "model.in_chans=3", "train.epochs=2", "train.batch_size=8", "train.threads=1"]
+    res = cli(*args, "--out", tmp_path / "lenient")
+    info = json.loads((tmp_path / "lenient" / "run.json").read_text())
+    skipped = {Path(p).name for p, _ in info["data"]["skipped"]}
+    assert {bad[c].name for c in ("zero_byte", "truncated", "not_image", "bomb")} <= skipped
+    assert bad["exif_rotated"].name not in skipped and bad["cmyk"].name not in skipped  # odd but valid
+    assert "skipped" in res.stdout and "bad training file" in res.stdout
+    res = cli(*args, "--strict", "--out", tmp_path / "strict", check=False)
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert any(bad[c].name in res.stderr for c in ("zero_byte", "truncated", "not_image", "bomb"))

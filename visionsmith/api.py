@@ -133,7 +133,7 @@ def predict(run_dir: str | Path, inputs, topk: int = 5, batch_size: int = 64) ->
             res.bad.append((str(f), "no such file"))
             continue
         try:
-            tensors.append(image_to_uint8(load_image(f, grayscale=gray), size, gray))
+            tensors.append(image_to_uint8(load_image(f, grayscale=gray, max_pixels=cfg.data.max_pixels), size, gray))
             good.append(f)
         except DataError as e:
             res.bad.append((str(f), getattr(e, "reason", str(e))))

@@ -5,7 +5,6 @@ import argparse
 import json
 import os
 import sys
-import textwrap
 from pathlib import Path
 
 EPILOG = """examples:
@@ -234,7 +233,7 @@ def main(argv: list[str] | None = None) -> int:
         if a.debug or not _is_user_error(e):
             raise
         msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
-        print(textwrap.fill(f"error: {msg}", width=120, subsequent_indent="  "), file=sys.stderr)
+        print(f"error: {msg}", file=sys.stderr)
         return 2
 
 

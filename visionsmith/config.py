@@ -50,6 +50,7 @@ class DataConfig:
     train_limit: int | None = None  # use only the first N (shuffled) training images
     grayscale: bool = False  # decode folder/csv images as one channel
     strict: bool = False  # fail on the first bad file instead of reporting and skipping it
+    max_pixels: int = 89_478_485  # larger images are refused as decompression bombs (Pillow's limit)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
 

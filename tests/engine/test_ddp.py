@@ -16,7 +16,7 @@ ARGS = [str(REPO / "recipes" / "digits.yaml"), "train.epochs=2", "train.threads=
 
 def _torchrun(torchrun, *args, env=None):
     e = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", **(env or {})}
-    res = subprocess.run([torchrun, "--nproc_per_node", "2", "--master_port", "0", "-m", "visionsmith", *args],
+    res = subprocess.run([torchrun, "--standalone", "--nproc_per_node", "2", "-m", "visionsmith", *args],
                          capture_output=True, text=True, env=e, timeout=600)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     return res

@@ -15,7 +15,6 @@ from ..config import DataConfig
 from . import csv_source, digits, fashion_mnist, folder, splits
 from .dataset import ImageDataset
 from .errors import DataError
-from .images import DEFAULT_MAX_PIXELS
 
 TEST_SEED = 0  # the hold-out test split does not move with the run seed
 DIGITS_TEST_FRACTION = 0.2
@@ -37,7 +36,7 @@ def _source(cfg: DataConfig, max_pixels: int) -> dict[str, ImageDataset]:
     raise DataError(f"data.name {cfg.name!r} is not a dataset; use fashion_mnist, digits, folder or csv")
 
 
-def build_datasets(cfg: DataConfig, seed: int, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> dict[str, ImageDataset]:
+def build_datasets(cfg: DataConfig, seed: int, *, max_pixels: int | None = None) -> dict[str, ImageDataset]:
     """``{"train", "val", "test"}`` for ``cfg``; the same split for the same ``seed``, every run.
 
     Images are uint8 ``[N, C, H, W]`` at the source's size (28 for Fashion-MNIST, 8 for digits,
@@ -45,7 +44,7 @@ def build_datasets(cfg: DataConfig, seed: int, *, max_pixels: int = DEFAULT_MAX_
     Bad files are on ``.skipped`` of the split whose files they were (the source's ``train`` pool
     for hold-out splits).  Raises ``DataError`` for data that cannot make a classifier.
     """
-    src = _source(cfg, max_pixels)
+    src = _source(cfg, max_pixels or cfg.max_pixels)
     pool = src["train"]
     base = cfg.name
 

@@ -1,4 +1,4 @@
-"""Exponential moving average of weights (Polyak averaging; timm ``ModelEmaV3`` in spirit)."""
+"""Exponential moving average of weights (Polyak averaging; timm ``ModelEmaV2/V3`` in spirit)."""
 from __future__ import annotations
 
 import copy
@@ -8,10 +8,13 @@ import torch.nn as nn
 
 
 class ModelEMA(nn.Module):
-    """Keeps ``ema = decay * ema + (1 - decay) * weights`` after each optimizer step.
+    """Keeps ``ema = decay * ema + (1 - decay) * current`` after each optimizer step.
 
-    Decay warms up as ``min(decay, (1 + n) / (10 + n))`` so early averages are not dominated by
-    the random start.  Buffers (BatchNorm statistics) are copied, not averaged.
+    Float buffers (BatchNorm running mean/var) are averaged like the weights: the averaged weights
+    need statistics of the averaged model, and copying the current model's statistics instead
+    made the EMA model collapse for an epoch when they drifted (seen on Fashion-MNIST at 64 px).
+    Integer buffers (``num_batches_tracked``) are copied.  Decay warms up as
+    ``min(decay, (1 + n) / (10 + n))`` so early averages are not dominated by the random start.
     """
 
     def __init__(self, model: nn.Module, decay: float):
@@ -25,7 +28,10 @@ class ModelEMA(nn.Module):
         self.updates += 1
         n = int(self.updates)
         d = min(self.decay, (1 + n) / (10 + n))
-        for e, m in zip(self.module.parameters(), model.parameters()):
-            e.lerp_(m.detach(), 1.0 - d)
-        for e, m in zip(self.module.buffers(), model.buffers()):
-            e.copy_(m)
+        ema_state, state = self.module.state_dict(), model.state_dict()
+        for k, e in ema_state.items():
+            m = state[k].detach()
+            if e.is_floating_point():
+                e.lerp_(m, 1.0 - d)
+            else:
+                e.copy_(m)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import threading
 import time
 from pathlib import Path
 
@@ -128,7 +129,9 @@ def fit(cfg: Config, out: str | Path | None = None, resume: str | Path | None = 
 
     # SIGTERM (a scheduler's pre-emption) becomes a clean stop at the next step boundary.
     stop_requested = []
-    old_term = signal.signal(signal.SIGTERM, lambda *_: stop_requested.append(1)) if d.main else None
+    in_main_thread = threading.current_thread() is threading.main_thread()  # signal() works only there
+    old_term = signal.signal(signal.SIGTERM, lambda *_: stop_requested.append(1)) \
+        if d.main and in_main_thread else None
 
     method.train()
     status, done = "done", False
@@ -181,11 +184,11 @@ def fit(cfg: Config, out: str | Path | None = None, resume: str | Path | None = 
                 train_time += dt
                 loss_sum, loss_n = loss_sum + loss.item(), loss_n + 1
                 bar.update(per_step)
-                if step % t.log_every == 0 or b == steps_per_epoch - 1:
+                if step % t.log_every == 0 or b == steps_per_epoch - 1 or step >= total_steps:
                     elapsed = time.perf_counter() - t_log
                     ips = loss_n * per_step / max(elapsed, 1e-9)
                     mean_loss = D.mean_scalar(loss_sum / loss_n, d, device)
-                    log.log(split="train", step=step, epoch=epoch + b / steps_per_epoch, loss=mean_loss,
+                    log.log(split="train", step=step, epoch=epoch + (b + 1) / steps_per_epoch, loss=mean_loss,
                             lr=opt.param_groups[0]["lr"], img_per_s=ips, time=train_time)
                     bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{opt.param_groups[0]['lr']:.2e}")
                     loss_sum, loss_n, t_log = 0.0, 0, time.perf_counter()
@@ -194,7 +197,8 @@ def fit(cfg: Config, out: str | Path | None = None, resume: str | Path | None = 
                     checkpoint(epoch, b + 1)
                 if stop_after_steps is not None and step >= stop_after_steps:
                     return run_dir  # simulated crash: no final checkpoint, no status change
-                if D.broadcast_object(bool(stop_requested), d):
+                # Under DDP the ranks agree on stopping at log steps only: a broadcast per step costs latency.
+                if (not d.enabled or step % t.log_every == 0) and D.broadcast_object(bool(stop_requested), d):
                     checkpoint(epoch, b + 1)
                     status, done = "interrupted", True
                     break
@@ -216,7 +220,7 @@ def fit(cfg: Config, out: str | Path | None = None, resume: str | Path | None = 
                 logits = predict_logits(eval_model(), val_ds, eval_tf, t.eval_batch_size, device,
                                         t.channels_last, amp_dtype)
                 m = compute_metrics(logits, val_ds.labels, classes)
-                row = {"split": "val", "step": step, "epoch": epoch if epoch_finished else epoch + b / steps_per_epoch,
+                row = {"split": "val", "step": step, "epoch": epoch if epoch_finished else epoch + start_batch / steps_per_epoch,
                        **{k: m[k] for k in ("acc", "top5", "macro_f1", "loss")}}
                 log.log(**row)
                 tqdm.write(f"epoch {epoch}: val acc {m['acc']:.4f}  macro-F1 {m['macro_f1']:.4f}  loss {m['loss']:.4f}")

@@ -27,7 +27,7 @@ class TimmMissingError(ImportError):
 
 def import_timm():
     try:
-        import timm
+        import timm  # optional extra, imported lazily
     except Exception as e:  # noqa: BLE001 - a broken torchvision raises RuntimeError/OSError, not ImportError
         raise TimmMissingError(f"timm models need the optional timm extra: {INSTALL_HINT}. "
                                f"Import failed with {type(e).__name__}: {e}") from e
