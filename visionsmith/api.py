@@ -63,12 +63,11 @@ def train(config: Config | str | Path | None = None, overrides=(), out: str | Pa
 
 def resume(run_dir: str | Path, report: bool = True) -> Path:
     """Continue a run from its last committed checkpoint, bit for bit on CPU."""
+    from .engine.checkpoint import CheckpointError
     run_dir = Path(run_dir)
-    cfg = load_config(run_dir / "config.yaml") if (run_dir / "config.yaml").is_file() else None
-    if cfg is None:
-        from .engine.checkpoint import CheckpointError
+    if not (run_dir / "config.yaml").is_file():
         raise CheckpointError(f"{run_dir} is not a run folder (no config.yaml)")
-    fit(cfg, resume=run_dir)
+    fit(load_config(run_dir / "config.yaml"), resume=run_dir)
     return _after(run_dir, report)
 
 
