@@ -68,7 +68,9 @@ def _print_summary(run_dir: Path, ev: dict) -> None:
               f"({ev.get('n', '?')} images)")
     timing = info.get("timing", {})
     if timing.get("train_s"):
-        print(f"trained in {timing['train_s'] / 60:.1f} min at {timing.get('train_img_per_s', 0):.0f} img/s; "
+        secs = timing["train_s"]
+        took = f"{secs:.1f} s" if secs < 90 else f"{secs / 60:.1f} min"
+        print(f"trained in {took} at {timing.get('train_img_per_s', 0):.0f} img/s; "
               f"status: {info.get('status')}")
     print(f"run folder: {run_dir}   report: {run_dir / 'report.html'}")
 

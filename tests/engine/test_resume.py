@@ -59,7 +59,6 @@ def test_resume_is_bit_exact(tmp_path, stop_at):
     assert json.loads((part / "run.json").read_text())["status"] == "done"
 
 
-@pytest.mark.slow
 def test_sigkill_mid_epoch_then_resume_from_cli(tmp_path):
     """A real SIGKILL at an arbitrary moment (possibly mid-write) of a CLI run, then `visionsmith resume`."""
     args = [REPO / "recipes" / "digits.yaml", *OVERRIDES, "train.epochs=3", "train.checkpoint_every=3"]
