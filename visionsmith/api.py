@@ -97,15 +97,13 @@ class PredictResult:
     bad: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
 
 
-IMAGE_EXTS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
-
-
 def _expand(inputs) -> list[Path]:
+    from .data import IMAGE_EXTENSIONS
     files = []
     for item in inputs:
         p = Path(item)
         if p.is_dir():
-            files += sorted(q for q in p.rglob("*") if q.is_file() and q.suffix.lower() in IMAGE_EXTS)
+            files += sorted(q for q in p.rglob("*") if q.is_file() and q.suffix.lower() in IMAGE_EXTENSIONS)
         else:
             files.append(p)
     return files
