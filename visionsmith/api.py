@@ -17,6 +17,7 @@ from .engine import distributed as D
 from .engine.evaluate import evaluate_run
 from .engine.loop import fit
 from .engine.runfolder import read_json, write_json
+from .methods.transfer import PEFT_MODES
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 
@@ -46,6 +47,9 @@ def finish(run_dir: Path) -> dict:
     from .report import published_fashion_mnist, write_model_card, write_report
     info = read_json(run_dir / "run.json")
     metrics = evaluate_run(run_dir, "test") if info.get("data", {}).get("test") else {}
+    if load_config(run_dir / "config.yaml").adapt.mode in PEFT_MODES and info.get("status") != "interrupted":
+        from .engine.adapters import save_adapter
+        save_adapter(run_dir)
     if info.get("data", {}).get("name") == "fashion_mnist":
         write_json(run_dir / "published.json", {"rows": published_fashion_mnist()})
     write_report(run_dir)
@@ -156,3 +160,51 @@ def quickstart(out: str | Path | None = None, overrides=()) -> tuple[Path, dict]
     """Fine-tune the embedded ImageNet MobileNetV2 on Fashion-MNIST (recipe fashion-mnist-quick)."""
     run_dir = train("fashion-mnist-quick", overrides, out=out)
     return run_dir, read_json(run_dir / "eval.json")
+
+
+def fewshot(run_or_model: str | Path, ways: int = 5, shots=(1, 5), episodes: int = 200, queries: int = 15,
+            data: str | Path | None = None, split: str | None = None, image_size: int | None = None,
+            seed: int = 0, pretrained: bool = True, batch_size: int = 256, out: str | Path | None = None) -> dict:
+    """N-way K-shot prototype accuracy (mean and 95% interval per K) on frozen features.
+
+    ``run_or_model``: a run folder (its weights; its own test split unless ``data`` is given) or
+    a registered model name (its embedded pretrained weights, ``pretrained=False`` for random
+    init) on ``data`` (dataset name, recipe YAML, CSV or folder; default fashion_mnist).
+    Bad arguments (more shots than a class has, more ways than classes) raise ``ValueError``
+    before any feature is computed.  ``out``: also write the result as JSON there.
+    """
+    import time
+
+    from .engine.fewshot import check_class_counts, check_episode_args, extract_features, fewshot_eval, resolve_source
+    shots = check_episode_args(ways, shots, episodes, queries)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    src = resolve_source(run_or_model, data, split, image_size, pretrained, device,
+                         check=lambda ds: check_class_counts(ds.labels, ds.classes, ways, shots, queries))
+    t0 = time.perf_counter()
+    feats = extract_features(src.model, src.dataset.images, src.eval_tf, batch_size, device)
+    secs = time.perf_counter() - t0
+    res = fewshot_eval(feats, src.dataset.labels, ways, shots, episodes, queries, seed, src.dataset.classes)
+    res = {**src.info, "feature_dim": int(feats.shape[1]), "features_s": round(secs, 2), **res}
+    if out:
+        write_json(Path(out), res)
+    return res
+
+
+def zeroshot(clip_folder: str | Path, data: str | Path | None = None, split: str | None = None,
+             prompts=None, batch_size: int = 128, out: str | Path | None = None) -> dict:
+    """Zero-shot accuracy of a local CLIP model folder (``save_pretrained`` + tokenizer) on
+    ``data`` (as in ``fewshot``; default fashion_mnist test), classes named by their folder or
+    dataset class names in ``prompts`` (default ``["a photo of a {}."]``)."""
+    from .engine.fewshot import data_config, load_split
+    from .engine.zeroshot import DEFAULT_PROMPTS, check_prompts, clip_config, zeroshot_eval
+    prompts = check_prompts(prompts or DEFAULT_PROMPTS)
+    config = clip_config(clip_folder)  # a bad folder fails before any data is read
+    dcfg = data_config(data, config.vision_config.image_size)  # folders decode straight to CLIP's size
+    ds = load_split(dcfg, split)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    res = zeroshot_eval(clip_folder, ds.images, ds.labels, ds.classes, prompts, batch_size, device)
+    res = {"model": str(clip_folder), "data": dcfg.name if dcfg.name in ("fashion_mnist", "digits") else
+           str(dcfg.root or dcfg.csv), "split": ds.name.rsplit("/", 1)[-1], **res}
+    if out:
+        write_json(Path(out), res)
+    return res

@@ -87,15 +87,53 @@ class TrainConfig:
 
 
 @dataclass
+class LoraConfig:
+    r: int = 8  # rank of the low-rank update
+    alpha: float = 16.0  # update scale alpha / r
+    dropout: float = 0.0
+    # Module-name patterns (regular expressions, full match) to adapt; None: every Linear and
+    # non-depthwise Conv2d outside the classifier.  `visionsmith models NAME --modules` lists names.
+    targets: list[str] | None = None
+    exclude: list[str] = field(default_factory=list)  # patterns removed from the targets
+
+
+@dataclass
+class AdaptConfig:
+    """How much of a pretrained model trains (methods/transfer.py, methods/peft.py)."""
+    # full: everything; linear: the head only (linear probe); partial: the last `blocks` blocks + head;
+    # bitfit: biases + head; lora/loha/lokr/ia3: peft adapters + head; prompt: visual prompt tuning (ViT)
+    mode: Literal["full", "linear", "partial", "bitfit", "lora", "loha", "lokr", "ia3", "prompt"] = "full"
+    blocks: int = 1  # partial: how many of the last blocks train
+    layer_decay: float = 1.0  # full/partial: lr x decay^(blocks above); 1 = off (e.g. 0.75 for ViT fine-tuning)
+    # BatchNorm running statistics of frozen layers.  auto: frozen for linear (a fixed feature
+    # extractor), updated otherwise (adapting statistics to the new data trains no parameter).
+    bn_stats: Literal["auto", "frozen", "update"] = "auto"
+    lora: LoraConfig = field(default_factory=LoraConfig)
+    prompt_tokens: int = 10  # prompt: learnable tokens inserted after the embeddings
+
+
+@dataclass
+class DistillConfig:
+    """Knowledge distillation (methods/distill.py); ``method: distill``."""
+    teacher: str | None = None  # a run folder (its best weights), or a registered model name (pretrained)
+    kind: Literal["logit", "feature", "both"] = "logit"
+    temperature: float = 4.0  # softening of both distributions (Hinton et al. 2015)
+    alpha: float = 0.7  # weight of the distillation term; (1 - alpha) on the labels
+    feature_weight: float = 1.0  # feature/both: weight of the projected-feature MSE (FitNets)
+
+
+@dataclass
 class Config:
     name: str = "run"
     seed: int = 0
     task: Literal["classification"] = "classification"
-    method: Literal["supervised"] = "supervised"
+    method: Literal["supervised", "distill"] = "supervised"
     device: str = "auto"  # auto: cuda when available, else cpu
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    adapt: AdaptConfig = field(default_factory=AdaptConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -276,6 +314,14 @@ def validate(cfg: Config) -> None:
         (0 < cfg.train.ema_decay < 1, "train.ema_decay must be in (0, 1)"),
         (cfg.data.name != "folder" or cfg.data.root, "data.root is required when data.name is 'folder'"),
         (cfg.data.name != "csv" or cfg.data.csv, "data.csv is required when data.name is 'csv'"),
+        (cfg.adapt.blocks >= 1, "adapt.blocks must be >= 1"),
+        (0 < cfg.adapt.layer_decay <= 1, "adapt.layer_decay must be in (0, 1]"),
+        (cfg.adapt.lora.r >= 1, "adapt.lora.r must be >= 1"),
+        (cfg.adapt.prompt_tokens >= 1, "adapt.prompt_tokens must be >= 1"),
+        (cfg.method != "distill" or cfg.distill.teacher, "distill.teacher is required when method is "
+         "'distill' (a run folder or a registered model name)"),
+        (cfg.distill.temperature > 0, "distill.temperature must be > 0"),
+        (0 <= cfg.distill.alpha <= 1, "distill.alpha must be in [0, 1]"),
     ]
     for ok, msg in checks:
         if not ok:

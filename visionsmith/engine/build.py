@@ -8,15 +8,19 @@ import torch.nn as nn
 
 from ..config import Config
 from ..data import BatchTransform
+from ..methods.transfer import adapt_model, lr_scales
 from ..models import create_model
 
 
 def build_model(cfg: Config, num_classes: int, pretrained: bool | str | None = None) -> nn.Module:
-    """The configured model with a ``num_classes`` head (pretrained weights loaded strictly first)."""
+    """The configured model with a ``num_classes`` head (pretrained weights loaded strictly first),
+    adapted for ``cfg.adapt`` (frozen parts, peft adapters): the same module tree in training and
+    whenever the run folder is loaded again."""
     m = cfg.model
-    return create_model(m.name, num_classes=num_classes,
-                        pretrained=m.pretrained if pretrained is None else pretrained,
-                        in_chans=m.in_chans, drop_rate=m.drop_rate, **m.kwargs)
+    model = create_model(m.name, num_classes=num_classes,
+                         pretrained=m.pretrained if pretrained is None else pretrained,
+                         in_chans=m.in_chans, drop_rate=m.drop_rate, **m.kwargs)
+    return adapt_model(model, cfg.adapt)
 
 
 def build_transforms(cfg: Config, model: nn.Module) -> tuple[BatchTransform, BatchTransform]:
@@ -27,14 +31,20 @@ def build_transforms(cfg: Config, model: nn.Module) -> tuple[BatchTransform, Bat
     return mk(True), mk(False)
 
 
-def build_optimizer(cfg: Config, model: nn.Module) -> torch.optim.Optimizer:
-    """AdamW or SGD; no weight decay on biases and norm scales (1-D parameters)."""
-    decay, no_decay = [], []
-    for p in model.parameters():
+def build_optimizer(cfg: Config, method: nn.Module) -> torch.optim.Optimizer:
+    """AdamW or SGD over the method's trainable parameters (the model's and the method's own, e.g. a
+    distillation projector); no weight decay on biases and norm scales (1-D parameters); one
+    group per layer-decay learning-rate scale (``lr_scale``, applied by the loop each step)."""
+    model = getattr(method, "model", method)
+    scales = {f"model.{k}" if model is not method else k: v for k, v in lr_scales(model, cfg.adapt).items()}
+    buckets: dict[tuple[float, bool], list] = {}
+    for name, p in method.named_parameters():
         if p.requires_grad:
-            (no_decay if p.ndim <= 1 else decay).append(p)
-    groups = [{"params": decay, "weight_decay": cfg.train.weight_decay},
-              {"params": no_decay, "weight_decay": 0.0}]
+            buckets.setdefault((scales.get(name, 1.0), p.ndim <= 1), []).append(p)
+    if not buckets:
+        raise ValueError("nothing to train: every parameter is frozen; check adapt.mode")
+    groups = [{"params": ps, "lr_scale": scale, "weight_decay": 0.0 if no_decay else cfg.train.weight_decay}
+              for (scale, no_decay), ps in sorted(buckets.items())]
     t = cfg.train
     if t.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=t.lr, momentum=t.momentum, nesterov=t.momentum > 0)
@@ -53,11 +63,6 @@ def lr_at(cfg: Config, step: int, total_steps: int, steps_per_epoch: int) -> flo
         return t.lr
     progress = min(1.0, (step - warm) / max(1, total_steps - warm))
     return t.lr * (t.min_lr_ratio + (1 - t.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
-
-
-def count_params(model: nn.Module) -> dict:
-    return {"total": sum(p.numel() for p in model.parameters()),
-            "trainable": sum(p.numel() for p in model.parameters() if p.requires_grad)}
 
 
 def autocast_dtype(amp: str, device: torch.device) -> torch.dtype | None:
@@ -106,3 +111,40 @@ def load_trained(run_dir, which: str = "best", device: torch.device | str = "cpu
     model = build_model(cfg, len(classes), pretrained=False)
     load_weights(model, path)
     return cfg, model.to(device).eval(), classes, info
+
+
+def build_teacher(cfg: Config, classes: list[str], device: torch.device) -> dict:
+    """The distillation teacher, frozen, and how it wants its input.
+
+    ``cfg.distill.teacher``: a run folder (its best weights, classes checked against ``classes``)
+    or a registered model name (its embedded pretrained weights: useful for feature distillation;
+    its ImageNet classes are not the student's, so logit distillation refuses it).
+    Returns ``{"model", "mean", "std", "size", "in_chans", "source"}``.
+    """
+    from pathlib import Path
+
+    from ..models import get_model_entry
+    d = cfg.distill
+    src = d.teacher
+    if Path(src).is_dir():
+        tcfg, model, tclasses, _ = load_trained(src, "best", device)
+        if list(tclasses) != list(classes):
+            raise ValueError(f"distill.teacher {src} was trained on classes {tclasses[:6]}{'...' if len(tclasses) > 6 else ''} "
+                             f"({len(tclasses)}) but this run's data has {classes[:6]}{'...' if len(classes) > 6 else ''} "
+                             f"({len(classes)}); the teacher must know the same classes in the same order")
+        size, in_chans = tcfg.data.image_size, tcfg.model.in_chans
+    else:
+        try:
+            get_model_entry(src)
+        except Exception:
+            raise ValueError(f"distill.teacher {src!r} is neither a run folder nor a registered model "
+                             "(`visionsmith models` lists them)") from None
+        if d.kind != "feature":
+            raise ValueError(f"distill.teacher {src!r} is a registered ImageNet model whose classes are not this "
+                             f"run's {len(classes)}; use distill.kind=feature with it, or a run folder as teacher")
+        model = create_model(src, num_classes=0, pretrained=True).to(device)
+        size, in_chans = cfg.data.image_size, 3
+    pc = getattr(model, "pretrained_cfg", {}) or {}
+    model.eval().requires_grad_(False)
+    return {"model": model, "mean": tuple(pc.get("mean", (0.5,) * 3)), "std": tuple(pc.get("std", (0.5,) * 3)),
+            "size": size, "in_chans": in_chans, "source": src}

@@ -23,7 +23,8 @@ from ..data import build_datasets
 from ..methods import build_method
 from ..tasks.classification import compute_metrics
 from . import distributed as D
-from .build import (autocast_dtype, build_model, build_optimizer, build_transforms, count_params, lr_at)
+from ..methods.transfer import param_summary
+from .build import autocast_dtype, build_model, build_optimizer, build_teacher, build_transforms, lr_at
 from .checkpoint import load_checkpoint, save_checkpoint, save_weights
 from .ema import ModelEMA
 from .evaluate import predict_logits
@@ -42,6 +43,12 @@ def _seed_for(*parts: int) -> int:
 
 def _epoch_perm(seed: int, epoch: int, n: int) -> torch.Tensor:
     return torch.randperm(n, generator=torch.Generator().manual_seed(_seed_for(seed, 1, epoch)))
+
+
+def _method_extra_state(method: nn.Module) -> dict:
+    """The method's own trained state (e.g. a distillation projector): everything but the model,
+    which the checkpoint holds as its weights, and the teacher, which is re-read from its source."""
+    return {k: v for k, v in method.state_dict().items() if not k.startswith(("model.", "teacher."))}
 
 
 def fit(cfg: Config, out: str | Path | None = None, resume: str | Path | None = None,
@@ -74,9 +81,10 @@ def fit(cfg: Config, out: str | Path | None = None, resume: str | Path | None = 
     model = build_model(cfg, len(classes)).to(device)
     if t.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    method = build_method(cfg, model).to(device)
     train_tf, eval_tf = build_transforms(cfg, model)
-    opt = build_optimizer(cfg, model)
+    teacher = build_teacher(cfg, classes, device) if cfg.method == "distill" else None
+    method = build_method(cfg, model, teacher=teacher, input_norm=(train_tf.mean, train_tf.std)).to(device)
+    opt = build_optimizer(cfg, method)
     ema = ModelEMA(model, t.ema_decay) if t.ema else None
     amp_dtype = autocast_dtype(t.amp, device)
     scaler = torch.amp.GradScaler(device.type) if amp_dtype == torch.float16 else None
@@ -96,6 +104,8 @@ def fit(cfg: Config, out: str | Path | None = None, resume: str | Path | None = 
     if resume is not None:
         weights, state, _ = load_checkpoint(run_dir / "checkpoints")
         model.load_state_dict(weights)
+        if state.get("method"):
+            method.load_state_dict({**method.state_dict(), **state["method"]})
         opt.load_state_dict(state["optimizer"])
         if ema is not None:
             ema.load_state_dict(state["ema"])
@@ -107,8 +117,8 @@ def fit(cfg: Config, out: str | Path | None = None, resume: str | Path | None = 
             truncate_metrics(run_dir / "metrics.jsonl", step)
     if d.main:
         save_config(cfg, run_dir / "config.yaml")
-        update_run_json(run_dir, name=cfg.name, status="running", seed=cfg.seed, git=git_info(),
-                        env=environment(device), params=count_params(model), classes=classes,
+        update_run_json(run_dir, name=cfg.name, status="running", seed=cfg.seed, method=cfg.method, adapt=cfg.adapt.mode, git=git_info(),
+                        env=environment(device), params=param_summary(model), classes=classes,
                         data={"name": train_ds.name, "channels": int(train_ds.images.shape[1]),
                               "train": len(train_ds), "val": len(val_ds) if val_ds is not None else 0,
                               "test": len(data["test"]) if "test" in data else 0,
@@ -122,7 +132,8 @@ def fit(cfg: Config, out: str | Path | None = None, resume: str | Path | None = 
             state = {"step": step, "epoch": next_epoch, "batch": next_batch, "best": best, "bad_epochs": bad_epochs,
                      "train_time": train_time, "optimizer": opt.state_dict(),
                      "ema": ema.state_dict() if ema is not None else {},
-                     "scaler": scaler.state_dict() if scaler is not None else {}, "config": to_dict(cfg)}
+                     "scaler": scaler.state_dict() if scaler is not None else {}, "config": to_dict(cfg),
+                     "method": _method_extra_state(method)}
             save_checkpoint(run_dir / "checkpoints", model.state_dict(), state,
                             {"step": step, "epoch": next_epoch, "classes": classes, "model": cfg.model.name})
         D.barrier(d)
@@ -142,6 +153,7 @@ def fit(cfg: Config, out: str | Path | None = None, resume: str | Path | None = 
             bar = tqdm(total=steps_per_epoch * per_step, initial=start_batch * per_step, unit="img",
                        unit_scale=True, desc=f"epoch {epoch + 1}/{t.epochs}", disable=not d.main, dynamic_ncols=True)
             loss_sum, loss_n, t_log = 0.0, 0, time.perf_counter()
+            parts: dict[str, float] = {}  # a method's loss terms (loss_kd, ...), summed between log lines
             for b in range(start_batch, steps_per_epoch):
                 t0 = time.perf_counter()
                 # This rank's slice of the global batch b.  Images [B,C,h,w] uint8 -> [B,3,S,S] float.
@@ -156,8 +168,9 @@ def fit(cfg: Config, out: str | Path | None = None, resume: str | Path | None = 
                 torch.default_generator.manual_seed(_seed_for(cfg.seed, 3, step, d.rank))
                 if device.type == "cuda":
                     torch.cuda.manual_seed(_seed_for(cfg.seed, 3, step, d.rank))
+                lr = lr_at(cfg, step, total_steps, steps_per_epoch)
                 for g in opt.param_groups:
-                    g["lr"] = lr_at(cfg, step, total_steps, steps_per_epoch)
+                    g["lr"] = lr * g["lr_scale"]
                 with ctx():
                     out = ddp({"image": x, "label": y})
                 loss = out["loss"]
@@ -183,15 +196,18 @@ def fit(cfg: Config, out: str | Path | None = None, resume: str | Path | None = 
                 dt = time.perf_counter() - t0
                 train_time += dt
                 loss_sum, loss_n = loss_sum + loss.item(), loss_n + 1
+                for k, v in out.items():
+                    if k.startswith("loss_"):
+                        parts[k] = parts.get(k, 0.0) + float(v)
                 bar.update(per_step)
                 if step % t.log_every == 0 or b == steps_per_epoch - 1 or step >= total_steps:
                     elapsed = time.perf_counter() - t_log
                     ips = loss_n * per_step / max(elapsed, 1e-9)
                     mean_loss = D.mean_scalar(loss_sum / loss_n, d, device)
                     log.log(split="train", step=step, epoch=epoch + (b + 1) / steps_per_epoch, loss=mean_loss,
-                            lr=opt.param_groups[0]["lr"], img_per_s=ips, time=train_time)
-                    bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{opt.param_groups[0]['lr']:.2e}")
-                    loss_sum, loss_n, t_log = 0.0, 0, time.perf_counter()
+                            lr=lr, img_per_s=ips, time=train_time, **{k: v / loss_n for k, v in parts.items()})
+                    bar.set_postfix(loss=f"{mean_loss:.4f}", lr=f"{lr:.2e}")
+                    loss_sum, loss_n, t_log, parts = 0.0, 0, time.perf_counter(), {}
                 last_in_epoch = b == steps_per_epoch - 1
                 if t.checkpoint_every and step % t.checkpoint_every == 0 and not last_in_epoch:
                     checkpoint(epoch, b + 1)

@@ -6,8 +6,15 @@ import torch.nn as nn
 from ..config import Config
 
 
-def build_method(cfg: Config, model: nn.Module) -> nn.Module:
+def build_method(cfg: Config, model: nn.Module, teacher: dict | None = None, input_norm=None) -> nn.Module:
+    """The training method wrapping ``model``.  ``teacher`` (distill) comes from the engine, which
+    knows run folders; ``input_norm`` is the (mean, std) the batches are normalised with."""
     if cfg.method == "supervised":
         from .supervised import Supervised
         return Supervised(model, label_smoothing=cfg.train.label_smoothing)
+    if cfg.method == "distill":
+        from .distill import Distill
+        if teacher is None:
+            raise ValueError("method 'distill' needs a teacher (distill.teacher)")
+        return Distill(model, teacher, cfg.distill, input_norm, cfg.train.label_smoothing)
     raise ValueError(f"unknown method {cfg.method!r}")

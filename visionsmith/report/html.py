@@ -98,7 +98,10 @@ def _kpis(data: RunData) -> str:
         ]
     cards = scores + [
         ("parameters", fmt.count(get(data.run, "params.total")),
-         f"{fmt.count(get(data.run, 'params.trainable'))} trainable" if get(data.run, "params.total") else ""),
+         f"{fmt.count(get(data.run, 'params.trainable'))} trainable ({fmt.num(get(data.run, 'params.trainable_pct'))}%)"
+         f"{', ' + str(data.run['adapt']) if data.run.get('adapt', 'full') != 'full' else ''}"
+         f"{', ' + str(data.run['method']) if data.run.get('method', 'supervised') != 'supervised' else ''}"
+         if get(data.run, "params.total") else ""),
         ("train time", fmt.seconds(timing.get("train_s")), fmt.rate(timing.get("train_img_per_s"))),
         ("steps", fmt.num(last_train.get("step")), f"epoch {fmt.num(last_train.get('epoch'))}"),
     ]

@@ -1,0 +1,77 @@
+"""Knowledge distillation: the loss, the teacher's input, teacher checks, and exact resume with a projector."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import visionsmith as vs
+from visionsmith.config import load_config
+from visionsmith.data.synthetic import make_image_folder
+from visionsmith.engine.checkpoint import load_checkpoint
+from visionsmith.engine.loop import fit
+from visionsmith.methods.distill import TeacherInput, kd_loss
+
+REPO = Path(__file__).resolve().parents[2]
+DIGITS = REPO / "recipes" / "digits.yaml"
+QUICK = ["train.epochs=1", "train.threads=1"]
+
+
+def test_kd_loss_is_zero_for_the_same_logits_and_matches_the_formula():
+    s, t = torch.randn(8, 10), torch.randn(8, 10)
+    assert kd_loss(s, s, 4.0).abs() < 1e-6
+    p = F.softmax(t / 4, -1)
+    manual = (p * (p.log() - F.log_softmax(s / 4, -1))).sum(-1).mean() * 16
+    assert torch.allclose(kd_loss(s, t, 4.0), manual, atol=1e-5)
+
+
+def test_teacher_input_renormalises_resizes_and_changes_channels():
+    pix = torch.rand(2, 1, 16, 16)
+    s_mean, s_std = torch.tensor([0.5]).reshape(1, 1, 1, 1), torch.tensor([0.25]).reshape(1, 1, 1, 1)
+    t_mean, t_std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    out = TeacherInput(s_mean, s_std, t_mean, t_std, 32, 3)((pix - s_mean) / s_std)
+    want = (F.interpolate(pix.expand(-1, 3, -1, -1), size=(32, 32), mode="bilinear", antialias=True)
+            - torch.tensor(t_mean).reshape(1, 3, 1, 1)) / torch.tensor(t_std).reshape(1, 3, 1, 1)
+    assert out.shape == (2, 3, 32, 32) and torch.allclose(out, want, atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory):
+    """A digits teacher: the plain CNN, two epochs."""
+    return vs.train(DIGITS, ["train.epochs=2", "train.threads=1"], out=tmp_path_factory.mktemp("t") / "teacher",
+                    report=False)
+
+
+def test_a_teacher_with_other_classes_is_refused_before_training(tmp_path, teacher):
+    root = make_image_folder(tmp_path / "imgs", classes=3, per_class=6, size=16)
+    over = QUICK + ["method=distill", f"distill.teacher={teacher}", "data.name=folder", f"data.root={root}",
+                    "data.test_fraction=0.0"]
+    with pytest.raises(ValueError, match=r"the teacher must know the same classes"):
+        vs.train(DIGITS, over, out=tmp_path / "s")
+    assert not (tmp_path / "s" / "checkpoints").exists()
+
+
+def test_a_registered_imagenet_teacher_serves_feature_distillation_only(tmp_path):
+    over = QUICK + ["method=distill", "distill.teacher=mobilenetv2", "train.max_steps=3", "model.name=resnet8"]
+    with pytest.raises(ValueError, match="use distill.kind=feature"):
+        vs.train(DIGITS, over, out=tmp_path / "a")
+    run = vs.train(DIGITS, over + ["distill.kind=feature"], out=tmp_path / "b", report=False)
+    rows = (run / "metrics.jsonl").read_text()
+    assert '"loss_feat"' in rows and '"loss_ce"' in rows
+
+
+def test_distillation_resumes_bit_exact_with_its_projector(tmp_path, teacher):
+    torch.set_num_threads(1)
+    cfg = load_config(DIGITS, ["train.epochs=2", "train.checkpoint_every=7", "train.threads=1", "method=distill",
+                               f"distill.teacher={teacher}", "distill.kind=both", "model.name=resnet8",
+                               "model.in_chans=3"])
+    full = fit(cfg, out=tmp_path / "full")
+    part = fit(cfg, out=tmp_path / "part", stop_after_steps=9)
+    fit(cfg, resume=part)
+    wa, sa, _ = load_checkpoint(full / "checkpoints")
+    wb, sb, _ = load_checkpoint(part / "checkpoints")
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert set(sa["method"]) == {"projector.weight", "projector.bias"}
+    assert all(torch.equal(sa["method"][k], sb["method"][k]) for k in sa["method"])

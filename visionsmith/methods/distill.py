@@ -1,0 +1,101 @@
+"""Knowledge distillation: a frozen teacher guides a student through its logits and/or features.
+
+Logit distillation: Hinton, Vinyals & Dean, 2015 (arXiv:1503.02531): KL between the softened
+teacher and student distributions, scaled by T^2 so its gradients keep their size as T changes.
+Feature distillation: FitNets (Romero et al., 2015): a linear projector maps the student's pooled
+features onto the teacher's, trained with MSE; the projector belongs to this method (it is saved
+in the resume state, and is not part of the deployed student).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..config import DistillConfig
+from ..tasks.classification import ClassificationTask
+
+
+def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """``T^2 * KL(softmax(t/T) || softmax(s/T))``, batch mean.  Both logits [B, K]."""
+    t = temperature
+    return F.kl_div(F.log_softmax(student_logits / t, -1), F.log_softmax(teacher_logits / t, -1),
+                    reduction="batchmean", log_target=True) * t * t
+
+
+def _per_channel(v, chans: int) -> torch.Tensor:
+    """RGB statistics -> [1, chans, 1, 1] (their mean for a 1-channel model, as BatchTransform does)."""
+    t = torch.as_tensor(v, dtype=torch.float32).flatten()
+    if chans == 1 and t.numel() != 1:
+        t = t.mean().reshape(1)
+    return t.reshape(1, -1, 1, 1).expand(1, chans, 1, 1).contiguous()
+
+
+class TeacherInput(nn.Module):
+    """Re-normalise (and resize) a student batch for the teacher: the two may have been trained with
+    different mean/std, input size and channel count.  [B, Cs, S, S] -> [B, Ct, St, St]."""
+
+    def __init__(self, s_mean, s_std, t_mean, t_std, t_size: int, t_chans: int):
+        super().__init__()
+        self.register_buffer("s_mean", torch.as_tensor(s_mean).reshape(1, -1, 1, 1).float(), persistent=False)
+        self.register_buffer("s_std", torch.as_tensor(s_std).reshape(1, -1, 1, 1).float(), persistent=False)
+        self.register_buffer("t_mean", _per_channel(t_mean, t_chans), persistent=False)
+        self.register_buffer("t_std", _per_channel(t_std, t_chans), persistent=False)
+        self.size, self.chans = t_size, t_chans
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pix = x * self.s_std + self.s_mean  # back to [0, 1] pixels
+        if pix.shape[1] != self.chans:  # 1 <-> 3 channels: replicate or average (grayscale)
+            pix = pix.expand(-1, self.chans, -1, -1) if pix.shape[1] == 1 else pix.mean(1, keepdim=True)
+        if pix.shape[-1] != self.size:
+            pix = F.interpolate(pix, size=(self.size, self.size), mode="bilinear", align_corners=False, antialias=True)
+        return (pix - self.t_mean) / self.t_std
+
+
+class Distill(nn.Module):
+    """``forward({'image', 'label'}) -> {'loss', 'output', 'loss_ce', 'loss_kd'?, 'loss_feat'?}``.
+
+    ``teacher`` is the dict of ``engine.build.build_teacher``; ``input_norm`` the student's
+    (mean, std) tensors.  The teacher stays in eval mode and receives no gradient.
+    """
+
+    def __init__(self, model: nn.Module, teacher: dict, cfg: DistillConfig, input_norm, label_smoothing: float = 0.0):
+        super().__init__()
+        self.model = model
+        self.teacher = teacher["model"]
+        self.teacher_input = TeacherInput(*input_norm, teacher["mean"], teacher["std"], teacher["size"],
+                                          teacher["in_chans"])
+        self.cfg = cfg
+        self.task = ClassificationTask()
+        self.label_smoothing = label_smoothing
+        if cfg.kind in ("feature", "both"):
+            # Student pooled width -> teacher pooled width (FitNets' regressor, on pooled features).
+            self.projector = nn.Linear(model.num_features, self.teacher.num_features)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.teacher.eval()  # BatchNorm statistics and dropout of the teacher never change
+        return self
+
+    def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        x, y, c = batch["image"], batch["label"], self.cfg
+        feats = self.model.forward_features(x)
+        pooled = self.model.forward_head(feats, pre_logits=True)  # [B, D_s]
+        logits = self.model.get_classifier()(pooled)  # [B, K]
+        with torch.no_grad():
+            tx = self.teacher_input(x)
+            t_pooled = self.teacher.forward_head(self.teacher.forward_features(tx), pre_logits=True)  # [B, D_t]
+            t_logits = self.teacher.get_classifier()(t_pooled) if c.kind != "feature" else None
+        ce = self.task.loss(logits.float(), y, self.label_smoothing)
+        out = {"output": logits, "loss_ce": ce.detach()}
+        loss = ce
+        if c.kind in ("logit", "both"):
+            kd = kd_loss(logits.float(), t_logits.float(), c.temperature)
+            loss = (1 - c.alpha) * ce + c.alpha * kd
+            out["loss_kd"] = kd.detach()
+        if c.kind in ("feature", "both"):
+            feat = F.mse_loss(self.projector(pooled.float()), t_pooled.float())
+            loss = loss + c.feature_weight * feat
+            out["loss_feat"] = feat.detach()
+        out["loss"] = loss
+        return out
