@@ -208,3 +208,15 @@ def zeroshot(clip_folder: str | Path, data: str | Path | None = None, split: str
     if out:
         write_json(Path(out), res)
     return res
+
+
+def merge(run_dir: str | Path, out: str | Path | None = None) -> tuple[Path, float]:
+    """Fold a peft run's adapters into its base weights: a plain run folder; -> (folder, max logit diff)."""
+    from .engine.adapters import merge_run
+    return merge_run(run_dir, out)
+
+
+def compare(spec: str | Path, out: str | Path | None = None, only: list[str] | None = None) -> tuple[Path, list[dict]]:
+    """Train every run of a comparison spec (reusing finished ones); -> (folder, table rows)."""
+    from .compare import run_comparison
+    return run_comparison(spec, out, only)

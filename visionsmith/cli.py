@@ -13,6 +13,9 @@ EPILOG = """examples:
   visionsmith eval runs/digits
   visionsmith predict runs/digits photo.png folder/ --topk 3
   visionsmith resume runs/digits                  continue a stopped run exactly
+  visionsmith train fashion-mnist-quick adapt.mode=lora   LoRA instead of full fine-tuning
+  visionsmith compare recipes/compare-adaptation.yaml     scratch vs linear probe vs LoRA vs ...
+  visionsmith fewshot runs/digits --ways 5 --shots 1,5 --episodes 200
   torchrun --nproc_per_node 2 -m visionsmith train recipes/digits.yaml
 """
 
@@ -111,8 +114,39 @@ def cmd_predict(a) -> int:
     return 0 if res.predictions else 1
 
 
+def cmd_merge(a) -> int:
+    from . import api
+    out, diff = api.merge(a.run, a.out)
+    print(f"merged adapters into the base weights: {out}  (max |logit difference| {diff:.1e} on held-out images)")
+    print(f"use it like any run: visionsmith eval {out}")
+    return 0
+
+
+def cmd_compare(a) -> int:
+    from . import api
+    from .report.compare import table_markdown
+    folder, rows = api.compare(a.spec, a.out, a.only)
+    print("\n" + table_markdown(rows))
+    print(f"table: {folder / 'compare.md'}   plot: {folder / 'compare.png'}")
+    return 0
+
+
+def _print_modules(name: str) -> None:
+    """The module names a LoRA target pattern can match (adapt.lora.targets)."""
+    from .methods.peft import candidate_modules
+    from .models import create_model
+    model = create_model(name, num_classes=10)
+    mods = dict(model.named_modules())
+    for n in candidate_modules(model):
+        m = mods[n]
+        print(f"{n:<40} {type(m).__name__:<8} {sum(p.numel() for p in m.parameters()):>10,}")
+
+
 def cmd_models(a) -> int:
     from .models import list_models
+    if a.name:
+        _print_modules(a.name)
+        return 0
     rows = list_models()
     if a.json:
         print(json.dumps([{"name": r.name, "family": r.family, "pretrained": list(r.pretrained),
@@ -156,6 +190,47 @@ def cmd_assets(a) -> int:
 def cmd_report(a) -> int:
     from . import api
     print(api.report(a.run))
+    return 0
+
+
+def _shots(text: str) -> list[int]:
+    try:
+        return [int(k) for k in text.split(",") if k.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers like 1,5, got {text!r}") from None
+
+
+def cmd_fewshot(a) -> int:
+    from . import api
+    r = api.fewshot(a.run_or_model, ways=a.ways, shots=a.shots, episodes=a.episodes, queries=a.queries,
+                    data=a.data, split=a.split, image_size=a.image_size, seed=a.seed,
+                    pretrained=not a.random_init, out=a.out)
+    if a.json:
+        print(json.dumps(r, indent=2))
+        return 0
+    print(f"{r['ways']}-way few-shot, nearest prototype on {r['model']} features ({r['weights']}, "
+          f"{r['feature_dim']}-d); {r['data']} {r['split']}: {r['n_images']} images, {r['n_classes']} classes; "
+          f"{r['episodes']} episodes x {r['queries']} queries/class, seed {r['seed']}")
+    print(f"{'shots':>5}  {'accuracy':>8}  {'95% CI':>7}  {'chance':>6}")
+    for row in r["results"]:
+        print(f"{row['shots']:>5}  {100 * row['acc']:>7.2f}%  {'+-' + format(100 * row['ci95'], '.2f'):>7}  "
+              f"{100 * r['chance']:>5.1f}%")
+    return 0
+
+
+def cmd_zeroshot(a) -> int:
+    from . import api
+    r = api.zeroshot(a.clip_folder, data=a.data, split=a.split, prompts=a.prompt, out=a.out)
+    if a.json:
+        print(json.dumps(r, indent=2))
+        return 0
+    top5 = f"  top-5 {r['top5']:.4f}" if "top5" in r else ""
+    print(f"zero-shot accuracy {r['acc']:.4f}{top5}  ({r['n']} images of {r['data']} {r['split']}, "
+          f"{len(r['classes'])} classes, prompts: {' | '.join(r['prompts'])})")
+    width = max(len(c) for c in r["classes"])
+    for row in r["per_class"]:
+        acc = "   -  " if row["acc"] is None else f"{row['acc']:.4f}"
+        print(f"  {row['class']:<{width}}  {acc}  ({row['n']} images)")
     return 0
 
 
@@ -206,7 +281,54 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--topk", type=int, default=5)
     sp.add_argument("--json", action="store_true", help="machine-readable output")
 
-    sp = add("models", cmd_models, "list registered models", "visionsmith models")
+    sp = add("fewshot", cmd_fewshot, "N-way K-shot accuracy (mean, 95 percent interval) of frozen features with "
+             "nearest-prototype classification, from a run folder or a registered pretrained model",
+             "visionsmith fewshot mobilenetv2 --data fashion_mnist --ways 5 --shots 1,5 --episodes 200")
+    sp.add_argument("run_or_model", metavar="RUN_OR_MODEL", help="a run folder or a registered model name")
+    sp.add_argument("--ways", type=int, default=5, help="classes per episode (default 5)")
+    sp.add_argument("--shots", type=_shots, default=[1, 5],
+                    help="support images per class, comma-separated (default 1,5)")
+    sp.add_argument("--episodes", type=int, default=200, help="episodes per K (default 200)")
+    sp.add_argument("--queries", type=int, default=15, help="query images per class and episode (default 15)")
+    sp.add_argument("--data", help="dataset name (fashion_mnist, digits), recipe .yaml, .csv or image folder "
+                    "(default: the run's own data, or fashion_mnist for a model name)")
+    sp.add_argument("--split", choices=["train", "val", "test", "all"],
+                    help="default: test; else val for a run's own data, all images otherwise")
+    sp.add_argument("--image-size", type=int, help="input side in pixels (default: the run's, else 32)")
+    sp.add_argument("--random-init", action="store_true",
+                    help="model name: random weights instead of pretrained (a baseline)")
+    sp.add_argument("--seed", type=int, default=0, help="episode sampling seed")
+    sp.add_argument("--out", metavar="FILE.json", help="also write the result as JSON")
+    sp.add_argument("--json", action="store_true", help="machine-readable output")
+
+    sp = add("zeroshot", cmd_zeroshot, "zero-shot accuracy of a local CLIP model folder (transformers "
+             "save_pretrained + tokenizer), classes given as text prompts",
+             "visionsmith zeroshot ./clip-vit-base-patch32 --data fashion_mnist --prompt 'a photo of a {}.'")
+    sp.add_argument("clip_folder", metavar="CLIP_FOLDER")
+    sp.add_argument("--data", help="dataset name (fashion_mnist, digits), recipe .yaml, .csv or image folder "
+                    "(default fashion_mnist)")
+    sp.add_argument("--split", choices=["train", "val", "test", "all"], help="default: test, else all images")
+    sp.add_argument("--prompt", action="append", metavar="TEMPLATE",
+                    help="prompt template with {} for the class name; repeat to average several "
+                    "(default 'a photo of a {}.')")
+    sp.add_argument("--out", metavar="FILE.json", help="also write the result as JSON")
+    sp.add_argument("--json", action="store_true", help="machine-readable output")
+
+    sp = add("merge", cmd_merge, "fold a LoRA/LoHa/LoKr/IA3 run's adapters into the base weights and write a plain "
+             "run folder; the outputs are checked against the adapter model first", "visionsmith merge runs/lora")
+    sp.add_argument("run")
+    sp.add_argument("--out", help="new run folder (default RUN-merged)")
+
+    sp = add("compare", cmd_compare, "train several variants of one recipe (transfer modes, LoRA, distillation...) "
+             "and write one table and plot: accuracy, trainable parameters, time, memory; re-running continues "
+             "where it stopped", "visionsmith compare recipes/compare-adaptation.yaml")
+    sp.add_argument("spec", help="comparison YAML (name, base, overrides, runs)")
+    sp.add_argument("--out", help="folder for the runs and the table (default runs/<name>)")
+    sp.add_argument("--only", nargs="+", metavar="RUN", help="train only these runs (finished ones still appear)")
+
+    sp = add("models", cmd_models, "list registered models; with a NAME, list its layers that adapt.lora.targets "
+             "can match", "visionsmith models mobilenetv2")
+    sp.add_argument("name", nargs="?", help="a registered model: print its Linear/Conv2d module names")
     sp.add_argument("--json", action="store_true")
     add("datasets", cmd_datasets, "list dataset sources", "visionsmith datasets")
     sp = add("assets", cmd_assets, "list and verify (sha256) the offline data and weights; --fetch gets "
@@ -222,7 +344,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # never reach for a hub on the default path
     parser = build_parser()
-    a = parser.parse_args(argv)
+    # Overrides may come after options too (`train R --out D lr=1`): argparse stops filling a
+    # positional list at the first option, so key=value words it left over join the overrides.
+    a, extra = parser.parse_known_args(argv)
+    if extra:
+        if hasattr(a, "overrides") and all("=" in x and not x.startswith("-") for x in extra):
+            a.overrides = list(a.overrides or []) + extra
+        else:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if not getattr(a, "fn", None):
         parser.print_help()
         return 2

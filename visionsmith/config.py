@@ -51,6 +51,10 @@ class DataConfig:
     grayscale: bool = False  # decode folder/csv images as one channel
     strict: bool = False  # fail on the first bad file instead of reporting and skipping it
     max_pixels: int = 89_478_485  # larger images are refused as decompression bombs (Pillow's limit)
+    # false: unlabelled images for self-supervised pretraining (method simclr/mim).  Labels and class
+    # folders are ignored (a folder's images may lie anywhere under root); all images train, there is
+    # no val/test split and so no kNN monitor.
+    labels: bool = True
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
 
@@ -122,18 +126,45 @@ class DistillConfig:
     feature_weight: float = 1.0  # feature/both: weight of the projected-feature MSE (FitNets)
 
 
+SSL_METHODS = ("simclr", "mim")
+
+
+@dataclass
+class SSLConfig:
+    """Self-supervised pretraining (methods/ssl*.py); ``method: simclr`` or ``method: mim``.
+
+    The loss never sees a label.  With labelled data the labels feed only the kNN monitor that
+    replaces validation accuracy (a frozen-feature k-nearest-neighbour classifier)."""
+    # simclr (Chen et al. 2020): two augmented views per image, NT-Xent over the (global) batch
+    temperature: float = 0.2
+    proj_hidden: int = 512  # projector MLP: features -> hidden (BN, ReLU) -> proj_dim
+    proj_dim: int = 128
+    crop_scale: tuple[float, float] = (0.25, 1.0)  # random-resized-crop area range of each view
+    hflip: bool = True
+    jitter: float = 0.4  # colour distortion: brightness, contrast (and saturation) x U[1-j, 1+j], p=0.8
+    gray_p: float = 0.2  # RGB input: chance that a view is turned gray
+    # mim (SimMIM, Xie et al. 2022): hide random squares of the input, predict their pixels
+    mask_ratio: float = 0.6
+    mask_patch: int = 4  # side of a masked square, input pixels (data.image_size must be a multiple)
+    # kNN monitor (labelled data only): val images by their k most similar train features
+    knn_k: int = 20
+    knn_temperature: float = 0.07  # vote weight exp(cosine / T) (Wu et al. 2018)
+    knn_bank: int = 10000  # labelled train images in the memory bank (a fixed random subset)
+
+
 @dataclass
 class Config:
     name: str = "run"
     seed: int = 0
     task: Literal["classification"] = "classification"
-    method: Literal["supervised", "distill"] = "supervised"
+    method: Literal["supervised", "distill", "simclr", "mim"] = "supervised"
     device: str = "auto"  # auto: cuda when available, else cpu
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     adapt: AdaptConfig = field(default_factory=AdaptConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
+    ssl: SSLConfig = field(default_factory=SSLConfig)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -322,6 +353,22 @@ def validate(cfg: Config) -> None:
          "'distill' (a run folder or a registered model name)"),
         (cfg.distill.temperature > 0, "distill.temperature must be > 0"),
         (0 <= cfg.distill.alpha <= 1, "distill.alpha must be in [0, 1]"),
+        (cfg.data.labels or cfg.method in SSL_METHODS, f"data.labels=false (unlabelled images) needs a "
+         f"self-supervised method (method=simclr or mim); method {cfg.method!r} learns from labels"),
+        (cfg.method not in SSL_METHODS or cfg.adapt.mode != "linear", f"method={cfg.method} pretrains the "
+         "backbone, which adapt.mode=linear freezes; train the probe afterwards: method=supervised "
+         "adapt.mode=linear model.pretrained=<the pretraining run folder>"),
+        (cfg.ssl.temperature > 0, "ssl.temperature must be > 0"),
+        (cfg.ssl.knn_temperature > 0, "ssl.knn_temperature must be > 0"),
+        (cfg.ssl.proj_hidden >= 1 and cfg.ssl.proj_dim >= 1, "ssl.proj_hidden and ssl.proj_dim must be >= 1"),
+        (0 < cfg.ssl.crop_scale[0] <= cfg.ssl.crop_scale[1] <= 1,
+         "ssl.crop_scale must be [min, max] with 0 < min <= max <= 1"),
+        (0 <= cfg.ssl.jitter < 1, "ssl.jitter must be in [0, 1)"),
+        (0 <= cfg.ssl.gray_p <= 1, "ssl.gray_p must be in [0, 1]"),
+        (0 < cfg.ssl.mask_ratio < 1, "ssl.mask_ratio must be in (0, 1)"),
+        (cfg.ssl.mask_patch >= 1, "ssl.mask_patch must be >= 1"),
+        (cfg.ssl.knn_k >= 1, "ssl.knn_k must be >= 1"),
+        (cfg.ssl.knn_bank >= 1, "ssl.knn_bank must be >= 1"),
     ]
     for ok, msg in checks:
         if not ok:

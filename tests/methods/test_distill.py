@@ -40,8 +40,7 @@ def test_teacher_input_renormalises_resizes_and_changes_channels():
 @pytest.fixture(scope="module")
 def teacher(tmp_path_factory):
     """A digits teacher: the plain CNN, two epochs."""
-    return vs.train(DIGITS, ["train.epochs=2", "train.threads=1"], out=tmp_path_factory.mktemp("t") / "teacher",
-                    report=False)
+    return vs.train(DIGITS, ["train.epochs=2", "train.threads=1"], out=tmp_path_factory.mktemp("t") / "teacher")
 
 
 def test_a_teacher_with_other_classes_is_refused_before_training(tmp_path, teacher):
@@ -75,3 +74,12 @@ def test_distillation_resumes_bit_exact_with_its_projector(tmp_path, teacher):
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
     assert set(sa["method"]) == {"projector.weight", "projector.bias"}
     assert all(torch.equal(sa["method"][k], sb["method"][k]) for k in sa["method"])
+
+
+def test_the_report_puts_teacher_and_student_side_by_side(tmp_path, teacher):
+    import json
+    run = vs.train(DIGITS, QUICK + ["method=distill", f"distill.teacher={teacher}", "model.name=resnet8",
+                                    "train.max_steps=5"], out=tmp_path / "s")
+    html = (run / "report.html").read_text()
+    t_acc = json.loads((teacher / "eval.json").read_text())["acc"]
+    assert 'id="distillation"' in html and f"{100 * t_acc:.2f}%" in html and "resnet8" in html

@@ -8,8 +8,13 @@ Order of the splits, each from its own seeded generator (``splits.py``):
   3. ``train_limit``: a stratified subset of the remaining train images, by seed.  It is applied
      after the val split, so val stays the same while train_limit varies.
 An empty val/test (fraction 0 with no such folder) is an ``ImageDataset`` with 0 images.
+
+``labels: false`` (self-supervised pretraining): the source's training images as one pseudo-class,
+``train_limit`` applied by seed, and empty val/test: unlabelled data has nothing to score against.
 """
 from __future__ import annotations
+
+import torch
 
 from ..config import DataConfig
 from . import csv_source, digits, fashion_mnist, folder, splits
@@ -26,6 +31,8 @@ def _source(cfg: DataConfig, max_pixels: int) -> dict[str, ImageDataset]:
         return fashion_mnist.load()
     if cfg.name == "digits":
         return {"train": digits.load()}
+    if cfg.name == "folder" and not cfg.labels:
+        return folder.load_unlabelled(cfg.root, size, cfg.grayscale, cfg.strict, max_pixels)
     if cfg.name == "folder":
         return folder.load(cfg.root, size, cfg.grayscale, cfg.strict, cfg.classes, max_pixels)
     if cfg.name == "csv":
@@ -34,6 +41,20 @@ def _source(cfg: DataConfig, max_pixels: int) -> dict[str, ImageDataset]:
         return {"train": csv_source.load(cfg.csv, size, cfg.root, cfg.classes, cfg.grayscale, cfg.strict,
                                          max_pixels)}
     raise DataError(f"data.name {cfg.name!r} is not a dataset; use fashion_mnist, digits, folder or csv")
+
+
+def _unlabelled(cfg: DataConfig, pool: ImageDataset, seed: int) -> dict[str, ImageDataset]:
+    """All of ``pool`` as the pseudo-class ``unlabelled`` (its labels dropped); empty val and test."""
+    train = ImageDataset(pool.images, torch.zeros(len(pool), dtype=torch.long), [folder.UNLABELLED],
+                         pool.name, pool.paths, list(pool.skipped))
+    if cfg.train_limit is not None:
+        if cfg.train_limit < 1:
+            raise DataError(f"data.train_limit must be >= 1 (or null for all), got {cfg.train_limit}")
+        keep = splits.limit(train.labels, train.classes, cfg.train_limit, splits.generator(seed, splits.SALT_LIMIT))
+        train = train.subset(keep).renamed(train.name, train.skipped)
+    empty = train.subset(torch.zeros(0, dtype=torch.long))
+    return {"train": train.renamed(f"{cfg.name}/train", train.skipped),
+            "val": empty.renamed(f"{cfg.name}/val", []), "test": empty.renamed(f"{cfg.name}/test", [])}
 
 
 def build_datasets(cfg: DataConfig, seed: int, *, max_pixels: int | None = None) -> dict[str, ImageDataset]:
@@ -47,6 +68,8 @@ def build_datasets(cfg: DataConfig, seed: int, *, max_pixels: int | None = None)
     src = _source(cfg, max_pixels or cfg.max_pixels)
     pool = src["train"]
     base = cfg.name
+    if not cfg.labels:
+        return _unlabelled(cfg, pool, seed)
 
     if "test" in src:
         test = src["test"]

@@ -1,4 +1,5 @@
-"""An image folder: ``root/<class>/**/<image>``, or ``root/{train,val,test}/<class>/...``.
+"""An image folder: ``root/<class>/**/<image>``, or ``root/{train,val,test}/<class>/...``;
+unlabelled (``load_unlabelled``, ``data.labels: false``): images anywhere under ``root``.
 
 Class names are the sub-folder names, sorted (or ``data.classes`` in that order).  Files are
 found recursively; hidden files and folders (``.DS_Store``, ``.ipynb_checkpoints``) are ignored;
@@ -54,7 +55,8 @@ def scan(root: Path, classes: list[str] | None = None,
     loose = sorted(e.path for e in os.scandir(root) if e.is_file() and not e.name.startswith("."))
     if not dirs:
         n_img = sum(map(has_image_extension, loose))
-        hint = f" ({n_img} images lie directly in it: move them into one folder per class)" if n_img else ""
+        hint = (f" ({n_img} images lie directly in it: move them into one folder per class, or set "
+                f"data.labels=false to pretrain on them without labels, method=simclr or mim)") if n_img else ""
         raise DataError(f"no class folders in {root}{hint}; expected {root}/<class>/<image>.png")
     if classes is None:
         classes = dirs
@@ -109,3 +111,37 @@ def load(root: str | os.PathLike, size: int, grayscale: bool = False, strict: bo
         out[split] = dataset_from_files(items, classes, f"folder/{split}", size, grayscale, strict, skipped,
                                         require_all_classes=is_train, where=str(folder), max_pixels=max_pixels)
     return out
+
+
+UNLABELLED = "unlabelled"  # the one pseudo-class of unlabelled images
+
+
+def load_unlabelled(root: str | os.PathLike, size: int, grayscale: bool = False, strict: bool = False,
+                    max_pixels: int = DEFAULT_MAX_PIXELS) -> dict[str, ImageDataset]:
+    """``{"train": ...}``: every image anywhere under ``root`` (under ``root/train`` when root holds
+    split folders: test images are not for pretraining), as one pseudo-class ``"unlabelled"``.
+
+    A folder without a single image file is a ``DataError`` naming it, raised before any training.
+    """
+    root = check_root(root)
+    layout = split_layout(root)
+    where = layout["train"] if layout else root
+    items: list[tuple[str, int]] = []
+    skipped: list[tuple[str, str]] = []
+    for dirpath, subdirs, files in os.walk(where, followlinks=True):
+        subdirs[:] = sorted(d for d in subdirs if not d.startswith("."))
+        for f in sorted(files):
+            if f.startswith("."):
+                continue
+            p = os.path.join(dirpath, f)
+            if has_image_extension(p):
+                items.append((p, 0))
+            else:
+                skipped.append((p, f"not an image file extension ({Path(f).suffix or 'none'}); "
+                                   f"images are {' '.join(IMAGE_EXTENSIONS)}"))
+    if not items:
+        other = f"; {len(skipped)} other file(s) there, e.g. {skipped[0][0]}" if skipped else ""
+        raise DataError(f"no image files in {where} or its sub-folders (looked for {' '.join(IMAGE_EXTENSIONS)})"
+                        f"{other}: self-supervised pretraining needs a folder of images")
+    return {"train": dataset_from_files(items, [UNLABELLED], "folder/train", size, grayscale, strict, skipped,
+                                        where=str(where), max_pixels=max_pixels)}

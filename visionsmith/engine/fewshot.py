@@ -90,10 +90,9 @@ def check_class_counts(labels: torch.Tensor, classes: list[str] | None, ways: in
     low = min(present, key=lambda i: int(counts[i]))
     n = int(counts[low])
     if n < need:
-        fit_shots = n - queries
-        hint = (f"lower --shots to {fit_shots} or --queries to {n - max(shots)}" if fit_shots >= 1
-                else f"lower --queries to {n - max(shots)}" if n > max(shots)
-                else f"lower --shots to {n - 1} and --queries to 1")
+        opts = ([f"--shots to {n - queries}"] if n - queries >= 1 else []) + \
+               ([f"--queries to {n - max(shots)}"] if n > max(shots) else [])
+        hint = "lower " + (" or ".join(opts) if opts else f"--shots and --queries to add up to at most {n}")
         raise ValueError(f"class {names[low]!r} has only {n} images, but {max(shots)}-shot episodes with "
                          f"{queries} queries need {need} per class; {hint}")
 
@@ -236,8 +235,8 @@ def resolve_source(run_or_model: str | Path, data: str | Path | None = None, spl
 
     p = Path(run_or_model)
     if (p / "config.yaml").is_file():
-        from .checkpoint import CheckpointError
         from ..config import ConfigError
+        from .checkpoint import CheckpointError
         try:
             run_cfg = load_config(p / "config.yaml")
         except ConfigError as e:
@@ -253,8 +252,8 @@ def resolve_source(run_or_model: str | Path, data: str | Path | None = None, spl
         cfg.data.image_size = dcfg.image_size
         _, eval_tf = build_transforms(cfg, model)
         info = {"source": "run", "model": cfg.model.name, "weights": str(p)}
-    elif p.exists():
-        raise ValueError(f"{p} is not a run folder (no config.yaml) nor a registered model name")
+    elif p.exists() or len(p.parts) > 1:
+        raise ValueError(f"{p} is neither a run folder (a folder with config.yaml) nor a registered model name")
     else:
         entry = get_model_entry(str(run_or_model))  # KeyError naming the known models
         dcfg = data_config(data, image_size)

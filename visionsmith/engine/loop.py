@@ -28,8 +28,8 @@ from .build import autocast_dtype, build_model, build_optimizer, build_teacher, 
 from .checkpoint import load_checkpoint, save_checkpoint, save_weights
 from .ema import ModelEMA
 from .evaluate import predict_logits
-from .runfolder import (MetricsLog, command_line, environment, git_info, new_run_dir, truncate_metrics,
-                        update_run_json)
+from .runfolder import (MetricsLog, command_line, environment, git_info, new_run_dir, peak_memory_mb,
+                        truncate_metrics, update_run_json)
 
 
 def _seed_for(*parts: int) -> int:
@@ -170,7 +170,7 @@ def fit(cfg: Config, out: str | Path | None = None, resume: str | Path | None = 
                     torch.cuda.manual_seed(_seed_for(cfg.seed, 3, step, d.rank))
                 lr = lr_at(cfg, step, total_steps, steps_per_epoch)
                 for g in opt.param_groups:
-                    g["lr"] = lr * g["lr_scale"]
+                    g["lr"] = lr * g.get("lr_scale", 1.0)  # absent in checkpoints written before layer decay
                 with ctx():
                     out = ddp({"image": x, "label": y})
                 loss = out["loss"]
@@ -269,7 +269,8 @@ def fit(cfg: Config, out: str | Path | None = None, resume: str | Path | None = 
             signal.signal(signal.SIGTERM, old_term)
     if d.main:
         update_run_json(run_dir, status=status, timing={"train_s": round(train_time, 2),
-                        "train_img_per_s": round(step * per_step / max(train_time, 1e-9), 1)},
+                        "train_img_per_s": round(step * per_step / max(train_time, 1e-9), 1),
+                        "peak_mem_mb": peak_memory_mb(device)},
                         steps_done=step)
     D.barrier(d)
     return run_dir

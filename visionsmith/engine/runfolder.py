@@ -56,6 +56,15 @@ def environment(device: torch.device) -> dict:
     return env
 
 
+def peak_memory_mb(device: torch.device) -> float:
+    """Peak memory of this process: the CUDA allocator's peak on a GPU, else the resident-set
+    high-water mark (``ru_maxrss``, KiB on Linux), which covers model, optimizer and data alike."""
+    if device.type == "cuda":
+        return round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
+    import resource
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
 def write_json(path: Path, data: dict) -> None:
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(data, indent=2, default=str))

@@ -58,16 +58,21 @@ def load_clip(folder: str | Path, device: torch.device | str = "cpu"):
     """(CLIPModel in eval mode, tokenizer, image transform) from a local ``save_pretrained`` folder.
 
     A missing folder, a folder holding another kind of model, missing weights or a missing
-    tokenizer is a one-line ``WeightLoadError``.  The transform resizes to the vision config's ``image_size``
-    (a square resize, not CLIPProcessor's shortest-side resize + centre crop: dataset images here
-    are already square) and normalises with the folder's ``preprocessor_config.json`` mean/std,
-    else CLIP's.
+    tokenizer is a one-line ``WeightLoadError``.  The transform resizes to the vision config's
+    ``image_size`` (a square resize, not CLIPProcessor's shortest-side resize + centre crop:
+    dataset images here are already square) and normalises with the mean/std saved in the
+    folder (``image_mean_std``), else CLIP's.
     """
     from transformers import AutoTokenizer, CLIPModel
     from transformers.utils import logging as hf_logging
 
     folder = Path(folder)
     config = clip_config(folder)
+    # Check for the files: without them transformers 5 quietly builds an empty CLIP tokenizer
+    # that maps every word to <unk>, and every class would get the same text embedding.
+    if not any((folder / f).is_file() for f in ("tokenizer.json", "vocab.json")):
+        raise WeightLoadError(f"{folder} has no tokenizer (tokenizer.json, or vocab.json + merges.txt); save it "
+                              "next to the model with tokenizer.save_pretrained() or processor.save_pretrained()")
     bar = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()  # a "Loading weights" bar per call is noise in a CLI table
     try:
@@ -82,11 +87,6 @@ def load_clip(folder: str | Path, device: torch.device | str = "cpu"):
     if missing:  # transformers would fill them with random values and carry on
         raise WeightLoadError(f"the weights in {folder} are not a whole CLIPModel: {len(missing)} missing "
                               f"(e.g. {', '.join(missing[:3])})")
-    # Check for the files: without them transformers 5 quietly builds an empty CLIP tokenizer
-    # that maps every word to <unk>, and every class would get the same text embedding.
-    if not any((folder / f).is_file() for f in ("tokenizer.json", "vocab.json")):
-        raise WeightLoadError(f"{folder} has no tokenizer (tokenizer.json, or vocab.json + merges.txt); save it "
-                              "next to the model with tokenizer.save_pretrained() or processor.save_pretrained()")
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(folder), local_files_only=True)
     except (OSError, ValueError, TypeError) as e:
@@ -138,8 +138,10 @@ def text_embeddings(model, tokenizer, class_names: list[str], prompts=DEFAULT_PR
 def image_embeddings(model, images: torch.Tensor, tf: BatchTransform, batch_size: int = 128) -> torch.Tensor:
     """Unit-length image embeddings ``[N, E]`` for uint8 images ``[N, C, H, W]``."""
     device = next(model.parameters()).device
-    out = [F.normalize(_pooled(model.get_image_features(pixel_values=tf(images[i:i + batch_size], None).to(device)))
-                       .float(), dim=-1).cpu() for i in range(0, images.shape[0], batch_size)]
+    out = []
+    for i in range(0, images.shape[0], batch_size):
+        x = tf(images[i:i + batch_size], None).to(device)  # [B, 3, S, S], S = vision image_size
+        out.append(F.normalize(_pooled(model.get_image_features(pixel_values=x)).float(), dim=-1).cpu())
     return torch.cat(out)
 
 

@@ -6,10 +6,13 @@ Every registered factory returns a module with the backbone interface (see ``_ba
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Callable
 
 import torch.nn as nn
+
+from .weights import is_run_folder, load_run_backbone
 
 
 @dataclass
@@ -60,8 +63,19 @@ def get_model_entry(name: str) -> ModelEntry:
 
 
 def create_model(name: str, **kwargs) -> nn.Module:
-    """Build a registered model: ``create_model('mobilenetv2', num_classes=10, pretrained=True)``."""
-    return get_model_entry(name).fn(**kwargs)
+    """Build a registered model: ``create_model('mobilenetv2', num_classes=10, pretrained=True)``.
+
+    ``pretrained`` may also be a visionsmith run folder of the same model (e.g. a self-supervised
+    pretraining run): the model is built from scratch, then every weight but the classifier's is
+    loaded from the run strictly (``weights.load_run_backbone``); the classifier stays new.
+    """
+    entry = get_model_entry(name)
+    pretrained = kwargs.get("pretrained")
+    if isinstance(pretrained, (str, os.PathLike)) and is_run_folder(pretrained):
+        model = entry.fn(**{**kwargs, "pretrained": False})
+        load_run_backbone(model, pretrained, name)
+        return model
+    return entry.fn(**kwargs)
 
 
 def _import_families() -> None:

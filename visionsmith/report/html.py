@@ -340,9 +340,48 @@ def _files(data: RunData) -> str:
                     f'<div class="files">{"".join(items)}</div>')
 
 
+def _distillation(data: RunData) -> str:
+    """Teacher and distilled student side by side (accuracy, parameters, images/s); only for distill runs."""
+    import json
+
+    if data.cfg("method") != "distill":
+        return ""
+    src = str(data.cfg("distill.teacher", ""))
+    tdir = Path(src)
+
+    def read(path: Path) -> dict:
+        try:
+            return json.loads(path.read_text())
+        except (OSError, ValueError):
+            return {}
+    t_run, t_eval = (read(tdir / "run.json"), read(tdir / "eval.json")) if tdir.is_dir() else ({}, {})
+    head = "<tr><th></th><th>model</th><th>test acc</th><th>parameters</th><th>eval img/s</th></tr>"
+    row = lambda who, model, ev, run: (  # noqa: E731
+        f"<tr><td>{esc(who)}</td><td>{esc(str(model))}</td><td>{fmt.pct(ev.get('acc'))}</td>"
+        f"<td>{fmt.count(get(run, 'params.total'))}</td><td>{fmt.rate(get(run, 'timing.eval_img_per_s'))}</td></tr>")
+    body = (f'<table>{head}'
+            f"{row('teacher', _teacher_model(tdir) or src, t_eval, t_run)}"
+            f"{row('this student', data.cfg('model.name'), data.eval, data.run)}</table>")
+    sub = (f"{esc(str(data.cfg('distill.kind')))} distillation, T = {esc(str(data.cfg('distill.temperature')))}, "
+           f"alpha = {esc(str(data.cfg('distill.alpha')))}; teacher <code>{esc(src)}</code>. The same student "
+           "trained alone on the same budget is the other half of the comparison: <code>visionsmith compare "
+           "recipes/compare-adaptation.yaml</code> trains both.")
+    return _section("distillation", "Distillation", sub, body)
+
+
+def _teacher_model(tdir: Path) -> str:
+    import yaml
+
+    try:
+        return str((yaml.safe_load((tdir / "config.yaml").read_text()) or {}).get("model", {}).get("name", ""))
+    except (OSError, ValueError, AttributeError):
+        return ""
+
+
 SECTIONS = [
     ("training", "Training", _training),
     ("evaluation", "Test evaluation", _evaluation),
+    ("distillation", "Distillation", _distillation),
     ("mistakes", "Mistakes", _mistakes),
     ("published", "Published", _published),
     ("details", "Run details", _details),
