@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from .config import Config, load_config
+from .config import SSL_METHODS, Config, load_config
 from .engine import distributed as D
 from .engine.evaluate import evaluate_run
 from .engine.loop import fit
@@ -46,11 +46,13 @@ def finish(run_dir: Path) -> dict:
     """After training: test evaluation, published comparison, report and model card (rank 0)."""
     from .report import published_fashion_mnist, write_model_card, write_report
     info = read_json(run_dir / "run.json")
+    cfg = load_config(run_dir / "config.yaml")
+    # A self-supervised run's head was never trained: evaluate_run scores it by kNN on frozen features.
     metrics = evaluate_run(run_dir, "test") if info.get("data", {}).get("test") else {}
-    if load_config(run_dir / "config.yaml").adapt.mode in PEFT_MODES and info.get("status") != "interrupted":
+    if cfg.adapt.mode in PEFT_MODES and info.get("status") != "interrupted":
         from .engine.adapters import save_adapter
         save_adapter(run_dir)
-    if info.get("data", {}).get("name") == "fashion_mnist":
+    if info.get("data", {}).get("name") == "fashion_mnist" and cfg.method not in SSL_METHODS:
         write_json(run_dir / "published.json", {"rows": published_fashion_mnist()})
     write_report(run_dir)
     write_model_card(run_dir)
@@ -124,6 +126,10 @@ def predict(run_dir: str | Path, inputs, topk: int = 5, batch_size: int = 64) ->
     from .engine.build import build_transforms, load_trained
 
     cfg, model, classes, info = load_trained(run_dir)
+    if cfg.method in SSL_METHODS:
+        raise ValueError(f"{run_dir} is a self-supervised pretraining run (method={cfg.method}): its classifier was "
+                         "never trained; train one from it first (method=supervised adapt.mode=linear or full, "
+                         f"model.pretrained={run_dir}) and predict with that run")
     _, eval_tf = build_transforms(cfg, model)
     gray = info.get("data", {}).get("channels", 3) == 1
     size = cfg.data.cache_size or cfg.data.image_size

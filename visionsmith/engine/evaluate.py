@@ -33,12 +33,17 @@ def predict_logits(model: nn.Module, ds: ImageDataset, transform: BatchTransform
 
 def evaluate_run(run_dir, split: str = "test", which: str = "best", worst_k: int = 16) -> dict:
     """Evaluate a run's weights on ``split``; writes ``eval.json`` (+ ``eval_worst.npz``) for the
-    test split, ``eval-<split>.json`` otherwise.  Returns the metrics dict."""
+    test split, ``eval-<split>.json`` otherwise.  Returns the metrics dict.
+
+    A self-supervised run (method simclr/mim) has no trained classifier: it is scored by kNN on its
+    frozen features (bank: ``ssl.knn_bank`` train images), marked ``monitor: "knn"``; its ``loss``
+    is the cross-entropy of the kNN vote shares."""
     import time
     from pathlib import Path
 
     import numpy as np
 
+    from ..config import SSL_METHODS
     from ..data import build_datasets
     from ..tasks.classification import compute_metrics, worst_mistakes
     from .build import build_transforms, load_trained
@@ -60,10 +65,16 @@ def evaluate_run(run_dir, split: str = "test", which: str = "best", worst_k: int
     if cfg.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
     t0 = time.perf_counter()
-    logits = predict_logits(model, ds, eval_tf, cfg.train.eval_batch_size, device, cfg.train.channels_last,
-                            progress=f"eval {split}")
+    if cfg.method in SSL_METHODS:  # a pretrained backbone, its head never trained: kNN on frozen features
+        from ..methods.ssl import knn_logits
+        logits = knn_logits(model, data["train"], ds, eval_tf, cfg.ssl, cfg.train.eval_batch_size, device)
+    else:
+        logits = predict_logits(model, ds, eval_tf, cfg.train.eval_batch_size, device, cfg.train.channels_last,
+                                progress=f"eval {split}")
     secs = time.perf_counter() - t0
     m = compute_metrics(logits, ds.labels, classes)
+    if cfg.method in SSL_METHODS:
+        m.update(monitor="knn", knn_k=cfg.ssl.knn_k, knn_bank=min(cfg.ssl.knn_bank, len(data["train"])))
     worst = worst_mistakes(logits, ds.labels, k=worst_k)
     m.update(split=split, weights=which, eval_s=round(secs, 2), eval_img_per_s=round(len(ds) / max(secs, 1e-9), 1),
              worst=worst)
@@ -74,7 +85,8 @@ def evaluate_run(run_dir, split: str = "test", which: str = "best", worst_k: int
         np.savez_compressed(run_dir / "eval_worst.npz", images=ds.images[idx].numpy(),
                             labels=np.array([w["label"] for w in worst]), preds=np.array([w["pred"] for w in worst]),
                             confidence=np.array([w["confidence"] for w in worst]))
-        update_run_json(run_dir, test={"acc": m["acc"], "top5": m["top5"], "macro_f1": m["macro_f1"]},
+        test = {"acc": m["acc"], "top5": m["top5"], "macro_f1": m["macro_f1"]}
+        update_run_json(run_dir, test={**test, "monitor": "knn"} if "monitor" in m else test,
                         timing={**_timing(run_dir), "eval_s": round(secs, 2), "eval_img_per_s": m["eval_img_per_s"]})
     return m
 

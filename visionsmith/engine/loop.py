@@ -233,13 +233,17 @@ def fit(cfg: Config, out: str | Path | None = None, resume: str | Path | None = 
             # -- validation, early stopping, best weights: rank 0, shared decision --------
             improved, stop = False, False
             if d.main and val_ds is not None and len(val_ds):
-                logits = predict_logits(eval_model(), val_ds, eval_tf, t.eval_batch_size, device,
-                                        t.channels_last, amp_dtype)
-                m = compute_metrics(logits, val_ds.labels, classes)
+                if hasattr(method, "evaluate"):  # the method's own monitor (self-supervised: kNN accuracy)
+                    m = method.evaluate(eval_model(), train_ds, val_ds, eval_tf, t.eval_batch_size, device)
+                else:
+                    logits = predict_logits(eval_model(), val_ds, eval_tf, t.eval_batch_size, device,
+                                            t.channels_last, amp_dtype)
+                    m = {k: v for k, v in compute_metrics(logits, val_ds.labels, classes).items()
+                         if k in ("acc", "top5", "macro_f1", "loss")}
                 row = {"split": "val", "step": step, "epoch": epoch if epoch_finished else epoch + start_batch / steps_per_epoch,
-                       **{k: m[k] for k in ("acc", "top5", "macro_f1", "loss")}}
+                       **m}
                 log.log(**row)
-                tqdm.write(f"epoch {epoch}: val acc {m['acc']:.4f}  macro-F1 {m['macro_f1']:.4f}  loss {m['loss']:.4f}")
+                tqdm.write(f"epoch {epoch}: val " + "  ".join(f"{k} {v:.4f}" for k, v in m.items() if isinstance(v, float)))
                 es = t.early_stop
                 value = row.get(es.metric.split("/", 1)[-1])
                 if value is not None and (best is None or (value > best if es.mode == "max" else value < best)):

@@ -34,6 +34,14 @@ def random_patch_mask(batch: int, grid: int, ratio: float) -> torch.Tensor:
     return torch.zeros(batch, n, dtype=torch.bool).scatter_(1, idx, True).view(batch, grid, grid)
 
 
+def masked_l1(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean absolute error over the masked pixels only (SimMIM's loss).
+
+    pred, target: [B, C, H, W]; mask: bool [B, 1, H, W] (True = hidden from the encoder)."""
+    m = mask.to(pred.dtype)
+    return ((pred - target).abs() * m).sum() / (m.sum() * pred.shape[1]).clamp_min(1.0)
+
+
 class MaskedImageModeling(SSLMethod):
     """``forward({'image': [B,C,S,S], ...}) -> {'loss': [], 'output': [B,C,S,S] reconstruction}``.
 
@@ -100,6 +108,4 @@ class MaskedImageModeling(SSLMethod):
         if x.is_contiguous(memory_format=torch.channels_last):
             x_in = x_in.contiguous(memory_format=torch.channels_last)
         pred = self.decoder(self.feature_map(x_in)).float()  # [B, C, S, S]
-        mf = m.float()
-        loss = ((pred - x.float()).abs() * mf).sum() / (mf.sum() * self.in_chans).clamp_min(1.0)
-        return {"loss": loss, "output": pred}
+        return {"loss": masked_l1(pred, x.float(), m), "output": pred}

@@ -82,16 +82,17 @@ def _header(data: RunData) -> str:
 def _kpis(data: RunData) -> str:
     ev, timing = data.eval, data.run.get("timing") if isinstance(data.run.get("timing"), dict) else {}
     last_train = next((r for r in reversed(data.train) if fmt.is_num(r.get("step"))), {})
+    knn = "kNN " if data.knn else ""
     if ev or not data.val:
         scores = [
-            ("test acc", fmt.pct(ev.get("acc")), f"top-5 {fmt.pct(ev.get('top5'))}"),
+            (f"{knn}test acc", fmt.pct(ev.get("acc")), f"top-5 {fmt.pct(ev.get('top5'))}"),
             ("macro-F1", fmt.num(ev.get("macro_f1"), 3), "mean over classes"),
-            ("test loss", fmt.num(ev.get("loss"), 3), "cross-entropy"),
+            ("test loss", fmt.num(ev.get("loss"), 3), "kNN vote cross-entropy" if knn else "cross-entropy"),
         ]
     else:  # not evaluated yet: lead with the best validation epoch rather than three dashes
         best = max(data.val, key=lambda r: r.get("acc") if fmt.is_num(r.get("acc")) else -1)
         scores = [
-            ("val acc", fmt.pct(best.get("acc")), f"best epoch {fmt.num(best.get('epoch'))}, "
+            (f"val {knn}acc", fmt.pct(best.get("acc")), f"best epoch {fmt.num(best.get('epoch'))}, "
                                                    f"top-5 {fmt.pct(best.get('top5'))}"),
             ("val macro-F1", fmt.num(best.get("macro_f1"), 3), "at the best epoch"),
             ("val loss", fmt.num(best.get("loss"), 3), "at the best epoch"),
@@ -133,14 +134,16 @@ def _training(data: RunData) -> str:
         return _section("training", "Training", "", f'<div class="empty">No training curves: {why}.</div>')
     figs = [
         _img(plots.loss_curve(data.train, data.val), "loss curve", "No loss values logged."),
-        _img(plots.val_curve(data.val), "validation metrics", "No validation lines logged yet."),
+        _img(plots.val_curve(data.val, "kNN monitor per epoch (frozen features)" if data.knn
+                             else "Validation metrics per epoch"), "validation metrics", "No validation lines logged yet."),
         _img(plots.lr_curve(data.train), "learning rate", "No learning rate logged."),
         _img(plots.throughput_curve(data.train), "throughput", "No throughput logged."),
     ]
     body = '<div class="grid2">' + "".join(figs) + "</div>"
     if data.val:
-        head = "<tr><th>epoch</th><th class=num>step</th><th class=num>acc</th><th class=num>top-5</th>" \
-               "<th class=num>macro-F1</th><th class=num>loss</th></tr>"
+        knn = "kNN " if data.knn else ""
+        head = f"<tr><th>epoch</th><th class=num>step</th><th class=num>{knn}acc</th><th class=num>{knn}top-5</th>" \
+               f"<th class=num>{knn}macro-F1</th><th class=num>loss</th></tr>"
         rows = "".join(
             f"<tr><td>{esc(fmt.num(r.get('epoch')))}</td><td class=num>{esc(fmt.num(r.get('step')))}</td>"
             f"<td class=num>{fmt.pct(r.get('acc'))}</td><td class=num>{fmt.pct(r.get('top5'))}</td>"
@@ -149,6 +152,10 @@ def _training(data: RunData) -> str:
         body += f"<details><summary>Validation per epoch ({len(data.val)})</summary><table>{head}{rows}</table></details>"
     sub = f"{len(data.train)} train log lines, {len(data.val)} validation epochs. " \
           "Train loss is drawn raw (faint) and smoothed."
+    if data.knn:
+        sub += (f" Self-supervised ({data.run.get('method') or data.cfg('method')}): the labels are used only by the "
+                "kNN monitor, which classifies each val image by a vote of its most similar training images "
+                "in the frozen feature space.")
     return _section("training", "Training", esc(sub), body)
 
 
@@ -200,21 +207,29 @@ def _evaluation(data: RunData) -> str:
                         f'<div class="empty">No test evaluation: {why}. The run has not been '
                         f"evaluated on the test split yet; the headline shows validation accuracy instead.</div>")
     classes = data.classes
+    knn = data.knn
     table = _kv([
         ("split", esc(str(ev.get("split", "test")))),
         ("images", esc(fmt.num(ev.get("n")))),
-        ("accuracy (top-1)", fmt.pct(ev.get("acc"))),
+        ("kNN accuracy (top-1)" if knn else "accuracy (top-1)", fmt.pct(ev.get("acc"))),
         ("top-5 accuracy", fmt.pct(ev.get("top5"))),
         ("macro-F1", esc(fmt.num(ev.get("macro_f1"), 4))),
-        ("loss (cross-entropy)", esc(fmt.num(ev.get("loss"), 4))),
+        ("loss (kNN vote cross-entropy)" if knn else "loss (cross-entropy)", esc(fmt.num(ev.get("loss"), 4))),
         ("evaluation speed", esc(fmt.rate(ev.get("eval_img_per_s")))),
-    ])
+    ] + ([("kNN", esc(f"k={ev.get('knn_k')}, cosine, bank of {fmt.num(ev.get('knn_bank'))} train images"))]
+         if knn else []))
     cm = _img(plots.confusion(ev.get("confusion") or [], classes), "confusion matrix",
               "No confusion matrix in eval.json.")
     bars = _img(plots.per_class_bars(ev.get("per_class") or {}, classes), "precision and recall per class",
                 "No per-class scores in eval.json.")
     body = (f'<div class="grid2"><div><h3>Headline</h3>{table}{_confused_pairs(ev, classes)}</div><div>{cm}</div>'
             f"<div>{_per_class_table(ev, classes)}</div><div><h3>&nbsp;</h3>{bars}</div></div>")
+    if knn:
+        return _section("evaluation", "Test evaluation", "A self-supervised backbone has no trained classifier: "
+                        "each test image is classified by a weighted vote of its k most similar training images "
+                        "in the frozen feature space (rows of the confusion matrix are the true class). For a "
+                        "linear probe, train <code>method=supervised adapt.mode=linear "
+                        "model.pretrained=&lt;this run folder&gt;</code>.", body)
     return _section("evaluation", "Test evaluation", "Metrics on the held-out test split, computed once "
                     "after training (rows of the confusion matrix are the true class).", body)
 
@@ -256,6 +271,11 @@ def _select_published(rows: list[dict], acc: float, picks=DEFAULT_PICKS, limit: 
 
 
 def _published(data: RunData) -> str:
+    if data.knn:
+        return _section("published", "Compared with published results", "",
+                        '<div class="empty">Not compared: published results are trained classifiers, and this '
+                        "self-supervised run's accuracy is a kNN vote on frozen features. Compare its linear probe "
+                        "(<code>adapt.mode=linear model.pretrained=&lt;this run folder&gt;</code>) instead.</div>")
     acc = data.eval.get("acc")
     rows = [r for r in data.published if fmt.is_num(r.get("acc"))]
     if not rows:

@@ -69,7 +69,13 @@ def _intro(data: RunData, ds_name: str) -> list[str]:
     acc, _ = headline(data)
     summary = (f"A `{data.cfg('model.name', 'unknown')}` image classifier for {len(classes) or 'an unknown number of'} "
                f"classes, trained with visionsmith on {ds_name}.")
-    if fmt.is_num(ev.get("acc")):
+    if str(data.cfg("method")) in ("simclr", "mim"):
+        summary = (f"A `{data.cfg('model.name', 'unknown')}` backbone pretrained without labels "
+                   f"(`{data.cfg('method')}`) with visionsmith on {ds_name}; its classifier is untrained. Start a "
+                   "recipe from it with `model.pretrained=<this run folder>`.")
+    if fmt.is_num(ev.get("acc")) and data.knn:
+        summary += f" kNN test accuracy of its frozen features **{fmt.pct(acc)}** on {fmt.num(ev.get('n'))} images."
+    elif fmt.is_num(ev.get("acc")):
         summary += f" Test accuracy **{fmt.pct(acc)}** on {fmt.num(ev.get('n'))} images."
     elif acc is not None:
         summary += f" Not evaluated on the test split yet; best validation accuracy {fmt.pct(acc)}."
@@ -128,11 +134,12 @@ def _metrics(data: RunData) -> list[str]:
         acc, _ = headline(data)
         return out + ["No test evaluation in this run folder (`eval.json` is missing)." +
                       (f" Best validation accuracy: {fmt.pct(acc)}." if acc is not None else ""), ""]
+    knn = "kNN " if data.knn else ""
     out += [_table(["metric", "value"], [
-        ["accuracy (top-1)", fmt.pct(ev.get("acc"))],
-        ["top-5 accuracy", fmt.pct(ev.get("top5"))],
-        ["macro-F1", fmt.num(ev.get("macro_f1"), 4)],
-        ["loss (cross-entropy)", fmt.num(ev.get("loss"), 4)],
+        [f"{knn}accuracy (top-1)", fmt.pct(ev.get("acc"))],
+        [f"{knn}top-5 accuracy", fmt.pct(ev.get("top5"))],
+        [f"{knn}macro-F1", fmt.num(ev.get("macro_f1"), 4)],
+        ["loss (kNN vote cross-entropy)" if knn else "loss (cross-entropy)", fmt.num(ev.get("loss"), 4)],
         ["test images", fmt.num(ev.get("n"))],
     ]), ""]
     pc = ev.get("per_class") or {}
@@ -142,7 +149,7 @@ def _metrics(data: RunData) -> list[str]:
         rows = [[classes[i] if i < len(classes) else str(i), fmt.fixed(p[i]), fmt.fixed(r[i]),
                  fmt.fixed(f1[i]), fmt.num(sup[i])] for i in range(k)]
         out += ["### Per class (test)", "", _table(["class", "precision", "recall", "F1", "support"], rows), ""]
-    if data.published and fmt.is_num(ev.get("acc")):
+    if data.published and fmt.is_num(ev.get("acc")) and not data.knn:
         # The README table is long: name a few well-known rows. A run's own published.json
         # was chosen for this run, so list all of it.
         picks = None if data.published_source == "published.json" else DEFAULT_PICKS

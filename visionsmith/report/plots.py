@@ -123,7 +123,7 @@ def loss_curve(train: list[dict], val: list[dict]) -> str | None:
         return _png(fig)
 
 
-def val_curve(val: list[dict]) -> str | None:
+def val_curve(val: list[dict], title: str = "Validation metrics per epoch") -> str | None:
     """Validation accuracy and macro-F1 per epoch (top-5 is in the table under the plots)."""
     series = [(k, c, lbl) for k, c, lbl in
               [("acc", TEAL, "accuracy"), ("macro_f1", ACCENT, "macro-F1")]  # top-5 (near 1) would flatten these
@@ -142,7 +142,7 @@ def val_curve(val: list[dict]) -> str | None:
             ax.annotate(f"{y[i]:.3f}", (x[i], y[i]), textcoords="offset points", xytext=(0, 8),
                         ha="center", color=TEAL, fontweight="bold")
         ax.margins(y=0.15)  # room above the best-epoch label
-        ax.set_title("Validation metrics per epoch")
+        ax.set_title(title)
         ax.set_xlabel("epoch")
         ax.xaxis.get_major_locator().set_params(integer=True)
         ax.legend(loc="lower right")

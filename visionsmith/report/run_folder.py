@@ -62,6 +62,11 @@ class RunData:
         return str(self.run.get("status") or "unknown")
 
     @property
+    def knn(self) -> bool:
+        """A self-supervised run: its accuracies are kNN accuracies of frozen features, not a classifier's."""
+        return self.eval.get("monitor") == "knn" or any(r.get("monitor") == "knn" for r in self.val)
+
+    @property
     def classes(self) -> list[str]:
         classes = self.eval.get("classes") or self.cfg("data.classes") or []
         return [str(c) for c in classes] if isinstance(classes, list) else []
@@ -206,13 +211,14 @@ def _is_number(x: Any) -> bool:
 
 def headline(data: RunData) -> tuple[float | None, str]:
     """The one number a report leads with, and its label: test accuracy, else the best val accuracy."""
+    knn = "kNN " if data.knn else ""  # self-supervised: k-nearest-neighbour accuracy of frozen features
     if _is_number(data.eval.get("acc")):
         n = data.eval.get("n")
-        return float(data.eval["acc"]), "test accuracy" + (f" \u00b7 {n:,} images" if _is_number(n) else "")
+        return float(data.eval["acc"]), f"{knn}test accuracy" + (f" \u00b7 {n:,} images" if _is_number(n) else "")
     accs = [(r["acc"], r.get("epoch")) for r in data.val if _is_number(r.get("acc"))]
     if accs:
         acc, epoch = max(accs, key=lambda a: a[0])
-        return float(acc), f"best val accuracy (epoch {epoch}) \u00b7 no test evaluation yet"
+        return float(acc), f"best val {knn}accuracy (epoch {epoch}) \u00b7 no test evaluation yet"
     return None, "no accuracy recorded yet"
 
 
