@@ -272,6 +272,15 @@ def test_unlabelled_folder_pretrains_without_val_or_monitor(tmp_path):
     assert (run / "report.html").is_file()
 
 
+def test_labels_false_drops_the_labels_of_a_labelled_source_and_holds_nothing_out():
+    cfg = load_config(DIGITS, ["method=simclr", "data.labels=false"]).data
+    data = build_datasets(cfg, 0)
+    assert len(data["train"]) == 1797 and data["train"].classes == ["unlabelled"]
+    assert (data["train"].labels == 0).all() and len(data["val"]) == len(data["test"]) == 0
+    cfg.train_limit = 500
+    assert len(build_datasets(cfg, 0)["train"]) == 500
+
+
 @pytest.mark.parametrize("labels", [False, True])
 def test_a_folder_without_images_is_an_error_before_training(tmp_path, labels):
     root = tmp_path / "empty"
