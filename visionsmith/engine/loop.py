@@ -117,7 +117,8 @@ def fit(cfg: Config, out: str | Path | None = None, resume: str | Path | None = 
             truncate_metrics(run_dir / "metrics.jsonl", step)
     if d.main:
         save_config(cfg, run_dir / "config.yaml")
-        update_run_json(run_dir, name=cfg.name, status="running", seed=cfg.seed, method=cfg.method, adapt=cfg.adapt.mode, git=git_info(),
+        update_run_json(run_dir, name=cfg.name, status="running", seed=cfg.seed, method=cfg.method,
+                        adapt=cfg.adapt.mode, git=git_info(),
                         env=environment(device), params=param_summary(model), classes=classes,
                         data={"name": train_ds.name, "channels": int(train_ds.images.shape[1]),
                               "train": len(train_ds), "val": len(val_ds) if val_ds is not None else 0,
