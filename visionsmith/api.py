@@ -125,6 +125,8 @@ def predict(run_dir: str | Path, inputs, topk: int = 5, batch_size: int = 64) ->
     from .data import DataError, image_to_uint8, load_image
     from .engine.build import build_transforms, load_trained
 
+    if str(run_dir).lower().endswith(".onnx"):
+        return _predict_onnx(Path(run_dir), inputs, topk, batch_size)
     cfg, model, classes, info = load_trained(run_dir)
     if cfg.method in SSL_METHODS:
         raise ValueError(f"{run_dir} is a self-supervised pretraining run (method={cfg.method}): its classifier was "
@@ -152,6 +154,49 @@ def predict(run_dir: str | Path, inputs, topk: int = 5, batch_size: int = 64) ->
         for f, pr, ix in zip(good[i:i + batch_size], p.tolist(), idx.tolist()):
             res.predictions.append(Prediction(str(f), [(classes[j], q) for j, q in zip(ix, pr)]))
     return res
+
+
+def _predict_onnx(path: Path, inputs, topk: int, batch_size: int) -> PredictResult:
+    """``predict`` with an exported ONNX file: same decoding and resize as the run, ONNX Runtime."""
+    import numpy as np
+
+    from .data import DataError
+    from .export import OnnxClassifier
+    clf = OnnxClassifier(path)  # FileNotFoundError / ValueError for a missing or foreign file
+    res = PredictResult()
+    good, tensors = [], []
+    for f in _expand(inputs):
+        if not f.exists():
+            res.bad.append((str(f), "no such file"))
+            continue
+        try:
+            tensors.append(clf.decode(f))
+            good.append(f)
+        except DataError as e:
+            res.bad.append((str(f), getattr(e, "reason", str(e))))
+    k = min(topk, len(clf.classes))
+    for i in range(0, len(tensors), batch_size):
+        logits = torch.from_numpy(np.asarray(clf.predict_pixels(clf.preprocess(torch.stack(tensors[i:i + batch_size])))))
+        p, idx = logits.float().softmax(-1).topk(k, dim=-1)
+        for f, pr, ix in zip(good[i:i + batch_size], p.tolist(), idx.tolist()):
+            res.predictions.append(Prediction(str(f), [(clf.classes[j], q) for j, q in zip(ix, pr)]))
+    return res
+
+
+def export(run_dir: str | Path, format: str = "onnx", int8: str | None = None, opset: int | None = None,
+           out: str | Path | None = None, calib: int | None = None, calib_data: str | Path | None = None,
+           check: int | None = None, max_drop: float | None = None):
+    """Export a run's best weights to ONNX (``int8``: None, "static" or "dynamic"), parity-checked
+    against PyTorch on held-out images before the file is written; -> ``ExportResult`` (.path, .record)."""
+    from .export import export_onnx
+    from .export.onnx import DEFAULT_CALIB, DEFAULT_CHECK, DEFAULT_OPSET
+    from .export.parity import INT8_MAX_DROP
+    if format != "onnx":
+        raise ValueError(f"export format {format!r} is not supported; use onnx")
+    return export_onnx(run_dir, int8=int8, opset=DEFAULT_OPSET if opset is None else opset, out=out,
+                       calib=DEFAULT_CALIB if calib is None else calib, calib_data=calib_data,
+                       check=DEFAULT_CHECK if check is None else check,
+                       max_drop=INT8_MAX_DROP if max_drop is None else max_drop)
 
 
 def report(run_dir: str | Path) -> Path:
@@ -220,6 +265,45 @@ def merge(run_dir: str | Path, out: str | Path | None = None) -> tuple[Path, flo
     """Fold a peft run's adapters into its base weights: a plain run folder; -> (folder, max logit diff)."""
     from .engine.adapters import merge_run
     return merge_run(run_dir, out)
+
+
+def prune(run_dir: str | Path, amount: float = 0.5, kind: str = "structured", finetune_epochs: int = 1,
+          out: str | Path | None = None, sweep=None, importance: str = "l2", scope: str = "layer",
+          overrides=(), command: str = "") -> tuple[Path, list[dict]]:
+    """Prune a trained run (``kind``: structured channels or unstructured weights, ``amount`` in [0, 1)),
+    fine-tune ``finetune_epochs`` with its recipe (``overrides`` such as ``train.lr=3e-4`` on top) and
+    write a new run folder with report; -> (folder, [unpruned row, pruned row]).
+
+    ``sweep=[0.25, 0.5, 0.75]``: one pruned run per amount under ``out`` (default
+    ``<run>-prune-sweep-<kind>``) plus ``sweep.json/.md/.png/.html``; -> (sweep folder, rows)."""
+    from .engine.prune import prune_run, prune_sweep
+    if sweep is None:
+        run, row = prune_run(run_dir, amount, kind, finetune_epochs, out, importance, scope, overrides, finish)
+        return run, [read_json(run / "prune.json")["baseline"], row]
+    from .report.prune import write_sweep
+    folder, rows = prune_sweep(run_dir, sweep, kind, finetune_epochs, out, importance, scope, overrides, finish)
+    write_sweep(folder, read_json(folder / "sweep.json"), command or f"visionsmith prune {run_dir} --{kind} "
+                f"--sweep {','.join(f'{a:g}' for a in sweep)} --finetune-epochs {finetune_epochs}")
+    return folder, rows
+
+
+def robustness(run_dir: str | Path, eps="0,1/255,2/255,4/255,8/255", attack: str = "pgd", norm: str = "linf",
+               steps: int = 20, step_size: float | None = None, images: int = 1000, split: str = "test",
+               which: str = "best") -> dict:
+    """Clean and robust accuracy of a run against ``attack`` at every eps ([0, 1] pixel units).
+
+    Adds the curve to ``RUN/robustness.json``, draws every curve into ``RUN/robustness.png`` and
+    rewrites the report; -> the curve ({attack, norm, steps, images, points: [{eps, acc}]})."""
+    import base64
+
+    from .engine.robustness import robustness_run
+    from .report.robustness import read_curves, robustness_plot
+    curve = robustness_run(run_dir, eps, attack, norm, steps, step_size, images, split, which)
+    png = robustness_plot(read_curves(Path(run_dir)))
+    if png:
+        (Path(run_dir) / "robustness.png").write_bytes(base64.b64decode(png))
+    report(run_dir)
+    return curve
 
 
 def compare(spec: str | Path, out: str | Path | None = None, only: list[str] | None = None) -> tuple[Path, list[dict]]:

@@ -12,10 +12,13 @@ EPILOG = """examples:
   visionsmith train recipes/digits.yaml train.epochs=5 --out runs/digits
   visionsmith eval runs/digits
   visionsmith predict runs/digits photo.png folder/ --topk 3
+  visionsmith export runs/digits --int8           INT8 ONNX, checked against PyTorch
   visionsmith resume runs/digits                  continue a stopped run exactly
   visionsmith train fashion-mnist-quick adapt.mode=lora   LoRA instead of full fine-tuning
   visionsmith compare recipes/compare-adaptation.yaml     scratch vs linear probe vs LoRA vs ...
   visionsmith fewshot runs/digits --ways 5 --shots 1,5 --episodes 200
+  visionsmith prune runs/digits --amount 0.5      structured pruning + 1 epoch fine-tune
+  visionsmith serve runs/digits --port 8000       REST API + web page on http://127.0.0.1:8000/
   torchrun --nproc_per_node 2 -m visionsmith train recipes/digits.yaml
 """
 
@@ -67,7 +70,8 @@ def _print_summary(run_dir: Path, ev: dict) -> None:
         print(f"skipped {len(skipped)} bad training file(s), e.g. {skipped[0][0]}: {skipped[0][1]} "
               f"(all listed in {run_dir}/run.json)")
     if ev:
-        print(f"test accuracy {ev['acc']:.4f}  top-5 {ev['top5']:.4f}  macro-F1 {ev['macro_f1']:.4f}  "
+        knn = "kNN " if ev.get("monitor") == "knn" else ""
+        print(f"test {knn}accuracy {ev['acc']:.4f}  top-5 {ev['top5']:.4f}  macro-F1 {ev['macro_f1']:.4f}  "
               f"({ev.get('n', '?')} images)")
     timing = info.get("timing", {})
     if timing.get("train_s"):
@@ -84,7 +88,8 @@ def cmd_eval(a) -> int:
     if a.json:
         print(json.dumps({k: v for k, v in m.items() if k != "worst"}, indent=2))
         return 0
-    print(f"{a.split}: accuracy {m['acc']:.4f}  top-5 {m['top5']:.4f}  macro-F1 {m['macro_f1']:.4f}  "
+    knn = "kNN " if m.get("monitor") == "knn" else ""  # a self-supervised run: no classifier, a kNN vote
+    print(f"{a.split}: {knn}accuracy {m['acc']:.4f}  top-5 {m['top5']:.4f}  macro-F1 {m['macro_f1']:.4f}  "
           f"loss {m['loss']:.4f}  ({m['n']} images, {m['eval_img_per_s']:.0f} img/s)")
     pc = m["per_class"]
     width = max(len(c) for c in m["classes"])
@@ -114,11 +119,84 @@ def cmd_predict(a) -> int:
     return 0 if res.predictions else 1
 
 
+def cmd_export(a) -> int:
+    from . import api
+    r = api.export(a.run, a.format, int8=a.int8, opset=a.opset, out=a.out, calib=a.calib, calib_data=a.calib_data,
+                   check=a.check, max_drop=a.max_drop)
+    print(_parity_table(r.record))
+    print(f"wrote {r.path} ({r.record['size_bytes'] / 1e6:.2f} MB); record in {Path(a.run) / 'export' / 'export.json'}")
+    print(f"run it: visionsmith predict {r.path} IMAGE...")
+    return 0
+
+
+def _parity_table(rec: dict) -> str:
+    """The parity check of one export (``export.json`` record) as a small table."""
+    par = rec["parity"]
+    q = rec.get("quantization")
+    kind = "fp32" if not q else (f"INT8 {q['mode']}" + (f" {q['format']}, per-channel={q['per_channel']}, "
+                                                       f"reduce_range={q['reduce_range']}" if q["mode"] == "static" else ""))
+    lines = [f"ONNX opset {rec['opset']}, {kind}; checked against PyTorch on {par['images']}:",
+             f"  {'model':<14}{'accuracy':>9}{'top-1 agree':>13}{'max |dlogit|':>14}{'mean |dlogit|':>15}"]
+    first = par["fp32"]
+    if "acc_ref" in first:
+        lines.append(f"  {'pytorch fp32':<14}{first['acc_ref']:>9.4f}{'-':>13}{'-':>14}{'-':>15}")
+    for name in ("fp32", "int8"):
+        if name in par:
+            r = par[name]
+            acc = f"{r['acc']:.4f}" if "acc" in r else "-"
+            lines.append(f"  {'onnx ' + name:<14}{acc:>9}{100 * r['top1_agreement']:>12.2f}%"
+                         f"{r['max_abs_diff']:>14.2e}{r['mean_abs_diff']:>15.2e}")
+    b = rec["bounds"]
+    lines.append(f"  fp32 bound: max |dlogit| <= {b['fp32_max_abs_diff']:.0e}, no top-1 flip beyond near-ties: passed")
+    if "int8" in par and "acc_drop_points" in par["int8"]:
+        lines.append(f"  INT8 accuracy drop {par['int8']['acc_drop_points']:+.2f} points "
+                     f"(bound {b['int8_max_acc_drop_points']:.2f}): passed")
+    return "\n".join(lines)
+
+
 def cmd_merge(a) -> int:
     from . import api
     out, diff = api.merge(a.run, a.out)
     print(f"merged adapters into the base weights: {out}  (max |logit difference| {diff:.1e} on held-out images)")
     print(f"use it like any run: visionsmith eval {out}")
+    return 0
+
+
+def _amounts(text: str) -> list[float]:
+    try:
+        return [float(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated fractions like 0.25,0.5,0.75, got {text!r}") from None
+
+
+def cmd_prune(a) -> int:
+    from . import api
+    from .engine.runfolder import command_line
+    from .report.prune import table_markdown
+    kind = "unstructured" if a.unstructured else "structured"
+    folder, rows = api.prune(a.run, a.amount, kind, a.finetune_epochs, a.out, a.sweep, a.importance, a.scope,
+                             a.overrides, command=command_line())
+    print("\n" + table_markdown(rows))
+    if kind == "unstructured":
+        print("unstructured: zeros are stored densely, so size and speed stay the unpruned model's "
+              "(use --structured to make it smaller and faster)")
+    if a.sweep:
+        print(f"sweep: {folder / 'sweep.md'}   plot: {folder / 'sweep.png'}   page: {folder / 'sweep.html'}")
+    else:
+        print(f"pruned run: {folder}   report: {folder / 'report.html'}   use it like any run: visionsmith eval {folder}")
+    return 0
+
+
+def cmd_robustness(a) -> int:
+    from . import api
+    from .report.robustness import eps_text
+    c = api.robustness(a.run, a.eps, a.attack, a.norm, a.steps, a.step_size, a.images, a.split, a.weights)
+    what = "FGSM" if c["attack"] == "fgsm" else f"PGD-{c['steps']}"
+    print(f"{what} ({c['norm']}) on {c['images']} {c['split']} images, eps in [0, 1] pixel units:")
+    print(f"  {'eps':>8}  {'accuracy':>8}")
+    for p in c["points"]:
+        print(f"  {eps_text(p['eps']):>8}  {p['acc']:8.4f}" + ("   (clean)" if p["eps"] == 0 else ""))
+    print(f"plot: {a.run}/robustness.png; report: {a.run}/report.html")
     return 0
 
 
@@ -234,6 +312,14 @@ def cmd_zeroshot(a) -> int:
     return 0
 
 
+def cmd_serve(a) -> int:
+    from .serve import serve
+    serve(a.models, host=a.host, port=a.port, token=a.token, max_batch=a.max_batch, max_wait_ms=a.max_wait_ms,
+          max_upload_mb=a.max_upload_mb, max_pixels=a.max_pixels, threads=a.threads,
+          access_log=not a.no_access_log, ssl_certfile=a.ssl_certfile, ssl_keyfile=a.ssl_keyfile)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="visionsmith", description="Train, evaluate and ship vision models; "
                                 "every run writes one folder with config, metrics, checkpoints and a report.",
@@ -275,8 +361,9 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--json", action="store_true", help="machine-readable output")
 
     sp = add("predict", cmd_predict, "top-k classes for image files or folders; bad files are listed, "
-             "good ones always answered", "visionsmith predict runs/fm shoe.png photos/ --topk 3 --json")
-    sp.add_argument("run")
+             "good ones always answered", "visionsmith predict runs/fm shoe.png photos/ --topk 3 --json\n"
+             "  visionsmith predict runs/fm/export/model.int8.onnx shoe.png       (an exported model)")
+    sp.add_argument("run", help="a run folder, or an ONNX file written by `visionsmith export`")
     sp.add_argument("inputs", nargs="+", help="image files and/or folders")
     sp.add_argument("--topk", type=int, default=5)
     sp.add_argument("--json", action="store_true", help="machine-readable output")
@@ -314,10 +401,59 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--out", metavar="FILE.json", help="also write the result as JSON")
     sp.add_argument("--json", action="store_true", help="machine-readable output")
 
+    sp = add("export", cmd_export, "export a run to ONNX (fp32 or INT8) for ONNX Runtime: input [0, 1] pixels, "
+             "dynamic batch; checked against PyTorch on held-out images before it is written",
+             "visionsmith export runs/fm --format onnx --int8      (-> runs/fm/export/model.int8.onnx)")
+    sp.add_argument("run")
+    sp.add_argument("--format", default="onnx", choices=["onnx"])
+    sp.add_argument("--int8", nargs="?", const="static", choices=["static", "dynamic"],
+                    help="quantize to INT8: static (default; QDQ calibrated on training images) or dynamic")
+    sp.add_argument("--opset", type=int, help="ONNX opset (default 20; this install writes 18-25)")
+    sp.add_argument("--out", help="output file (default RUN/export/model.onnx or model.int8.onnx)")
+    sp.add_argument("--calib", type=int, help="static INT8: training images to calibrate on (default 256)")
+    sp.add_argument("--calib-data", metavar="FOLDER", help="static INT8: calibrate on the images in this folder instead")
+    sp.add_argument("--check", type=int, help="held-out images to compare with PyTorch on (default 1000)")
+    sp.add_argument("--max-drop", type=float, help="accuracy points INT8 may lose against PyTorch (default 1.0)")
+
     sp = add("merge", cmd_merge, "fold a LoRA/LoHa/LoKr/IA3 run's adapters into the base weights and write a plain "
              "run folder; the outputs are checked against the adapter model first", "visionsmith merge runs/lora")
     sp.add_argument("run")
     sp.add_argument("--out", help="new run folder (default RUN-merged)")
+
+    sp = add("prune", cmd_prune, "prune a trained run (structured: remove channels, really smaller and faster; "
+             "unstructured: zero weights), fine-tune it briefly with its recipe and write a new run folder; "
+             "--sweep gives an accuracy vs amount table and plot",
+             "visionsmith prune runs/digits --amount 0.5 --structured --finetune-epochs 1\n"
+             "  visionsmith prune runs/digits --sweep 0.25,0.5,0.75 --structured")
+    sp.add_argument("run")
+    sp.add_argument("overrides", nargs="*", help="fine-tune overrides, e.g. train.lr=3e-4 train.threads=2")
+    sp.add_argument("--amount", type=float, default=0.5, help="fraction removed, in [0, 1) (default 0.5)")
+    g = sp.add_mutually_exclusive_group()
+    g.add_argument("--structured", action="store_true", help="remove whole channels (the default)")
+    g.add_argument("--unstructured", action="store_true", help="zero the smallest weights; shapes stay")
+    sp.add_argument("--finetune-epochs", type=int, default=1, help="epochs of fine-tuning after pruning (0: none)")
+    sp.add_argument("--sweep", type=_amounts, metavar="A,B,...", help="prune at each amount; table + plot")
+    sp.add_argument("--importance", choices=["l2", "l1"], default="l2", help="structured: channel ranking norm")
+    sp.add_argument("--scope", choices=["layer", "global"], default="layer",
+                    help="layer: the same fraction in every layer; global: all ranked together")
+    sp.add_argument("--out", help="new run folder (default RUN-<kind>-<percent>) or sweep folder "
+                    "(default RUN-prune-sweep-<kind>)")
+
+    sp = add("robustness", cmd_robustness, "clean and robust accuracy against epsilon under FGSM or PGD, attacked "
+             "in [0, 1] pixel space (the model's normalisation is inside the attacked function, so eps=8/255 means "
+             "8 grey levels); adds the curve to the run's report",
+             "visionsmith robustness runs/fmnist --attack pgd --eps 0,1/255,2/255,4/255,8/255")
+    sp.add_argument("run")
+    sp.add_argument("--eps", default="0,1/255,2/255,4/255,8/255",
+                    help="comma-separated radii in [0, 1], fractions allowed (default %(default)s)")
+    sp.add_argument("--attack", choices=["pgd", "fgsm"], default="pgd", help="default %(default)s (random start)")
+    sp.add_argument("--norm", choices=["linf", "l2"], default="linf", help="default %(default)s")
+    sp.add_argument("--steps", type=int, default=20, help="PGD steps (default %(default)s)")
+    sp.add_argument("--step-size", type=float, help="PGD step (default 2.5 * eps / steps)")
+    sp.add_argument("--images", type=int, default=1000,
+                    help="attack the first N images of the split; 0 = all (default %(default)s)")
+    sp.add_argument("--split", default="test", help="default %(default)s")
+    sp.add_argument("--weights", choices=["best", "last"], default="best", help="default %(default)s")
 
     sp = add("compare", cmd_compare, "train several variants of one recipe (transfer modes, LoRA, distillation...) "
              "and write one table and plot: accuracy, trainable parameters, time, memory; re-running continues "
@@ -325,6 +461,27 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("spec", help="comparison YAML (name, base, overrides, runs)")
     sp.add_argument("--out", help="folder for the runs and the table (default runs/<name>)")
     sp.add_argument("--only", nargs="+", metavar="RUN", help="train only these runs (finished ones still appear)")
+
+    sp = add("serve", cmd_serve, "serve run folders and/or ONNX files over HTTP: REST API with dynamic batching, "
+             "web page at /, OpenAPI at /docs, Prometheus /metrics",
+             "visionsmith serve runs/digits runs/fm/export/model.onnx --port 8000")
+    sp.add_argument("models", nargs="+", metavar="RUN_OR_ONNX",
+                    help="run folder, .onnx file, or NAME=PATH (the name in /v1/models/NAME:predict)")
+    sp.add_argument("--host", default="127.0.0.1",
+                    help="address to bind (default %(default)s); any non-loopback address requires --token")
+    sp.add_argument("--port", type=int, default=8000, help="default %(default)s")
+    sp.add_argument("--token", help="require 'Authorization: Bearer TOKEN' on /v1 and /metrics "
+                    "(default: $VISIONSMITH_SERVE_TOKEN; unset = no auth, loopback only)")
+    sp.add_argument("--max-batch", type=int, default=32, help="images per model call (default %(default)s; 1 = no batching)")
+    sp.add_argument("--max-wait-ms", type=float, default=5.0,
+                    help="how long a batch waits for more images after its first (default %(default)s)")
+    sp.add_argument("--max-upload-mb", type=float, default=16.0, help="request body limit (default %(default)s MB)")
+    sp.add_argument("--max-pixels", type=int, default=4096 * 4096,
+                    help="per-image pixel limit, checked before decoding (default %(default)s)")
+    sp.add_argument("--threads", type=int, help="torch/ONNX Runtime threads (default: all cores)")
+    sp.add_argument("--no-access-log", action="store_true", help="do not log every request")
+    sp.add_argument("--ssl-certfile", help="serve HTTPS with this certificate (and --ssl-keyfile)")
+    sp.add_argument("--ssl-keyfile")
 
     sp = add("models", cmd_models, "list registered models; with a NAME, list its layers that adapt.lora.targets "
              "can match", "visionsmith models mobilenetv2")

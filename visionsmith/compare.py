@@ -79,6 +79,8 @@ def row_of(name: str, run_dir: Path) -> dict:
     cfg = load_config(run_dir / "config.yaml")
     if not cfg.model.pretrained and mode == "full":
         mode = "scratch"
+    if ev.get("monitor") == "knn":
+        mode += " (kNN acc)"  # self-supervised: scored by a kNN vote on frozen features, not a classifier
     return {"name": name, "folder": str(run_dir), "model": cfg.model.name, "mode": mode, "adapt": info.get("adapt"),
             "method": info.get("method"), "acc": ev.get("acc"), "macro_f1": ev.get("macro_f1"),
             "trainable": params.get("trainable"), "total": params.get("total"),

@@ -130,6 +130,33 @@ SSL_METHODS = ("simclr", "mim")
 
 
 @dataclass
+class AdversarialConfig:
+    """Adversarial training (methods/adversarial.py); ``method: adversarial``.  eps and step sizes
+    are in [0, 1] pixel units, whatever the model's normalisation."""
+    kind: Literal["pgd", "fgsm", "trades"] = "pgd"  # PGD-AT (Madry), fast FGSM-RS (Wong), TRADES (Zhang)
+    eps: float = 0.1
+    norm: Literal["linf", "l2"] = "linf"
+    steps: int = 7  # attack steps per training batch (pgd, trades)
+    step_size: float | None = None  # None: 2.5 * eps / steps (pgd, trades), 1.25 * eps (fgsm)
+    trades_beta: float = 6.0  # weight of the robustness (KL) term
+    eval_steps: int = 10  # PGD steps of the per-epoch robust-accuracy monitor (val/robust_acc)
+    eval_images: int = 1000  # validation images the monitor attacks
+
+
+@dataclass
+class PruneConfig:
+    """Pruning (methods/compress.py, engine/prune.py), written by ``visionsmith prune``: the model is
+    ``source``'s trained model (all its weights, the classifier too) pruned, then fine-tuned with
+    this config's train section.  A rebuild repeats the pruning exactly, so resume works."""
+    source: str | None = None  # the trained run folder that is pruned; null: not a pruning run
+    kind: Literal["structured", "unstructured"] = "structured"  # remove channels / zero single weights
+    amount: float = 0.0  # fraction removed, in [0, 1): of each layer's channels or weights (scope layer)
+    importance: Literal["l1", "l2"] = "l2"  # structured: the weight norm that ranks channels
+    scope: Literal["layer", "global"] = "layer"  # layer: the same fraction everywhere; global: ranked together
+    recalibrate: int = 1024  # training images that re-estimate BatchNorm statistics after pruning; 0: off
+
+
+@dataclass
 class SSLConfig:
     """Self-supervised pretraining (methods/ssl*.py); ``method: simclr`` or ``method: mim``.
 
@@ -157,7 +184,7 @@ class Config:
     name: str = "run"
     seed: int = 0
     task: Literal["classification"] = "classification"
-    method: Literal["supervised", "distill", "simclr", "mim"] = "supervised"
+    method: Literal["supervised", "distill", "simclr", "mim", "adversarial"] = "supervised"
     device: str = "auto"  # auto: cuda when available, else cpu
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -165,6 +192,8 @@ class Config:
     adapt: AdaptConfig = field(default_factory=AdaptConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
     ssl: SSLConfig = field(default_factory=SSLConfig)
+    adversarial: AdversarialConfig = field(default_factory=AdversarialConfig)
+    prune: PruneConfig = field(default_factory=PruneConfig)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -369,6 +398,21 @@ def validate(cfg: Config) -> None:
         (cfg.ssl.mask_patch >= 1, "ssl.mask_patch must be >= 1"),
         (cfg.ssl.knn_k >= 1, "ssl.knn_k must be >= 1"),
         (cfg.ssl.knn_bank >= 1, "ssl.knn_bank must be >= 1"),
+        (0 <= cfg.adversarial.eps <= 1, f"adversarial.eps={cfg.adversarial.eps:g} is outside [0, 1]: eps is in "
+         "[0, 1] pixel units (8/255 = 0.0314 is 8 grey levels)"),
+        (cfg.adversarial.steps >= 1 and cfg.adversarial.eval_steps >= 1,
+         "adversarial.steps and adversarial.eval_steps must be >= 1"),
+        (cfg.adversarial.step_size is None or cfg.adversarial.step_size > 0, "adversarial.step_size must be > 0"),
+        (cfg.adversarial.trades_beta >= 0, "adversarial.trades_beta must be >= 0"),
+        (cfg.adversarial.eval_images >= 1, "adversarial.eval_images must be >= 1"),
+        (0 <= cfg.prune.amount < 1, f"prune.amount={cfg.prune.amount:g} is outside [0, 1): it is the fraction of "
+         "weights (or channels) removed, e.g. 0.5"),
+        (cfg.prune.amount == 0 or cfg.prune.source, "prune.amount needs prune.source, the trained run folder to prune"),
+        (cfg.prune.recalibrate >= 0, "prune.recalibrate must be >= 0 (0: keep the BatchNorm statistics)"),
+        (not cfg.prune.source or cfg.adapt.mode == "full", f"prune.source fine-tunes every weight left after pruning: "
+         f"adapt.mode must be full, not {cfg.adapt.mode!r}"),
+        (not cfg.prune.source or cfg.method not in SSL_METHODS, f"prune.source: pruning is judged by classification "
+         f"accuracy; method {cfg.method!r} trains no classifier"),
     ]
     for ok, msg in checks:
         if not ok:

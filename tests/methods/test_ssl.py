@@ -303,7 +303,7 @@ def ssl_run(tmp_path_factory):
     return vs.train(DIGITS, SSL + ["method=simclr", "train.epochs=2"], out=tmp_path_factory.mktemp("ssl") / "run")
 
 
-def test_an_ssl_run_is_scored_by_knn_and_its_report_says_so(ssl_run):
+def test_an_ssl_run_is_scored_by_knn_and_its_report_says_so(ssl_run, capsys):
     ev = json.loads((ssl_run / "eval.json").read_text())
     assert ev["monitor"] == "knn" and ev["n"] == 359 and 0.5 < ev["acc"] <= 1  # digits: far above chance
     assert json.loads((ssl_run / "run.json").read_text())["test"]["monitor"] == "knn"
@@ -313,6 +313,11 @@ def test_an_ssl_run_is_scored_by_knn_and_its_report_says_so(ssl_run):
     assert "pretrained without labels" in (ssl_run / "model_card.md").read_text()
     with pytest.raises(ValueError, match="its classifier was never trained"):
         vs.predict(ssl_run, [REPO / "README.md"])
+    from visionsmith.cli import main
+    from visionsmith.compare import row_of
+    assert row_of("ssl", ssl_run)["mode"] == "simclr (kNN acc)"  # a comparison table says what the number is
+    main(["eval", str(ssl_run)])
+    assert "test: kNN accuracy" in capsys.readouterr().out
 
 
 def test_model_pretrained_run_folder_loads_the_backbone_and_keeps_a_new_head(ssl_run):

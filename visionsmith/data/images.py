@@ -51,6 +51,16 @@ def load_image(path: str | os.PathLike, grayscale: bool = False,
         raise BadImageError(path, "cannot read the file: permission denied; fix its permissions") from None
     except OSError as e:
         raise BadImageError(path, f"cannot read the file: {e.strerror or e}") from None
+    return load_image_bytes(data, path, grayscale, max_pixels)
+
+
+def load_image_bytes(data: bytes, name: str | os.PathLike = "<bytes>", grayscale: bool = False,
+                     max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """``load_image`` for bytes already in memory (an upload): the same checks and conversions.
+
+    ``name`` only labels the ``BadImageError`` (a file name, or ``"upload 2"``).
+    """
+    path = name
     if not data:
         raise BadImageError(path, "zero-byte file (empty); re-copy or delete it")
 

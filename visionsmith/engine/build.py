@@ -15,7 +15,14 @@ from ..models import create_model
 def build_model(cfg: Config, num_classes: int, pretrained: bool | str | None = None) -> nn.Module:
     """The configured model with a ``num_classes`` head (pretrained weights loaded strictly first),
     adapted for ``cfg.adapt`` (frozen parts, peft adapters): the same module tree in training and
-    whenever the run folder is loaded again."""
+    whenever the run folder is loaded again.
+
+    A pruning run (``cfg.prune.source``) starts from that run's trained model, pruned (engine/prune.py);
+    with ``pretrained=False`` (reloading a run) it is the unpruned architecture, which ``load_trained``
+    narrows to the checkpoint's shapes."""
+    if cfg.prune.source and pretrained is not False:
+        from .prune import pruned_from_source
+        return pruned_from_source(cfg, num_classes)
     m = cfg.model
     model = create_model(m.name, num_classes=num_classes,
                          pretrained=m.pretrained if pretrained is None else pretrained,
@@ -109,7 +116,11 @@ def load_trained(run_dir, which: str = "best", device: torch.device | str = "cpu
     if not classes:
         raise CheckpointError(f"{path} does not record its classes; was it written by visionsmith?")
     model = build_model(cfg, len(classes), pretrained=False)
-    load_weights(model, path)
+    if cfg.prune.source:  # narrower layers than cfg builds, or pruning masks: no pickled module needed
+        from .prune import load_pruned_weights
+        load_pruned_weights(model, path)
+    else:
+        load_weights(model, path)
     return cfg, model.to(device).eval(), classes, info
 
 

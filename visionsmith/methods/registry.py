@@ -24,4 +24,7 @@ def build_method(cfg: Config, model: nn.Module, teacher: dict | None = None, inp
     if cfg.method == "mim":
         from .ssl_masked import MaskedImageModeling
         return MaskedImageModeling(model, cfg.ssl, cfg.model.in_chans, cfg.data.image_size)
+    if cfg.method == "adversarial":
+        from .adversarial import AdversarialTraining
+        return AdversarialTraining(model, cfg.adversarial, input_norm, cfg.train.label_smoothing)
     raise ValueError(f"unknown method {cfg.method!r}")

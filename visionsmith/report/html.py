@@ -389,6 +389,23 @@ def _distillation(data: RunData) -> str:
     return _section("distillation", "Distillation", sub, body)
 
 
+def _robustness(data: RunData) -> str:
+    """Accuracy against epsilon for every attack run on this folder (``visionsmith robustness``)."""
+    from .robustness import read_curves, robustness_plot, robustness_table
+
+    curves = read_curves(data.run_dir)
+    if not curves:
+        return ""
+    adv = data.cfg("adversarial", {}) if data.cfg("method") == "adversarial" else {}
+    how = (f"Trained adversarially: {esc(str(adv.get('kind', '')).upper())}, eps {esc(str(adv.get('eps')))} "
+           f"({esc(str(adv.get('norm')))}). " if adv else "Trained without attacks. ")
+    sub = (how + "eps is a fraction of the [0, 1] pixel range (the model's normalisation is inside the "
+           "attacked function); eps 0 is clean accuracy. Add curves with <code>visionsmith robustness RUN "
+           "--attack pgd --eps 0,0.05,0.1</code>.")
+    return _section("robustness", "Robustness", sub,
+                    _img(robustness_plot(curves), "accuracy against epsilon", "no curve") + robustness_table(curves))
+
+
 def _teacher_model(tdir: Path) -> str:
     import yaml
 
@@ -402,6 +419,7 @@ SECTIONS = [
     ("training", "Training", _training),
     ("evaluation", "Test evaluation", _evaluation),
     ("distillation", "Distillation", _distillation),
+    ("robustness", "Robustness", _robustness),
     ("mistakes", "Mistakes", _mistakes),
     ("published", "Published", _published),
     ("details", "Run details", _details),

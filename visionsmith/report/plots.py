@@ -126,7 +126,8 @@ def loss_curve(train: list[dict], val: list[dict]) -> str | None:
 def val_curve(val: list[dict], title: str = "Validation metrics per epoch") -> str | None:
     """Validation accuracy and macro-F1 per epoch (top-5 is in the table under the plots)."""
     series = [(k, c, lbl) for k, c, lbl in
-              [("acc", TEAL, "accuracy"), ("macro_f1", ACCENT, "macro-F1")]  # top-5 (near 1) would flatten these
+              [("acc", TEAL, "accuracy"), ("macro_f1", ACCENT, "macro-F1"),  # top-5 (near 1) would flatten these
+               ("robust_acc", ROSE, "robust accuracy (PGD)")]  # adversarial training's monitor
               if len(_series(val, "epoch", k)[0])]
     if not series:
         return None

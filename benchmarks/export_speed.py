@@ -1,0 +1,354 @@
+"""Inference speed of one trained run: eager PyTorch fp32 vs ONNX Runtime fp32 vs ONNX Runtime INT8 (vs pruned).
+
+    python benchmarks/export_speed.py RUN                 # a Fashion-MNIST run folder (e.g. the quickstart's)
+    python benchmarks/export_speed.py                     # trains recipes/fashion-mnist-quick first (~4 min)
+    python benchmarks/export_speed.py RUN --pruned PRUNED # adds a pruned run (`visionsmith prune`) as a contender
+    python benchmarks/export_speed.py --quick             # smoke run: simple_cnn, a short training, few iterations
+
+Contenders, all on the same [0, 1] test pixels, with the same thread count
+(``torch.set_num_threads(T)`` and ORT ``intra_op_num_threads=T``, ``inter_op_num_threads=1``).
+Each (round, contender) runs in a fresh worker process: ONNX Runtime's and PyTorch's thread pools
+both busy-wait between ops, and in one process on two cores they starve each other (measured:
+eager batch-1 latency 0.35 ms alone, 170 ms after an ORT session had run in the same process).
+
+  * eager: ``PixelModel(model)`` in ``torch.inference_mode()``, contiguous (NCHW) input;
+  * eager_cl: the same in channels-last (what the run trains and evaluates with when
+    ``train.channels_last``); the faster of the two eager layouts is the baseline;
+  * ort_fp32: ``visionsmith export RUN`` (``RUN/export/model.onnx``), ONNX Runtime CPU;
+  * ort_int8: ``visionsmith export RUN --int8`` (static QDQ, per-channel, u8s8, calibrated on
+    256 training images; ``RUN/export/model.int8.onnx``);
+  * pruned, pruned_cl (with ``--pruned RUN``): that run's weights, eager, both layouts.
+
+ORT's thread spinning is left at its default (on); ``--no-spin`` turns it off for both ORT
+contenders (better on a busy machine, see ``visionsmith.export.runtime.session_options``).
+
+Both exports pass their parity check (fp32 max |dlogit| <= 1e-3; INT8 accuracy drop bound) before
+being timed; their records stay in ``RUN/export/export.json``.
+
+Timed, per contender and round: batch-1 latency over ``--latency-iters`` calls (one image per call,
+cycling through the test images; p50 and p99 in ms) and batch-``--batch`` throughput over
+``--batches`` calls (images/s of the whole window, and of the median call).  Each timed loop
+follows a few untimed calls.  Contenders run in ``--rounds`` interleaved rounds, rotated, so
+slow drift of the machine's load hits all alike; reported: medians over rounds, and ratios to the
+eager baseline measured in the same run.  Accuracy: each contender on the whole test split
+(``--eval-images`` to cap it), PyTorch-style argmax.  Size: the ONNX file, or the safetensors
+checkpoint for eager.  Target (issue 4): ort_int8 >= 2x eager throughput at <= 0.5 points accuracy drop.
+Writes ``benchmarks/results/export_speed.json`` (``export_speed-quick.json`` with --quick).
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import datetime as _dt
+import gc
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPE = ROOT / "recipes" / "fashion-mnist-quick.yaml"
+QUICK_OVERRIDES = ["model.name=simple_cnn", "model.pretrained=false", "model.in_chans=1", "data.image_size=28",
+                   "train.epochs=1", "data.train_limit=6000", "train.ema=false"]
+FLAGS_OF_INTEREST = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8")
+
+
+# -- contenders ------------------------------------------------------------------------------------
+
+class Eager:
+    """A ``PixelModel`` in eager PyTorch; ``channels_last`` converts model and every input batch."""
+
+    def __init__(self, run: Path, channels_last: bool):
+        from visionsmith.engine.build import build_transforms, load_trained
+        from visionsmith.models.pixel import PixelModel
+        cfg, model, _, _ = load_trained(run)
+        _, tf = build_transforms(cfg, model)
+        self.model = PixelModel(model, tf.mean, tf.std).eval()
+        self.cl = channels_last
+        if channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        ck = run / "checkpoints"
+        self.file = ck / "best.safetensors" if (ck / "best.safetensors").is_file() else ck / "last.safetensors"
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        t = torch.from_numpy(x)
+        if self.cl:
+            t = t.contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode():
+            return self.model(t).numpy()
+
+
+class Ort:
+    """An exported file in an ONNX Runtime session with ``threads`` intra-op threads."""
+
+    def __init__(self, path: Path, threads: int, spin: bool | None = None):
+        from visionsmith.export import OnnxClassifier
+        self.clf = OnnxClassifier(path, threads=threads, spin=spin)
+        self.file = path
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return self.clf.predict_pixels(x)
+
+
+def latency_ms(fn, pixels: np.ndarray, iters: int, warmup: int = 10) -> list[float]:
+    """Batch-1 call times (ms), one image per call, cycling through ``pixels``."""
+    n = len(pixels)
+    for i in range(warmup):
+        fn(pixels[i % n:i % n + 1])
+    out = []
+    for i in range(iters):
+        x = pixels[i % n:i % n + 1]
+        t = time.perf_counter()
+        fn(x)
+        out.append(1000 * (time.perf_counter() - t))
+    return out
+
+
+def throughput(fn, pixels: np.ndarray, batch: int, batches: int, warmup: int = 3) -> dict:
+    """images/s over ``batches`` calls of ``batch`` images (window and median call)."""
+    starts = [(i * batch) % max(1, len(pixels) - batch + 1) for i in range(batches + warmup)]
+    for s in starts[:warmup]:
+        fn(pixels[s:s + batch])
+    dts = []
+    t0 = time.perf_counter()
+    for s in starts[warmup:]:
+        t = time.perf_counter()
+        fn(pixels[s:s + batch])
+        dts.append(time.perf_counter() - t)
+    total = time.perf_counter() - t0
+    return {"img_per_s": batches * batch / total, "median_call_img_per_s": batch / statistics.median(dts)}
+
+
+def accuracy(fn, pixels: np.ndarray, labels: np.ndarray, batch: int = 256) -> float:
+    logits = np.concatenate([fn(pixels[i:i + batch]) for i in range(0, len(pixels), batch)])
+    return float((logits.argmax(1) == labels).mean())
+
+
+def percentile(xs: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(xs), q))
+
+
+# -- setup -----------------------------------------------------------------------------------------
+
+def get_run(args) -> Path:
+    """The run folder to measure: the one given, or one trained here (reused when already finished)."""
+    if args.run is not None:
+        return Path(args.run)
+    import visionsmith
+    out = args.train_out or ROOT / "runs" / ("export-bench-quick" if args.quick else "export-bench-fashion-mnist")
+    if (out / "checkpoints" / "best.safetensors").is_file():
+        print(f"reusing the trained run {out}", flush=True)
+        return out
+    over = QUICK_OVERRIDES if args.quick else []
+    print(f"no RUN given: training {RECIPE.name} {' '.join(over)} into {out}", flush=True)
+    return visionsmith.train(RECIPE, overrides=over + [f"train.threads={args.threads}"], out=out, report=False)
+
+
+def test_pixels(run: Path, limit: int | None) -> tuple[np.ndarray, np.ndarray, str]:
+    """The run's test split (val if none) as [0, 1] pixels ``[N, C, S, S]`` and labels ``[N]``."""
+    from visionsmith.data import build_datasets
+    from visionsmith.engine.build import build_transforms, load_trained
+    from visionsmith.export.inputs import pixel_transform
+    cfg, model, _, _ = load_trained(run)
+    _, tf = build_transforms(cfg, model)
+    data = build_datasets(cfg.data, cfg.seed)
+    ds = data["test"] if len(data.get("test", ())) else data["val"]
+    n = len(ds) if limit is None else min(limit, len(ds))
+    with torch.no_grad():
+        px = torch.cat([pixel_transform(tf)(ds.images[i:i + 1024], None) for i in range(0, n, 1024)])[:n]
+    return np.ascontiguousarray(px.numpy()), ds.labels[:n].numpy(), f"{n} images of {ds.name}"
+
+
+def cpu_info() -> dict:
+    from visionsmith.export.quantize import cpu_flags
+    flags = cpu_flags()
+    model = "unknown"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    return {"model": model, "flags": {f: f in flags for f in FLAGS_OF_INTEREST}}
+
+
+def loadavg() -> list[float] | None:
+    with contextlib.suppress(OSError):
+        return [float(v) for v in Path("/proc/loadavg").read_text().split()[:3]]
+    return None
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("run", nargs="?", help="a Fashion-MNIST classification run folder (default: train one)")
+    p.add_argument("--pruned", metavar="RUN", help="a pruned run folder (`visionsmith prune`) to time as well")
+    p.add_argument("--threads", type=int, default=2, help="torch threads and ORT intra-op threads (default 2)")
+    p.add_argument("--batch", type=int, default=32, help="throughput batch size (default 32)")
+    p.add_argument("--latency-iters", type=int, default=None, help="batch-1 calls per round (default 300; 30 quick)")
+    p.add_argument("--batches", type=int, default=None, help="throughput calls per round (default 60; 5 quick)")
+    p.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 3; 1 quick)")
+    p.add_argument("--eval-images", type=int, default=None, help="test images for accuracy (default all; 1000 quick)")
+    p.add_argument("--calib", type=int, default=256, help="INT8 calibration images (default 256)")
+    p.add_argument("--train-out", type=Path, help="where to train when no RUN is given")
+    p.add_argument("--no-spin", action="store_true", help="ORT intra-op threads do not busy-wait (busy machines)")
+    p.add_argument("--quick", action="store_true", help="smoke run: simple_cnn, short training, few iterations")
+    p.add_argument("--out", type=Path, help="JSON result (default benchmarks/results/export_speed.json)")
+    args = p.parse_args(argv)
+    defaults = dict(latency_iters=30, batches=5, rounds=1, eval_images=1000) if args.quick else \
+        dict(latency_iters=300, batches=60, rounds=3, eval_images=None)
+    for k, v in defaults.items():
+        if getattr(args, k) is None:
+            setattr(args, k, v)
+    if args.out is None:
+        args.out = ROOT / "benchmarks" / "results" / ("export_speed-quick.json" if args.quick else "export_speed.json")
+    if min(args.latency_iters, args.batches, args.rounds, args.threads, args.batch) < 1:
+        p.error("--latency-iters, --batches, --rounds, --threads and --batch must be >= 1")
+    return args
+
+
+# -- one measurement in a fresh process --------------------------------------------------------------
+
+def worker(spec: dict) -> dict:
+    """Load one contender, (optionally) score it, time it; ``spec`` comes from ``measure``."""
+    torch.set_num_threads(spec["threads"])
+    if spec["kind"] == "eager":
+        fn = Eager(Path(spec["path"]), spec["channels_last"])
+    else:
+        fn = Ort(Path(spec["path"]), spec["threads"], spin=False if spec["no_spin"] else None)
+    pixels, labels = np.load(spec["pixels"]), np.load(spec["labels"])
+    out = {"size_mb": fn.file.stat().st_size / 1e6, "threads_seen": torch.get_num_threads()}
+    if spec["accuracy"]:
+        out["acc"] = accuracy(fn, pixels, labels)
+    lat = latency_ms(fn, pixels, spec["latency_iters"])
+    out.update(p50_ms=statistics.median(lat), p99_ms=percentile(lat, 99),
+               **throughput(fn, pixels, spec["batch"], spec["batches"]))
+    return out
+
+
+def measure(spec: dict) -> dict:
+    """Run ``worker(spec)`` in a new interpreter (same environment, ``OMP_NUM_THREADS=threads``)."""
+    env = {**os.environ, "OMP_NUM_THREADS": str(spec["threads"])}
+    res = subprocess.run([sys.executable, __file__, "--worker", json.dumps(spec)], capture_output=True, text=True,
+                         env=env, cwd=ROOT)
+    if res.returncode != 0:
+        sys.exit(f"worker for {spec['name']} failed:\n{res.stdout}\n{res.stderr}")
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+# -- driver ----------------------------------------------------------------------------------------
+
+def main(argv=None) -> dict:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--worker"]:
+        print(json.dumps(worker(json.loads(argv[1]))))
+        return {}
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    import onnxruntime
+
+    import visionsmith
+    from visionsmith.export import export_onnx
+    run = get_run(args)
+    print(f"export_speed: {run}, {args.threads} threads, batch 1 x {args.latency_iters} and batch {args.batch} x "
+          f"{args.batches} per round, {args.rounds} rounds; load average {loadavg()}", flush=True)
+    t0 = time.perf_counter()
+    fp32 = export_onnx(run, threads=args.threads)
+    int8 = export_onnx(run, int8="static", calib=args.calib, threads=args.threads)
+    export_s = time.perf_counter() - t0
+    print(f"exported and parity-checked in {export_s:.1f} s: {fp32.path.name}, {int8.path.name}", flush=True)
+
+    contenders = {"eager": {"kind": "eager", "path": str(run), "channels_last": False},
+                  "eager_cl": {"kind": "eager", "path": str(run), "channels_last": True},
+                  "ort_fp32": {"kind": "ort", "path": str(fp32.path)},
+                  "ort_int8": {"kind": "ort", "path": str(int8.path)}}
+    if args.pruned:
+        contenders["pruned"] = {"kind": "eager", "path": str(Path(args.pruned)), "channels_last": False}
+        contenders["pruned_cl"] = {"kind": "eager", "path": str(Path(args.pruned)), "channels_last": True}
+    pixels, labels, source = test_pixels(run, args.eval_images)
+    gc.collect()
+    load_before = loadavg()
+    names = list(contenders)
+    runs: dict[str, list[dict]] = {n: [] for n in names}
+    acc, size = {}, {}
+    with tempfile.TemporaryDirectory(prefix="vs-bench-export-") as tmp:
+        np.save(Path(tmp) / "pixels.npy", pixels)
+        np.save(Path(tmp) / "labels.npy", labels)
+        common = {"threads": args.threads, "pixels": str(Path(tmp) / "pixels.npy"),
+                  "labels": str(Path(tmp) / "labels.npy"), "latency_iters": args.latency_iters,
+                  "batch": args.batch, "batches": args.batches, "no_spin": args.no_spin}
+        for r in range(args.rounds):
+            for name in names[r % len(names):] + names[:r % len(names)]:
+                res = measure({**common, **contenders[name], "name": name, "accuracy": r == 0})
+                if r == 0:
+                    acc[name], size[name] = res.pop("acc"), res["size_mb"]
+                res.update(round=r, load_avg=loadavg())
+                runs[name].append(res)
+                print(f"  round {r + 1}/{args.rounds} {name:<10} b1 p50 {res['p50_ms']:7.3f} ms  "
+                      f"b{args.batch} {res['img_per_s']:9.1f} img/s", flush=True)
+
+    med = {n: {k: statistics.median(x[k] for x in runs[n])
+               for k in ("p50_ms", "p99_ms", "img_per_s", "median_call_img_per_s")} for n in names}
+    base = max(("eager", "eager_cl"), key=lambda n: med[n]["img_per_s"])  # the faster eager layout
+    table = {}
+    for n in names:
+        table[n] = {**med[n], "acc": acc[n], "acc_drop_points": 100 * (acc[base] - acc[n]), "size_mb": size[n],
+                    "throughput_vs_eager": med[n]["img_per_s"] / med[base]["img_per_s"],
+                    "latency_p50_speedup_vs_eager": med[base]["p50_ms"] / med[n]["p50_ms"]}
+    i8 = table["ort_int8"]
+    target = i8["throughput_vs_eager"] >= 2.0 and i8["acc_drop_points"] <= 0.5
+    cpu = cpu_info()
+
+    print(f"\naccuracy on {source}; medians over {args.rounds} round(s); baseline = {base} (the faster eager layout)")
+    print(f"  {'contender':<11}{'acc':>8}{'drop pts':>9}{'b1 p50 ms':>11}{'b1 p99 ms':>11}"
+          f"{'b' + str(args.batch) + ' img/s':>12}{'vs eager':>10}{'size MB':>9}")
+    for n in names:
+        t = table[n]
+        print(f"  {n:<11}{t['acc']:>8.4f}{t['acc_drop_points']:>9.2f}{t['p50_ms']:>11.3f}{t['p99_ms']:>11.3f}"
+              f"{t['img_per_s']:>12.1f}{t['throughput_vs_eager']:>9.2f}x{t['size_mb']:>9.2f}")
+    print(f"  ort_int8 / ort_fp32 throughput: {i8['img_per_s'] / table['ort_fp32']['img_per_s']:.2f}x")
+    print(f"target ort_int8 >= 2x eager throughput at <= 0.5 points drop: {'met' if target else 'NOT met'} "
+          f"({i8['throughput_vs_eager']:.2f}x, {i8['acc_drop_points']:+.2f} points)")
+    vnni = cpu["flags"]["avx512_vnni"] or cpu["flags"]["avx_vnni"]
+    kernels = ("VNNI (VPDPBUSD: u8 x s8 summed straight into int32)" if vnni else
+               "AVX2 VPMADDUBSW (u8 x s8 pairs summed into saturating int16; exported with reduce_range)")
+    print(f"CPU {cpu['model']}: " + ", ".join(f"{k} {'yes' if v else 'no'}" for k, v in cpu["flags"].items())
+          + f"; ONNX Runtime's INT8 GEMM path here: {kernels}")
+    load_after = loadavg()
+    print(f"load average: before {load_before}, after {load_after}")
+
+    result = {
+        "benchmark": "export_speed",
+        "command": " ".join(["python benchmarks/export_speed.py", *argv]),
+        "what": "eager PyTorch fp32 vs ONNX Runtime fp32 vs ONNX Runtime INT8 (static QDQ): batch-1 latency and "
+                "batch-N throughput, accuracy and size; each measurement in a fresh process; see the docstring",
+        "run": str(run), "pruned": args.pruned, "baseline": base, "eval": source,
+        "settings": {"threads": args.threads, "batch": args.batch, "latency_iters": args.latency_iters,
+                     "batches": args.batches, "rounds": args.rounds, "calib": args.calib, "quick": args.quick,
+                     "ort_spinning": not args.no_spin},
+        "table": table, "target_int8_2x_at_0.5_points": target,
+        "exports": {"fp32": fp32.record, "int8": int8.record}, "export_s": round(export_s, 1), "runs": runs,
+        "env": {"date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                "torch": torch.__version__, "onnxruntime": onnxruntime.__version__,
+                "visionsmith": visionsmith.__version__, "python": platform.python_version(),
+                "cpu": cpu, "cpu_count": os.cpu_count(), "platform": platform.platform(),
+                "load_avg_before": load_before, "load_avg_after": load_after},
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {args.out}")
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,344 @@
+"""Serving throughput and latency: dynamic batching vs one-by-one, at concurrency 1, 8 and 32.
+
+    python benchmarks/serve_batching.py                # MobileNetV2 run folder, Fashion-MNIST 32 px
+    python benchmarks/serve_batching.py --quick        # smoke run: simple_cnn on digits, few requests
+
+Two real servers run side by side, both ``python -m visionsmith serve`` subprocesses on loopback
+with the same run folder and the same torch threads: *batched* (``--max-batch 32 --max-wait-ms 5``,
+the defaults) and *unbatched* (``--max-batch 1``: every image is its own model call).  Only one of
+them has traffic at a time; an idle server costs no CPU.
+
+The model: a MobileNetV2 run folder at 32 px on Fashion-MNIST (the quickstart's model and
+recipe, ``recipes/fashion-mnist-quick.yaml``).  Batching matters for it: on CPU a single 32 px
+image leaves MobileNetV2's many small depthwise layers dominated by per-layer overhead, and a
+batch of 32 costs only a few times one image.  (A model whose single-image call is already cheap
+next to the HTTP work, like the 16 px ``simple_cnn`` of ``--quick``, gains little: then the
+request handling is the bottleneck, not the model.)  Its weights do not change the timing, so by
+default the script trains the recipe for 2 steps into a temporary run folder (``model.pretrained=
+false``: no asset needed); ``--run RUN`` serves an existing run folder instead (e.g. the quickstart's).
+
+The load: a closed loop of C clients (C = concurrency), each with one keep-alive connection,
+sending its next request as soon as its previous answer arrived.  Each request is one
+Fashion-MNIST test image (28x28 grayscale PNG, 64 different ones in turn) as
+``multipart/form-data``, what the web page and ``curl -F`` send; every answer must be 200 with
+a prediction.  The client is a minimal asyncio HTTP/1.1 client with prebuilt requests, so it takes
+as little CPU as possible from the server on the same machine (it still takes some, equally for
+both servers).  Per concurrency level and round: W warm-up requests, then N timed requests;
+throughput = N / wall time, latency = per-request send-to-last-byte time.
+
+Rounds interleave the two servers (round r starts with the other one than round r-1), so slow
+drift in the machine's load hits both alike.  Reported per concurrency: median requests/s over
+the rounds, p50 and p99 latency over all timed requests of all rounds, the mean batch size the
+batched server ran (from its ``/metrics``), and the ratios batched/unbatched.  Issue target: at
+concurrency 32, >= 3x the requests/s with p99 no worse than unbatched.  Absolute numbers on a
+shared machine are noise; the ratios measured in one run are the result.
+Writes ``benchmarks/results/serve_batching.json`` (``serve_batching-quick.json`` with --quick).
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import datetime as _dt
+import io
+import json
+import os
+import platform
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TQDM_DISABLE", "1")
+
+import numpy as np  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+MODES = ("batched", "unbatched")
+BOUNDARY = "vsbenchboundary7f3a"
+
+
+# -- setup ---------------------------------------------------------------------------------------
+
+def make_run(tmp: Path, quick: bool) -> Path:
+    """A run folder to serve: the recipe's model, trained for a couple of steps (timing only)."""
+    import visionsmith
+    if quick:
+        return visionsmith.train(ROOT / "recipes" / "digits.yaml", ["train.epochs=1"], out=tmp / "run", report=False)
+    return visionsmith.train(ROOT / "recipes" / "fashion-mnist-quick.yaml",
+                             ["model.pretrained=false", "train.epochs=1", "train.max_steps=2", "train.ema=false"],
+                             out=tmp / "run", report=False)
+
+
+def sample_pngs(run: Path, n: int = 64) -> list[bytes]:
+    """``n`` test images of the run's own dataset, as PNG files in memory."""
+    from PIL import Image
+
+    from visionsmith.config import load_config
+    from visionsmith.data import build_datasets
+    cfg = load_config(run / "config.yaml")
+    ds = build_datasets(cfg.data, cfg.seed)
+    split = ds.get("test") or ds["val"]
+    out = []
+    for img in split.images[:n]:  # uint8 [C, H, W]
+        a = img.numpy()
+        im = Image.fromarray(a[0]) if a.shape[0] == 1 else Image.fromarray(a.transpose(1, 2, 0))
+        buf = io.BytesIO()
+        im.save(buf, format="PNG")
+        out.append(buf.getvalue())
+    return out
+
+
+def request_bytes(model: str, png: bytes, port: int) -> bytes:
+    """One complete HTTP/1.1 request: POST the PNG as multipart/form-data (keep-alive)."""
+    body = (f"--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"x.png\"\r\n"
+            f"Content-Type: image/png\r\n\r\n").encode() + png + f"\r\n--{BOUNDARY}--\r\n".encode()
+    head = (f"POST /v1/models/{model}:predict?topk=1 HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+            f"Content-Type: multipart/form-data; boundary={BOUNDARY}\r\nContent-Length: {len(body)}\r\n\r\n")
+    return head.encode() + body
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(run: Path, port: int, max_batch: int, max_wait_ms: float, threads: int, log: Path):
+    cmd = [sys.executable, "-m", "visionsmith", "serve", f"bench={run}", "--port", str(port),
+           "--max-batch", str(max_batch), "--max-wait-ms", str(max_wait_ms), "--threads", str(threads),
+           "--no-access-log"]
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    return subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+
+
+def wait_ready(proc, port: int, log: Path, timeout: float = 180.0) -> None:
+    t_end = time.monotonic() + timeout
+    while time.monotonic() < t_end:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server on port {port} exited ({proc.returncode}):\n{log.read_text()[-3000:]}")
+        with contextlib.suppress(OSError):
+            with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
+                s.sendall(f"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n".encode())
+                if s.recv(64).startswith(b"HTTP/1.1 200"):
+                    return
+        time.sleep(0.3)
+    raise RuntimeError(f"server on port {port} not ready after {timeout:.0f} s:\n{log.read_text()[-3000:]}")
+
+
+def http_get(port: int, path: str) -> str:
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
+        s.sendall(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n".encode())
+        chunks = []
+        while data := s.recv(65536):
+            chunks.append(data)
+    return b"".join(chunks).partition(b"\r\n\r\n")[2].decode()
+
+
+def batch_stats(port: int) -> tuple[float, float]:
+    """(sum, count) of the server's batch-size histogram."""
+    text = http_get(port, "/metrics")
+    vals = {}
+    for line in text.splitlines():
+        if line.startswith("visionsmith_batch_size_sum") or line.startswith("visionsmith_batch_size_count"):
+            vals[line.split("{")[0]] = float(line.rsplit(" ", 1)[1])
+    return vals.get("visionsmith_batch_size_sum", 0.0), vals.get("visionsmith_batch_size_count", 0.0)
+
+
+# -- the load ------------------------------------------------------------------------------------
+
+async def _client(port: int, requests: list[bytes], next_index, stop: int, lat: list, errors: list) -> None:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        while (i := next_index()) < stop:
+            t0 = time.perf_counter()
+            writer.write(requests[i % len(requests)])
+            head = await reader.readuntil(b"\r\n\r\n")
+            status = int(head.split(b" ", 2)[1])
+            length = 0
+            for line in head.split(b"\r\n"):
+                if line[:15].lower() == b"content-length:":
+                    length = int(line[15:])
+            body = await reader.readexactly(length)
+            lat.append(time.perf_counter() - t0)
+            if status != 200 or b'"predictions"' not in body:
+                errors.append(f"{status}: {body[:200]!r}")
+    finally:
+        writer.close()
+
+
+async def _load(port: int, requests: list[bytes], concurrency: int, n: int) -> tuple[float, list[float], list[str]]:
+    counter = iter(range(10**9))
+    lat: list[float] = []
+    errors: list[str] = []
+    t0 = time.perf_counter()
+    await asyncio.gather(*(_client(port, requests, lambda: next(counter), n, lat, errors) for _ in range(concurrency)))
+    return time.perf_counter() - t0, lat, errors
+
+
+def measure(port: int, requests: list[bytes], concurrency: int, n: int, warmup: int) -> dict:
+    asyncio.run(_load(port, requests, concurrency, warmup))
+    s0 = batch_stats(port)
+    wall, lat, errors = asyncio.run(_load(port, requests, concurrency, n))
+    s1 = batch_stats(port)
+    batches = s1[1] - s0[1]
+    return {"requests": n, "wall_s": round(wall, 3), "req_per_s": n / wall, "lat_s": lat, "errors": errors,
+            "mean_batch": (s1[0] - s0[0]) / batches if batches else None}
+
+
+def pct(xs: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(xs), q)) * 1000.0
+
+
+# -- driver --------------------------------------------------------------------------------------
+
+def cpu_model() -> str:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or "unknown"
+
+
+def loadavg() -> list[float] | None:
+    with contextlib.suppress(OSError):
+        return [float(v) for v in Path("/proc/loadavg").read_text().split()[:3]]
+    return None
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--run", type=Path, help="serve this run folder (default: train the recipe's model for 2 steps)")
+    p.add_argument("--concurrency", default=None, help="comma-separated levels (default 1,8,32)")
+    p.add_argument("--requests", type=int, default=None, help="timed requests per level and round (default 300)")
+    p.add_argument("--warmup", type=int, default=None, help="untimed requests first (default 2x the concurrency)")
+    p.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 3)")
+    p.add_argument("--max-batch", type=int, default=32, help="the batched server's --max-batch")
+    p.add_argument("--max-wait-ms", type=float, default=5.0, help="the batched server's --max-wait-ms")
+    p.add_argument("--threads", type=int, default=2, help="torch threads of each server")
+    p.add_argument("--quick", action="store_true", help="smoke run: simple_cnn on digits, few requests")
+    p.add_argument("--out", type=Path, default=None, help="JSON result (default benchmarks/results/serve_batching.json)")
+    args = p.parse_args(argv)
+    defaults = dict(concurrency="1,8,32", requests=40, rounds=1) if args.quick else \
+        dict(concurrency="1,8,32", requests=300, rounds=3)
+    for k, v in defaults.items():
+        if getattr(args, k) is None:
+            setattr(args, k, v)
+    args.levels = [int(c) for c in args.concurrency.split(",")]
+    if args.out is None:
+        args.out = ROOT / "benchmarks" / "results" / ("serve_batching-quick.json" if args.quick else "serve_batching.json")
+    if args.requests < 1 or args.rounds < 1 or min(args.levels) < 1:
+        p.error("--requests, --rounds and every concurrency must be >= 1")
+    return args
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    import torch
+
+    import visionsmith
+    load_before = loadavg()
+    with tempfile.TemporaryDirectory(prefix="serve-bench-") as tmp:
+        tmp = Path(tmp)
+        t0 = time.perf_counter()
+        run = args.run or make_run(tmp, args.quick)
+        from visionsmith.config import load_config
+        cfg = load_config(run / "config.yaml")
+        pngs = sample_pngs(run)
+        print(f"serve_batching: {cfg.model.name} at {cfg.data.image_size} px ({run}), {len(pngs)} test images as PNG; "
+              f"levels {args.levels}, {args.requests} timed requests x {args.rounds} rounds, {args.threads} threads; "
+              f"setup {time.perf_counter() - t0:.1f} s", flush=True)
+        ports = {m: free_port() for m in MODES}
+        procs = {}
+        try:
+            for m in MODES:
+                mb = args.max_batch if m == "batched" else 1
+                procs[m] = start_server(run, ports[m], mb, args.max_wait_ms, args.threads, tmp / f"{m}.log")
+            for m in MODES:
+                wait_ready(procs[m], ports[m], tmp / f"{m}.log")
+            reqs = {m: [request_bytes("bench", p, ports[m]) for p in pngs] for m in MODES}
+            raw = {m: {c: [] for c in args.levels} for m in MODES}
+            for c in args.levels:
+                warm = args.warmup if args.warmup is not None else 2 * c
+                for r in range(args.rounds):
+                    order = MODES if (r + args.levels.index(c)) % 2 == 0 else MODES[::-1]
+                    for m in order:
+                        res = measure(ports[m], reqs[m], c, args.requests, warm)
+                        res["round"], res["load_avg"] = r, loadavg()
+                        raw[m][c].append(res)
+                        mb = f", mean batch {res['mean_batch']:.1f}" if res["mean_batch"] else ""
+                        print(f"  c={c:<3} round {r + 1}/{args.rounds} {m:<10} {res['req_per_s']:8.1f} req/s  "
+                              f"p50 {pct(res['lat_s'], 50):7.1f} ms  p99 {pct(res['lat_s'], 99):7.1f} ms"
+                              f"{mb}{'  ERRORS ' + str(len(res['errors'])) if res['errors'] else ''}", flush=True)
+        finally:
+            for p in procs.values():
+                p.terminate()
+            for p in procs.values():
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    p.wait(10)
+    load_after = loadavg()
+
+    table, errors = [], 0
+    for c in args.levels:
+        row = {"concurrency": c}
+        for m in MODES:
+            rs = raw[m][c]
+            lat = [x for res in rs for x in res["lat_s"]]
+            errors += sum(len(res["errors"]) for res in rs)
+            row[m] = {"req_per_s": round(statistics.median(res["req_per_s"] for res in rs), 1),
+                      "p50_ms": round(pct(lat, 50), 2), "p99_ms": round(pct(lat, 99), 2),
+                      "per_round_req_per_s": [round(res["req_per_s"], 1) for res in rs],
+                      "mean_batch": (round(statistics.mean(res["mean_batch"] for res in rs), 2)
+                                     if all(res["mean_batch"] for res in rs) else None)}
+        row["throughput_ratio"] = round(row["batched"]["req_per_s"] / row["unbatched"]["req_per_s"], 3)
+        row["p99_ratio"] = round(row["batched"]["p99_ms"] / row["unbatched"]["p99_ms"], 3)
+        table.append(row)
+
+    print(f"\n{'conc':>4}  {'mode':<10}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'batch':>7}")
+    for row in table:
+        for m in MODES:
+            x = row[m]
+            b = f"{x['mean_batch']:.1f}" if x["mean_batch"] else "-"
+            print(f"{row['concurrency']:>4}  {m:<10}{x['req_per_s']:>9.1f}{x['p50_ms']:>9.1f}{x['p99_ms']:>9.1f}{b:>7}")
+        print(f"{'':>4}  batched/unbatched: {row['throughput_ratio']:.2f}x req/s, p99 {row['p99_ratio']:.2f}x")
+    top = max(args.levels)
+    row = next(r for r in table if r["concurrency"] == top)
+    target = row["throughput_ratio"] >= 3.0 and row["p99_ratio"] <= 1.0
+    print(f"\ntarget at concurrency {top}: >= 3x req/s and p99 no worse: {'met' if target else 'NOT met'} "
+          f"({row['throughput_ratio']:.2f}x, p99 {row['p99_ratio']:.2f}x); errors: {errors}")
+    print(f"load average: before {load_before}, after {load_after}")
+
+    result = {
+        "benchmark": "serve_batching",
+        "command": " ".join(["python benchmarks/serve_batching.py", *(sys.argv[1:] if argv is None else argv)]),
+        "what": "closed-loop HTTP load on `visionsmith serve` over loopback: requests/s and latency, dynamic "
+                "batching vs --max-batch 1; see the script's docstring",
+        "settings": {"model": cfg.model.name, "image_size": cfg.data.image_size, "data": cfg.data.name,
+                     "run": str(args.run) if args.run else "trained for 2 steps (timing only)",
+                     "levels": args.levels, "requests": args.requests, "rounds": args.rounds,
+                     "max_batch": args.max_batch, "max_wait_ms": args.max_wait_ms, "threads": args.threads,
+                     "payload": "28x28 PNG as multipart/form-data" if not args.quick else "8x8 PNG as multipart/form-data",
+                     "quick": args.quick},
+        "table": table,
+        "target_3x_at_max_concurrency_p99_not_worse": target,
+        "errors": errors,
+        "rounds": {m: {str(c): [{k: v for k, v in res.items() if k != "lat_s"} for res in raw[m][c]]
+                       for c in args.levels} for m in MODES},
+        "env": {"date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+                "torch": torch.__version__, "visionsmith": visionsmith.__version__,
+                "python": platform.python_version(), "cpu_count": os.cpu_count(), "cpu_model": cpu_model(),
+                "platform": platform.platform(), "load_avg_before": load_before, "load_avg_after": load_after},
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {args.out}")
+    return result
+
+
+if __name__ == "__main__":
+    main()

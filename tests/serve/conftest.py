@@ -1,0 +1,80 @@
+"""Fixtures for the serving tests: one tiny trained run folder per session, images, a real server.
+
+``digits_run`` trains scikit-learn's 8x8 digits with the 16 px ``simple_cnn`` for one epoch
+(seconds); every test serves that same folder.  ``live_server`` runs the real app under uvicorn
+on a free loopback port in a background thread, for the tests that need real sockets.
+"""
+from __future__ import annotations
+
+import io
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[2]
+ARTIFACTS = REPO / "tests" / "artifacts" / "serve"  # screenshots etc.; ignored by git
+
+
+@pytest.fixture(scope="session")
+def digits_run(tmp_path_factory) -> Path:
+    import visionsmith
+    out = tmp_path_factory.mktemp("serve") / "digits"
+    return visionsmith.train(REPO / "recipes" / "digits.yaml", overrides=["train.epochs=1"], out=out, report=False)
+
+
+@pytest.fixture(scope="session")
+def digit_pngs(digits_run) -> list[bytes]:
+    """16 held-out digits of the run's own test split as PNG bytes (8x8 grayscale)."""
+    from visionsmith.config import load_config
+    from visionsmith.data import build_datasets
+    cfg = load_config(digits_run / "config.yaml")
+    test = build_datasets(cfg.data, cfg.seed)["test"]
+    return [png(img[0].numpy()) for img in test.images[:16]]
+
+
+def png(a: np.ndarray, fmt: str = "PNG") -> bytes:
+    """uint8 array (H, W) or (H, W, 3) -> encoded image bytes."""
+    buf = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(a)).save(buf, format=fmt)
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="session")
+def make_png():
+    """``make_png(uint8 array, fmt="PNG") -> bytes``."""
+    return png
+
+
+class LiveServer:
+    """The app under a real uvicorn on 127.0.0.1:<free port>, in a thread."""
+
+    def __init__(self, app):
+        import uvicorn
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning",
+                                                    access_log=False, lifespan="on"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> str:
+        self.thread.start()
+        t_end = time.monotonic() + 60
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > t_end:
+                raise RuntimeError("uvicorn did not start")
+            time.sleep(0.05)
+        port = self.server.servers[0].sockets[0].getsockname()[1]
+        self.url = f"http://127.0.0.1:{port}"
+        return self.url
+
+    def __exit__(self, *exc):
+        self.server.should_exit = True
+        self.thread.join(30)
+
+
+@pytest.fixture
+def live_server():
+    """``with live_server(app) as url: ...``"""
+    return LiveServer

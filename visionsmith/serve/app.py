@@ -1,0 +1,279 @@
+"""The FastAPI app: routes, auth, errors, metrics and the web page.
+
+    app = create_app([load_backend("runs/digits")], ServeOptions(token="s3cret"))
+
+Routes (``/v1/...`` and ``/metrics`` need ``Authorization: Bearer TOKEN`` when a token is set):
+
+    GET  /                          the web page (static files from visionsmith/serve/static/)
+    GET  /healthz                   {"status": "ok", "models": [...]}, always open (probes)
+    GET  /v1/models                 every model: name, kind, task, classes, input size
+    GET  /v1/models/{name}          one model
+    POST /v1/models/{name}:predict  top-k classes for one or more images (see uploads.py)
+    GET  /metrics                   Prometheus text format
+    GET  /docs, /openapi.json       OpenAPI schema and Swagger UI (served locally, no CDN)
+
+Every client mistake is a 4xx with ``{"detail": "..."}`` saying what to do; a 5xx only ever
+means the server itself failed.
+"""
+from __future__ import annotations
+
+import asyncio
+import hmac
+import time
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from fastapi import Depends, FastAPI, Request
+from fastapi.responses import FileResponse, JSONResponse, Response
+from fastapi.staticfiles import StaticFiles
+from fastapi_offline import FastAPIOffline
+
+from ..data import BadImageError
+from .backends import Backend
+from .batching import Batcher, ServerBusy
+from .metrics import Metrics
+from .uploads import ClientError, parse_topk, read_images, status_for
+
+STATIC = Path(__file__).parent / "static"
+# Far below Pillow's ~89 M: a 4096 x 4096 RGB image already decodes to 48 MB, and the server may
+# decode several at once.  `visionsmith serve --max-pixels` changes it.
+SERVE_MAX_PIXELS = 4096 * 4096
+LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1", "[::1]"}
+
+# The page loads nothing but its own files: the browser itself enforces "no CDN".
+PAGE_HEADERS = {"Content-Security-Policy": "default-src 'self'; img-src 'self' blob: data:; "
+                                           "style-src 'self'; script-src 'self'; frame-ancestors 'none'",
+                "X-Content-Type-Options": "nosniff"}
+
+
+@dataclass
+class ServeOptions:
+    """Server settings (the ``visionsmith serve`` flags)."""
+
+    token: str | None = None  # None: no auth (loopback only; `serve` enforces that)
+    max_batch: int = 32  # images per model call; 1 = no batching
+    max_wait_ms: float = 5.0  # how long a batch waits for more images after its first
+    max_upload_bytes: int = 16 * 2**20  # whole request body
+    max_pixels: int = SERVE_MAX_PIXELS  # per image, checked from the header before decoding
+    max_images: int = 64  # images in one request
+    max_queue: int = 1024  # images waiting per model before 503
+    topk: int = 5  # default top-k
+    decode_threads: int = 2  # image decoding runs here, off the event loop
+    loopback_only: bool = False  # reject requests whose Host header is not loopback (DNS rebinding)
+
+
+def create_app(backends: list[Backend], opts: ServeOptions | None = None) -> FastAPI:
+    """The app serving ``backends`` (names must be unique).  Batchers and thread pools start with
+    the app's lifespan (``uvicorn`` or ``with TestClient(app)``).  Each backend's ``max_pixels`` is
+    lowered to ``opts.max_pixels``."""
+    opts = opts or ServeOptions()
+    if opts.max_queue < opts.max_images:
+        raise ValueError(f"max_queue ({opts.max_queue}) must be >= max_images ({opts.max_images})")
+    for b in backends:
+        b.max_pixels = min(b.max_pixels, opts.max_pixels)
+    models = {b.name: b for b in backends}
+    if len(models) != len(backends):
+        dup = sorted({b.name for b in backends if sum(c.name == b.name for c in backends) > 1})
+        raise ValueError(f"two models are named {', '.join(dup)}; name them with NAME=PATH")
+    metrics = Metrics()
+    batchers = {n: Batcher(b, metrics, opts.max_batch, opts.max_wait_ms, opts.max_queue) for n, b in models.items()}
+    pools: dict[str, ThreadPoolExecutor] = {}
+
+    @asynccontextmanager
+    async def lifespan(app):
+        # One inference thread for all models: one batch at a time, with every core to itself.
+        pools["infer"] = ThreadPoolExecutor(1, thread_name_prefix="vs-infer")
+        pools["decode"] = ThreadPoolExecutor(opts.decode_threads, thread_name_prefix="vs-decode")
+        loop = asyncio.get_running_loop()
+        for b in models.values():  # warm-up: the first call of a model is slow, and a broken one fails here
+            x = torch.zeros(1, b.in_chans, b.image_size, b.image_size)
+            await loop.run_in_executor(pools["infer"], b.run, x)
+        for bt in batchers.values():
+            bt.start(pools["infer"])
+        try:
+            yield
+        finally:
+            for bt in batchers.values():
+                await bt.stop()
+            for p in pools.values():
+                p.shutdown(wait=False, cancel_futures=True)
+
+    app = FastAPIOffline(title="visionsmith serve", version="1", lifespan=lifespan,
+                         description="Image classification over HTTP with dynamic batching. "
+                                     "Send `Authorization: Bearer TOKEN` when the server has a token.")
+    app.state.models, app.state.batchers, app.state.metrics, app.state.options = models, batchers, metrics, opts
+    app.add_middleware(MetricsMiddleware, metrics=metrics, loopback_only=opts.loopback_only)
+
+    @app.exception_handler(ClientError)
+    async def client_error(request: Request, e: ClientError):
+        return JSONResponse({"detail": e.message, **e.extra}, status_code=e.status, headers=e.headers)
+
+    def auth(request: Request) -> None:
+        if opts.token is None:
+            return
+        scheme, _, value = request.headers.get("authorization", "").partition(" ")
+        # compare_digest: the time taken does not tell how much of a guess was right
+        if scheme.lower() != "bearer" or not hmac.compare_digest(value.strip().encode(), opts.token.encode()):
+            raise ClientError(401, "missing or wrong token: send the header 'Authorization: Bearer <token>'",
+                              headers={"WWW-Authenticate": "Bearer"})
+
+    def model(name: str) -> Backend:
+        if name not in models:
+            raise ClientError(404, f"no model named {name!r}; known models: {', '.join(models)}", models=list(models))
+        return models[name]
+
+    @app.get("/", include_in_schema=False)
+    async def page():
+        return FileResponse(STATIC / "index.html", headers=PAGE_HEADERS)
+
+    @app.get("/favicon.ico", include_in_schema=False)
+    async def favicon():  # browsers ask for it whatever the page says
+        return FileResponse(STATIC / "favicon.svg", media_type="image/svg+xml")
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    @app.get("/healthz", summary="Liveness: always open, even with a token")
+    async def healthz():
+        return {"status": "ok", "models": list(models)}
+
+    @app.get("/v1/models", dependencies=[Depends(auth)], summary="The models this server serves")
+    async def list_models():
+        return {"models": [b.describe() for b in models.values()]}
+
+    @app.get("/v1/models/{name}", dependencies=[Depends(auth)], summary="One model")
+    async def get_model(name: str):
+        return model(name).describe()
+
+    @app.post("/v1/models/{name}:predict", dependencies=[Depends(auth)], summary="Top-k classes for images",
+              openapi_extra=PREDICT_OPENAPI)
+    async def predict(name: str, request: Request):
+        t0 = time.perf_counter()
+        backend, batcher = model(name), batchers[name]
+        with batcher.arriving():  # a batch being collected may wait for this request
+            images, options = await read_images(request, opts.max_upload_bytes, opts.max_images)
+            k = parse_topk(options.get("topk", request.query_params.get("topk")), opts.topk, len(backend.classes))
+            pixels = await decode_all(backend, images, pools["decode"])
+            try:
+                result = batcher.enqueue(pixels)
+            except ServerBusy as e:
+                raise ClientError(503, str(e), headers={"Retry-After": "1"}) from None
+        logits = await result
+        metrics.images.labels(name).inc(len(images))
+        return {"model": name, "predictions": top_k(logits, backend.classes, k, [n for n, _ in images]),
+                "latency_ms": round(1000 * (time.perf_counter() - t0), 2)}
+
+    @app.get("/metrics", dependencies=[Depends(auth)], summary="Prometheus metrics (text format)")
+    async def prometheus():
+        return Response(metrics.render(), media_type=metrics.content_type)
+
+    return app
+
+
+async def decode_all(backend: Backend, images: list[tuple[str, bytes]], pool: ThreadPoolExecutor) -> torch.Tensor:
+    """Decode every image in ``pool`` -> float32 ``[n, C, S, S]``; any bad one fails the whole
+    request (4xx naming each bad image), before anything reaches the model."""
+    loop = asyncio.get_running_loop()
+    results = await asyncio.gather(*(loop.run_in_executor(pool, backend.decode, data, n) for n, data in images),
+                                   return_exceptions=True)
+    bad = [(i, r) for i, r in enumerate(results) if isinstance(r, BaseException)]
+    for _, r in bad:
+        if not isinstance(r, BadImageError):
+            raise r  # not the client's fault: a real 500
+    if bad:
+        codes = {status_for(r) for _, r in bad}
+        errors = [{"index": i, "filename": images[i][0], "reason": r.reason} for i, r in bad]
+        msg = "; ".join(f"{e['filename']}: {e['reason']}" for e in errors)
+        code = codes.pop() if len(codes) == 1 else 400
+        if code == 413:  # too many pixels: say which limit, and that the server sets it
+            msg += f" (this server's limit is {backend.max_pixels} pixels per image, set with --max-pixels)"
+        raise ClientError(code, msg, errors=errors)
+    return torch.stack(results)
+
+
+def top_k(logits: np.ndarray, classes: list[str], k: int, names: list[str]) -> list[dict]:
+    """Softmax over ``logits [n, K]`` -> per image ``{"filename", "topk": [{"class", "index", "prob"}]}``."""
+    z = logits.astype(np.float64)
+    p = np.exp(z - z.max(axis=1, keepdims=True))
+    p /= p.sum(axis=1, keepdims=True)
+    order = np.argsort(-p, axis=1, kind="stable")[:, :k]
+    return [{"filename": n, "topk": [{"class": classes[j], "index": int(j), "prob": round(float(row[j]), 6)}
+                                     for j in idx]}
+            for n, row, idx in zip(names, p, order)]
+
+
+class MetricsMiddleware:
+    """Pure ASGI (no per-request task like BaseHTTPMiddleware): counts every response by route
+    template and status, times it, and optionally refuses non-loopback Host headers."""
+
+    def __init__(self, app, metrics: Metrics, loopback_only: bool = False):
+        self.app, self.metrics, self.loopback_only = app, metrics, loopback_only
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        t0 = time.perf_counter()
+        root = scope.get("root_path", "")
+        status = 500  # what the client gets if the app raises before answering
+
+        async def send_status(message):
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            if self.loopback_only and not _loopback_host(scope):
+                # A page on another site that resolves its own name to 127.0.0.1 (DNS rebinding)
+                # would send its own Host: answer it nothing.
+                await JSONResponse({"detail": "this server only answers requests addressed to localhost; "
+                                              "start it with --host and --token to serve other names"},
+                                   status_code=421)(scope, receive, send_status)
+                return
+            await self.app(scope, receive, send_status)
+        finally:
+            # The router leaves the matched route on the shared scope (a template, not the raw URL); a
+            # mount (static files) leaves only its prefix in root_path.
+            route = scope.get("route")
+            mount = scope.get("root_path", "")[len(root):]
+            handler = getattr(route, "path", None) or (f"{mount}/*" if mount else "unmatched")
+            self.metrics.requests.labels(handler, scope.get("method", ""), str(status)).inc()
+            self.metrics.latency.labels(handler).observe(time.perf_counter() - t0)
+
+
+def _loopback_host(scope) -> bool:
+    for k, v in scope.get("headers", []):
+        if k == b"host":
+            host = v.decode("latin-1").strip().lower()
+            host = host.rsplit(":", 1)[0] if not host.endswith("]") else host  # drop the port
+            return host in LOOPBACK_HOSTS
+    return False
+
+
+PREDICT_OPENAPI = {
+    "parameters": [{"name": "topk", "in": "query", "required": False, "schema": {"type": "integer", "minimum": 1},
+                    "description": "how many classes per image (default 5, capped at the number of classes)"}],
+    "requestBody": {"required": True, "content": {
+        "multipart/form-data": {"schema": {"type": "object", "properties": {
+            "file": {"type": "array", "items": {"type": "string", "format": "binary"},
+                     "description": "one or more image files (PNG, JPEG, WebP, GIF, BMP, TIFF)"},
+            "topk": {"type": "integer"}}}},
+        "application/json": {"schema": {"type": "object", "properties": {
+            "image": {"type": "string", "description": "base64 image (a data: URL is fine)"},
+            "images": {"type": "array", "items": {"type": "string"}},
+            "topk": {"type": "integer"}}}},
+        "image/*": {"schema": {"type": "string", "format": "binary"}},
+    }},
+    "responses": {
+        "200": {"description": "top-k classes per image, in request order, and the server-side latency"},
+        "400": {"description": "empty body, corrupt image, bad base64 or JSON"},
+        "401": {"description": "missing or wrong token"},
+        "404": {"description": "unknown model (the answer lists the known ones)"},
+        "413": {"description": "upload, pixel count or image count over the limit (the answer names it)"},
+        "415": {"description": "not an image, or an unsupported Content-Type"},
+        "503": {"description": "queue full; retry later"},
+    },
+}

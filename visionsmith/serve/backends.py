@@ -1,0 +1,155 @@
+"""What the server runs: a model behind a four-attribute interface, from a run folder or an ONNX file.
+
+    backend = load_backend("runs/digits")                 # the run's best checkpoint (PyTorch)
+    backend = load_backend("runs/digits/export/model.onnx")  # ONNX Runtime
+    pixels = backend.decode(png_bytes)                    # float32 [C, S, S] in [0, 1] (BadImageError)
+    logits = backend.run(torch.stack([pixels, ...]))      # numpy float32 [N, K]
+
+Both backends take the same input: [0, 1] pixels at the model's side, normalisation inside the
+model (``PixelModel`` for a checkpoint, inside the graph for ONNX), so the batcher, the page and
+the tests never care which one they talk to.  Decoding follows ``visionsmith.api.predict`` step for
+step (same ``load_image`` checks, same ``image_to_uint8`` resize rule, same channel handling), so the
+server answers exactly what ``visionsmith predict`` answers for the same file.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..data import DEFAULT_MAX_PIXELS, BatchTransform, image_to_uint8
+from ..data.images import load_image_bytes
+
+
+class Backend:
+    """A classifier the server can run.
+
+    Attributes: ``name`` (URL-safe), ``kind`` ("pytorch" or "onnx"), ``source`` (the path),
+    ``task`` ("classification"), ``classes``, ``image_size`` (S), ``in_chans`` (C),
+    ``grayscale`` (uploads are decoded to one channel first, as the training data was),
+    ``decode_size`` (side ``image_to_uint8`` decodes to before the final resize, as in training),
+    ``max_batch`` (None: any batch size), ``max_pixels`` (per upload, checked from the header before
+    decoding; the run's own ``data.max_pixels``, which ``create_app`` lowers to the server's limit).
+    Subclasses implement ``run``.
+    """
+
+    kind = "?"
+    task = "classification"
+    max_batch: int | None = None
+
+    def __init__(self, name: str, source: str, classes: list[str], image_size: int, in_chans: int,
+                 grayscale: bool, decode_size: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS):
+        self.name, self.source, self.classes = name, source, list(classes)
+        self.image_size, self.in_chans, self.grayscale = int(image_size), int(in_chans), bool(grayscale)
+        self.decode_size = int(decode_size or image_size)
+        self.max_pixels = int(max_pixels)
+        # mean 0, std 1: BatchTransform's eval resize and channel matching without the
+        # normalisation, which lives inside the model.
+        self._to_pixels = BatchTransform(False, self.image_size, (0.0,) * 3, (1.0,) * 3, self.in_chans)
+
+    def decode(self, data: bytes, name: str = "upload") -> torch.Tensor:
+        """Image bytes -> float32 ``[C, S, S]`` in [0, 1]; raises ``BadImageError`` naming ``name``."""
+        img = load_image_bytes(data, name, grayscale=self.grayscale, max_pixels=self.max_pixels)
+        u8 = image_to_uint8(img, self.decode_size, self.grayscale)  # uint8 [c, s, s]
+        return self._to_pixels(u8.unsqueeze(0))[0]
+
+    def run(self, pixels: torch.Tensor) -> np.ndarray:  # pragma: no cover - interface
+        """float32 ``[N, C, S, S]`` in [0, 1] -> float32 logits ``[N, K]`` (numpy)."""
+        raise NotImplementedError
+
+    def describe(self) -> dict:
+        """What ``GET /v1/models`` says about this model."""
+        return {"name": self.name, "kind": self.kind, "task": self.task, "source": self.source,
+                "classes": self.classes, "image_size": self.image_size, "in_chans": self.in_chans,
+                "grayscale": self.grayscale, "max_batch": self.max_batch}
+
+
+class TorchBackend(Backend):
+    """A run folder's best weights (``load_trained``) wrapped in ``PixelModel``, in eval mode."""
+
+    kind = "pytorch"
+
+    def __init__(self, run_dir: str | Path, name: str):
+        from ..config import SSL_METHODS
+        from ..engine.build import build_transforms, load_trained
+        from ..models.pixel import PixelModel
+        cfg, model, classes, info = load_trained(run_dir)
+        if cfg.method in SSL_METHODS:
+            raise ValueError(f"{run_dir} is a self-supervised pretraining run (method={cfg.method}): its classifier "
+                             "was never trained, so there is nothing to serve; fine-tune a classifier from it first")
+        _, eval_tf = build_transforms(cfg, model)
+        super().__init__(name, str(run_dir), classes, cfg.data.image_size, cfg.model.in_chans,
+                         grayscale=info.get("data", {}).get("channels", 3) == 1,
+                         decode_size=cfg.data.cache_size or cfg.data.image_size,
+                         max_pixels=cfg.data.max_pixels)
+        self.model = PixelModel(model, eval_tf.mean, eval_tf.std).eval()
+
+    @torch.inference_mode()
+    def run(self, pixels: torch.Tensor) -> np.ndarray:
+        return self.model(pixels).float().numpy()
+
+
+class OnnxBackend(Backend):
+    """A ``visionsmith export`` file (``RUN/export/model.onnx`` or ``model.int8.onnx``) on ONNX Runtime,
+    through ``visionsmith.export.runtime.OnnxClassifier`` (which reads and checks the export contract:
+    input ``pixels`` [N, C, S, S] in [0, 1], output ``logits``, metadata ``visionsmith``).
+
+    onnx/onnxruntime are imported only here, so a checkpoint serves without them installed.
+    """
+
+    kind = "onnx"
+
+    def __init__(self, path: str | Path, name: str, threads: int | None = None):
+        try:
+            import onnx  # noqa: F401 - the metadata reader needs both
+            import onnxruntime  # noqa: F401
+        except ImportError:
+            raise ValueError(f"serving {path} needs onnx and onnxruntime: pip install onnx onnxruntime "
+                             "(or serve the run folder's checkpoint instead)") from None
+        from ..export.runtime import OnnxClassifier
+        self.clf = OnnxClassifier(path, threads)  # ValueError naming the file for anything not a visionsmith export
+        # A graph exported with a fixed batch dimension can only take batches of exactly that size.
+        batch_dim = (self.clf.session.get_inputs()[0].shape or [None])[0]
+        self.max_batch = batch_dim if isinstance(batch_dim, int) else None
+        super().__init__(name, str(path), self.clf.classes, self.clf.image_size, self.clf.in_chans,
+                         grayscale=self.clf.grayscale, decode_size=self.clf.decode_size)
+
+    def run(self, pixels: torch.Tensor) -> np.ndarray:
+        return self.clf.predict_pixels(pixels)
+
+    def describe(self) -> dict:
+        return {**super().describe(), "int8": self.clf.int8}
+
+
+_NAME_OK = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def default_name(path: Path) -> str:
+    """``runs/digits`` -> ``digits``; ``runs/digits/export/model.onnx`` -> ``digits-onnx``;
+    ``.../model.int8.onnx`` -> ``digits-int8``; any other ``x.onnx`` -> ``x``."""
+    if path.suffix == ".onnx":
+        if path.parent.name == "export":
+            tag = "onnx" if path.name == "model.onnx" else path.name[len("model."):-len(".onnx")] or "onnx"
+            base = f"{path.parent.parent.name}-{tag}"
+        else:
+            base = path.stem
+    else:
+        base = path.resolve().name
+    return _NAME_OK.sub("-", base).strip("-") or "model"
+
+
+def load_backend(spec: str, threads: int | None = None) -> Backend:
+    """``PATH`` or ``NAME=PATH``: a run folder (checkpoint) or an ``.onnx`` file."""
+    name, sep, path_text = spec.partition("=")
+    if not sep:
+        name, path_text = "", spec
+    path = Path(path_text)
+    name = _NAME_OK.sub("-", name).strip("-") or default_name(path)
+    if path.is_file() and path.suffix == ".onnx":
+        return OnnxBackend(path, name, threads)
+    if path.is_dir():
+        return TorchBackend(path, name)
+    raise ValueError(f"{spec}: not a run folder or an .onnx file (serve takes `visionsmith train` run folders, "
+                     "their export/model.onnx files, or NAME=PATH for either)")

@@ -1,0 +1,35 @@
+"""Prometheus metrics of one app: requests by status, latency, batch sizes, queue depth.
+
+Each app gets its own ``CollectorRegistry`` (not prometheus_client's global one), so several apps
+in one process (tests, the benchmark) count separately.  ``GET /metrics`` serves ``render()``.
+"""
+from __future__ import annotations
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+# Seconds; from sub-millisecond (tiny model, warm) to seconds (big batch on a busy CPU).
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+
+
+class Metrics:
+    """The counters and histograms; label ``handler`` is a route template, never a raw URL, so a
+    scan of random paths cannot blow up the number of series."""
+
+    content_type = CONTENT_TYPE_LATEST
+
+    def __init__(self):
+        self.registry = r = CollectorRegistry()
+        self.requests = Counter("visionsmith_requests", "HTTP requests by handler, method and status code",
+                                ["handler", "method", "status"], registry=r)
+        self.latency = Histogram("visionsmith_request_latency_seconds", "Request latency (whole request) by handler",
+                                 ["handler"], buckets=LATENCY_BUCKETS, registry=r)
+        self.images = Counter("visionsmith_images", "Images answered, by model", ["model"], registry=r)
+        self.batch_size = Histogram("visionsmith_batch_size", "Images per model call (dynamic batching)",
+                                    ["model"], buckets=BATCH_BUCKETS, registry=r)
+        self.inference_seconds = Histogram("visionsmith_inference_seconds", "Time of one batched model call",
+                                           ["model"], buckets=LATENCY_BUCKETS, registry=r)
+        self.queue_depth = Gauge("visionsmith_queue_depth", "Images waiting for the model", ["model"], registry=r)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,78 @@
+"""``visionsmith serve``: check the settings, load the models, run uvicorn.
+
+Security defaults: bind 127.0.0.1; any other address needs a token (``--token`` or the
+``VISIONSMITH_SERVE_TOKEN`` environment variable, which unlike a flag does not show in ``ps``);
+without a token, requests must be addressed to localhost (a Host-header check against DNS rebinding).
+"""
+from __future__ import annotations
+
+import ipaddress
+import os
+
+from .app import SERVE_MAX_PIXELS, ServeOptions, create_app
+from .backends import load_backend
+
+TOKEN_ENV = "VISIONSMITH_SERVE_TOKEN"
+
+
+def is_loopback(host: str) -> bool:
+    """``127.0.0.1``, ``::1``, ``localhost``: yes; ``0.0.0.0``, ``::``, any other name or address: no."""
+    if host.strip("[]").lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a host name: it may resolve to anything
+
+
+def check_bind(host: str, token: str | None) -> None:
+    """Refuse to listen beyond this machine without a token."""
+    if token is not None and not token.strip():
+        raise ValueError("--token is empty; give a long random string (e.g. `python -c 'import secrets; "
+                         "print(secrets.token_urlsafe(24))'`)")
+    if not is_loopback(host) and not token:
+        raise ValueError(f"refusing to serve on {host}: that is reachable from other machines and there is no token. "
+                         f"Pass --token T (or set {TOKEN_ENV}) so clients must send 'Authorization: Bearer T', "
+                         "or keep the default --host 127.0.0.1")
+
+
+def default_threads() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def serve(specs: list[str], host: str = "127.0.0.1", port: int = 8000, token: str | None = None,
+          max_batch: int = 32, max_wait_ms: float = 5.0, max_upload_mb: float = 16.0,
+          max_pixels: int = SERVE_MAX_PIXELS, threads: int | None = None, access_log: bool = True,
+          ssl_certfile: str | None = None, ssl_keyfile: str | None = None) -> None:
+    """Load every model in ``specs`` (run folders, ``.onnx`` files, ``NAME=PATH``) and serve them
+    until interrupted.  Errors in the settings or the models are raised before anything listens."""
+    import torch
+    import uvicorn
+
+    token = token if token is not None else (os.environ.get(TOKEN_ENV) or None)  # set but empty = unset
+    check_bind(host, token)
+    if not specs:
+        raise ValueError("nothing to serve: give at least one run folder or .onnx file")
+    if max_batch < 1 or max_wait_ms < 0 or max_upload_mb <= 0 or max_pixels < 1:
+        raise ValueError("--max-batch and --max-pixels must be >= 1, --max-wait-ms >= 0, --max-upload-mb > 0")
+    threads = threads or default_threads()
+    # Inference runs one batch at a time in one thread; intra-op threads make that batch use every
+    # core.  Decoding gets its own small pool (PIL releases the GIL), so it overlaps with inference.
+    torch.set_num_threads(threads)
+    backends = [load_backend(s, threads) for s in specs]
+    opts = ServeOptions(token=token, max_batch=max_batch, max_wait_ms=max_wait_ms,
+                        max_upload_bytes=int(max_upload_mb * 2**20), max_pixels=max_pixels,
+                        decode_threads=min(4, threads), loopback_only=not token)
+    app = create_app(backends, opts)
+    scheme = "https" if ssl_certfile else "http"
+    shown = f"[{host}]" if ":" in host else host
+    for b in backends:
+        print(f"model {b.name}: {b.kind} {b.source} ({len(b.classes)} classes, {b.in_chans}x{b.image_size}x{b.image_size})")
+    print(f"serving on {scheme}://{shown}:{port}/  (page /, API /docs, metrics /metrics; "
+          f"max batch {max_batch}, max wait {max_wait_ms} ms, {threads} threads{', token required' if token else ''})",
+          flush=True)
+    uvicorn.run(app, host=host, port=port, log_level="info", access_log=access_log,
+                ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile, timeout_graceful_shutdown=5)

@@ -1,0 +1,141 @@
+"""From an HTTP request to image bytes, and from a bad image to the right 4xx.
+
+A predict request carries its images in one of three ways:
+
+* ``multipart/form-data``: one or more file parts (any field name; the page and curl ``-F file=@x.png``
+  use ``file``), optionally a ``topk`` field;
+* ``application/json``: ``{"image": BASE64}`` or ``{"images": [BASE64, ...]}`` (a ``data:`` URL
+  prefix is allowed), optionally ``"topk"``;
+* the raw image as the body (``Content-Type: image/*`` or ``application/octet-stream``; curl's
+  ``--data-binary`` default ``application/x-www-form-urlencoded`` is taken as raw bytes as well).
+
+The body is read with a byte counter, so an upload over the limit is refused (413) after at most
+the limit has been read, whatever Content-Length claims; nothing is parsed before that.
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+
+from starlette.requests import Request
+
+from ..data import BadImageError
+
+
+class ClientError(Exception):
+    """A 4xx answer: ``{"detail": message, **extra}`` with ``status`` (and optional headers)."""
+
+    def __init__(self, status: int, message: str, headers: dict | None = None, **extra):
+        super().__init__(message)
+        self.status, self.message, self.headers, self.extra = status, message, headers, extra
+
+
+HOW_TO_SEND = ("send the image as multipart/form-data (curl -F file=@photo.png), as JSON "
+               '{"image": "<base64>"}, or as the raw body with Content-Type: image/png')
+
+RAW_TYPES = ("application/octet-stream", "application/x-www-form-urlencoded", "")
+
+
+def _mb(n: int) -> str:
+    return f"{n / 2**20:.4g} MB ({n} bytes)"
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The whole body, refusing (413) anything over ``limit`` bytes before reading more."""
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise ClientError(413, f"upload of {_mb(int(declared))} is over the limit of {_mb(limit)}; "
+                               "send a smaller image (the server sets the limit with --max-upload-mb)", limit=limit)
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:  # chunked uploads, or a Content-Length that lied
+            raise ClientError(413, f"upload is over the limit of {_mb(limit)}; send a smaller image "
+                                   "(the server sets the limit with --max-upload-mb)", limit=limit)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def read_images(request: Request, limit: int, max_images: int) -> tuple[list[tuple[str, bytes]], dict]:
+    """-> ([(name, image bytes), ...], options such as ``{"topk": "3"}``); ``ClientError`` otherwise."""
+    body = await read_body(request, limit)
+    if not body:
+        raise ClientError(400, f"empty request body: {HOW_TO_SEND}")
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if ctype == "multipart/form-data":
+        images, options = await _from_multipart(request, body, limit, max_images)
+    elif ctype == "application/json" or ctype.endswith("+json"):
+        images, options = _from_json(body, max_images)
+    elif ctype.startswith("image/") or ctype in RAW_TYPES:
+        images, options = [("body", body)], {}
+    else:
+        raise ClientError(415, f"unsupported Content-Type {ctype!r}: {HOW_TO_SEND}")
+    if not images:
+        raise ClientError(400, f"no image in the request: {HOW_TO_SEND}")
+    return images, options
+
+
+async def _from_multipart(request: Request, body: bytes, limit: int, max_images: int):
+    # Parse the bytes already read (and counted) by handing Starlette a receive() that replays them.
+    async def replay():
+        return {"type": "http.request", "body": body, "more_body": False}
+    form = await Request(request.scope, replay).form(max_files=max_images, max_fields=20, max_part_size=limit)
+    images, options = [], {}
+    try:
+        for key, value in form.multi_items():
+            if isinstance(value, str):
+                options[key] = value
+            else:  # an UploadFile
+                images.append((value.filename or key, await value.read()))
+    finally:
+        await form.close()
+    return images, options
+
+
+def _from_json(body: bytes, max_images: int):
+    try:
+        doc = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ClientError(400, f"request body is not valid JSON: {e}") from None
+    if not isinstance(doc, dict) or not ({"image", "images"} & doc.keys()):
+        raise ClientError(400, 'JSON body must be an object with "image": BASE64 or "images": [BASE64, ...]')
+    items = doc["images"] if "images" in doc else [doc["image"]]
+    if not isinstance(items, list) or not all(isinstance(x, str) for x in items):
+        raise ClientError(400, '"images" must be a list of base64 strings ("image": one string)')
+    if len(items) > max_images:
+        raise ClientError(413, f"{len(items)} images in one request; the limit is {max_images}", limit=max_images)
+    images = []
+    for i, text in enumerate(items):
+        if text.startswith("data:"):  # data:image/png;base64,....
+            text = text.partition(",")[2]
+        try:
+            images.append((f"image {i}", base64.b64decode(text, validate=True)))
+        except (binascii.Error, ValueError):
+            raise ClientError(400, f"image {i} is not valid base64") from None
+    options = {k: doc[k] for k in ("topk",) if k in doc}
+    return images, options
+
+
+def status_for(err: BadImageError) -> int:
+    """The HTTP status for an image that does not decode: too many pixels 413, not an image 415,
+    anything else (empty, truncated, corrupt) 400."""
+    reason = err.reason
+    if reason.startswith("decompression bomb"):
+        return 413
+    if reason.startswith("not an image"):
+        return 415
+    return 400
+
+
+def parse_topk(value, default: int, n_classes: int) -> int:
+    """``topk`` from a query, form field or JSON: an integer >= 1, capped at the number of classes."""
+    if value is None:
+        return min(default, n_classes)
+    try:
+        k = int(value)
+    except (TypeError, ValueError):
+        raise ClientError(400, f"topk must be an integer >= 1, got {value!r}") from None
+    if k < 1:
+        raise ClientError(400, f"topk must be an integer >= 1, got {k}")
+    return min(k, n_classes)
