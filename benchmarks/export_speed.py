@@ -25,14 +25,15 @@ contenders (better on a busy machine, see ``visionsmith.export.runtime.session_o
 Both exports pass their parity check (fp32 max |dlogit| <= 1e-3; INT8 accuracy drop bound) before
 being timed; their records stay in ``RUN/export/export.json``.
 
-Timed, per contender and round: batch-1 latency over ``--latency-iters`` calls (one image per call,
-cycling through the test images; p50 and p99 in ms) and batch-``--batch`` throughput over
-``--batches`` calls (images/s of the whole window, and of the median call).  Each timed loop
-follows a few untimed calls.  Contenders run in ``--rounds`` interleaved rounds, rotated, so
-slow drift of the machine's load hits all alike; reported: medians over rounds, and ratios to the
-eager baseline measured in the same run.  Accuracy: each contender on the whole test split
-(``--eval-images`` to cap it), PyTorch-style argmax.  Size: the ONNX file, or the safetensors
-checkpoint for eager.  Target (issue 4): ort_int8 >= 2x eager throughput at <= 0.5 points accuracy drop.
+Timed, per contender and round: batch-1 latency over ``--latency-iters`` calls (one image per
+call, cycling through the test images; p50 and p99 in ms) and batch-``--batch`` throughput over at
+least ``--batches`` calls and ``--seconds`` seconds (images/s of the whole window, and of the
+median call).  Each timed loop follows a few untimed calls.  Contenders run in ``--rounds``
+interleaved rounds, rotated, so slow drift of the machine's load hits all alike; reported: medians
+over rounds, and ratios to the eager baseline measured in the same run.  Accuracy: each contender
+on the whole test split (``--eval-images`` to cap it), argmax of the logits.  Size: the ONNX file,
+or the safetensors checkpoint for eager.  Target (issue 4): ort_int8 >= 2x eager throughput at
+<= 0.5 points accuracy drop.
 Writes ``benchmarks/results/export_speed.json`` (``export_speed-quick.json`` with --quick).
 """
 from __future__ import annotations
@@ -115,19 +116,23 @@ def latency_ms(fn, pixels: np.ndarray, iters: int, warmup: int = 10) -> list[flo
     return out
 
 
-def throughput(fn, pixels: np.ndarray, batch: int, batches: int, warmup: int = 3) -> dict:
-    """images/s over ``batches`` calls of ``batch`` images (window and median call)."""
-    starts = [(i * batch) % max(1, len(pixels) - batch + 1) for i in range(batches + warmup)]
-    for s in starts[:warmup]:
-        fn(pixels[s:s + batch])
+def throughput(fn, pixels: np.ndarray, batch: int, batches: int, min_s: float, warmup: int = 3) -> dict:
+    """images/s over at least ``batches`` calls of ``batch`` images and at least ``min_s`` seconds
+    (a fast contender gets more calls, so every window is long enough to average out the scheduler)."""
+    span = max(1, len(pixels) - batch + 1)
+    for i in range(warmup):
+        fn(pixels[(i * batch) % span:][:batch])
     dts = []
     t0 = time.perf_counter()
-    for s in starts[warmup:]:
+    i = 0
+    while i < batches or time.perf_counter() - t0 < min_s:
+        s = (i * batch) % span
         t = time.perf_counter()
         fn(pixels[s:s + batch])
         dts.append(time.perf_counter() - t)
+        i += 1
     total = time.perf_counter() - t0
-    return {"img_per_s": batches * batch / total, "median_call_img_per_s": batch / statistics.median(dts)}
+    return {"img_per_s": i * batch / total, "median_call_img_per_s": batch / statistics.median(dts), "calls": i}
 
 
 def accuracy(fn, pixels: np.ndarray, labels: np.ndarray, batch: int = 256) -> float:
@@ -188,6 +193,13 @@ def loadavg() -> list[float] | None:
     return None
 
 
+def cpu_pressure() -> str | None:
+    """Linux PSI: the share of time runnable tasks waited for a CPU (a busy machine shows it)."""
+    with contextlib.suppress(OSError):
+        return Path("/proc/pressure/cpu").read_text().splitlines()[0]
+    return None
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -195,8 +207,11 @@ def parse_args(argv=None):
     p.add_argument("--pruned", metavar="RUN", help="a pruned run folder (`visionsmith prune`) to time as well")
     p.add_argument("--threads", type=int, default=2, help="torch threads and ORT intra-op threads (default 2)")
     p.add_argument("--batch", type=int, default=32, help="throughput batch size (default 32)")
-    p.add_argument("--latency-iters", type=int, default=None, help="batch-1 calls per round (default 300; 30 quick)")
-    p.add_argument("--batches", type=int, default=None, help="throughput calls per round (default 60; 5 quick)")
+    p.add_argument("--latency-iters", type=int, default=None, help="batch-1 calls per round (default 500; 30 quick)")
+    p.add_argument("--batches", type=int, default=None,
+                   help="throughput calls per round, at least (default 30; 5 quick)")
+    p.add_argument("--seconds", type=float, default=None,
+                   help="throughput window per round, at least (default 3; 0.3 quick)")
     p.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 3; 1 quick)")
     p.add_argument("--eval-images", type=int, default=None, help="test images for accuracy (default all; 1000 quick)")
     p.add_argument("--calib", type=int, default=256, help="INT8 calibration images (default 256)")
@@ -205,8 +220,8 @@ def parse_args(argv=None):
     p.add_argument("--quick", action="store_true", help="smoke run: simple_cnn, short training, few iterations")
     p.add_argument("--out", type=Path, help="JSON result (default benchmarks/results/export_speed.json)")
     args = p.parse_args(argv)
-    defaults = dict(latency_iters=30, batches=5, rounds=1, eval_images=1000) if args.quick else \
-        dict(latency_iters=300, batches=60, rounds=3, eval_images=None)
+    defaults = dict(latency_iters=30, batches=5, seconds=0.3, rounds=1, eval_images=1000) if args.quick else \
+        dict(latency_iters=500, batches=30, seconds=3.0, rounds=3, eval_images=None)
     for k, v in defaults.items():
         if getattr(args, k) is None:
             setattr(args, k, v)
@@ -232,7 +247,7 @@ def worker(spec: dict) -> dict:
         out["acc"] = accuracy(fn, pixels, labels)
     lat = latency_ms(fn, pixels, spec["latency_iters"])
     out.update(p50_ms=statistics.median(lat), p99_ms=percentile(lat, 99),
-               **throughput(fn, pixels, spec["batch"], spec["batches"]))
+               **throughput(fn, pixels, spec["batch"], spec["batches"], spec["seconds"]))
     return out
 
 
@@ -260,8 +275,9 @@ def main(argv=None) -> dict:
     import visionsmith
     from visionsmith.export import export_onnx
     run = get_run(args)
-    print(f"export_speed: {run}, {args.threads} threads, batch 1 x {args.latency_iters} and batch {args.batch} x "
-          f"{args.batches} per round, {args.rounds} rounds; load average {loadavg()}", flush=True)
+    print(f"export_speed: {run}, {args.threads} threads; per round and contender batch 1 x {args.latency_iters}, "
+          f"batch {args.batch} for >= {args.batches} calls and >= {args.seconds} s; {args.rounds} rounds; "
+          f"load average {loadavg()}", flush=True)
     t0 = time.perf_counter()
     fp32 = export_onnx(run, threads=args.threads)
     int8 = export_onnx(run, int8="static", calib=args.calib, threads=args.threads)
@@ -286,7 +302,8 @@ def main(argv=None) -> dict:
         np.save(Path(tmp) / "labels.npy", labels)
         common = {"threads": args.threads, "pixels": str(Path(tmp) / "pixels.npy"),
                   "labels": str(Path(tmp) / "labels.npy"), "latency_iters": args.latency_iters,
-                  "batch": args.batch, "batches": args.batches, "no_spin": args.no_spin}
+                  "batch": args.batch, "batches": args.batches, "seconds": args.seconds,
+                  "no_spin": args.no_spin}
         for r in range(args.rounds):
             for name in names[r % len(names):] + names[:r % len(names)]:
                 res = measure({**common, **contenders[name], "name": name, "accuracy": r == 0})
@@ -325,7 +342,7 @@ def main(argv=None) -> dict:
     print(f"CPU {cpu['model']}: " + ", ".join(f"{k} {'yes' if v else 'no'}" for k, v in cpu["flags"].items())
           + f"; ONNX Runtime's INT8 GEMM path here: {kernels}")
     load_after = loadavg()
-    print(f"load average: before {load_before}, after {load_after}")
+    print(f"load average: before {load_before}, after {load_after}; cpu pressure now: {cpu_pressure()}")
 
     result = {
         "benchmark": "export_speed",
@@ -334,15 +351,15 @@ def main(argv=None) -> dict:
                 "batch-N throughput, accuracy and size; each measurement in a fresh process; see the docstring",
         "run": str(run), "pruned": args.pruned, "baseline": base, "eval": source,
         "settings": {"threads": args.threads, "batch": args.batch, "latency_iters": args.latency_iters,
-                     "batches": args.batches, "rounds": args.rounds, "calib": args.calib, "quick": args.quick,
-                     "ort_spinning": not args.no_spin},
+                     "batches": args.batches, "seconds": args.seconds, "rounds": args.rounds, "calib": args.calib,
+                     "quick": args.quick, "ort_spinning": not args.no_spin},
         "table": table, "target_int8_2x_at_0.5_points": target,
         "exports": {"fp32": fp32.record, "int8": int8.record}, "export_s": round(export_s, 1), "runs": runs,
         "env": {"date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
                 "torch": torch.__version__, "onnxruntime": onnxruntime.__version__,
                 "visionsmith": visionsmith.__version__, "python": platform.python_version(),
                 "cpu": cpu, "cpu_count": os.cpu_count(), "platform": platform.platform(),
-                "load_avg_before": load_before, "load_avg_after": load_after},
+                "load_avg_before": load_before, "load_avg_after": load_after, "cpu_pressure_after": cpu_pressure()},
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")

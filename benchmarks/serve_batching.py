@@ -4,9 +4,10 @@
     python benchmarks/serve_batching.py --quick        # smoke run: simple_cnn on digits, few requests
 
 Two real servers run side by side, both ``python -m visionsmith serve`` subprocesses on loopback
-with the same run folder and the same torch threads: *batched* (``--max-batch 32 --max-wait-ms 5``,
-the defaults) and *unbatched* (``--max-batch 1``: every image is its own model call).  Only one of
-them has traffic at a time; an idle server costs no CPU.
+with the same run folder and the same torch threads (``--threads``, default serve's own: all cores
+but one): *batched* (``--max-batch 32 --max-wait-ms 5``, the defaults) and *unbatched*
+(``--max-batch 1``: every image is its own model call).  Only one of them has traffic at a time;
+an idle server costs no CPU.
 
 The model: a MobileNetV2 run folder at 32 px on Fashion-MNIST (the quickstart's model and
 recipe, ``recipes/fashion-mnist-quick.yaml``).  Batching matters for it: on CPU a single 32 px
@@ -17,13 +18,14 @@ request handling is the bottleneck, not the model.)  Its weights do not change t
 default the script trains the recipe for 2 steps into a temporary run folder (``model.pretrained=
 false``: no asset needed); ``--run RUN`` serves an existing run folder instead (e.g. the quickstart's).
 
-The load: a closed loop of C clients (C = concurrency), each with one keep-alive connection,
-sending its next request as soon as its previous answer arrived.  Each request is one
+The load: a closed loop of C clients (C = concurrency), each with one keep-alive connection
+(opened before the clock starts), sending its next request as soon as its previous answer arrived.  Each request is one
 Fashion-MNIST test image (28x28 grayscale PNG, 64 different ones in turn) as
 ``multipart/form-data``, what the web page and ``curl -F`` send; every answer must be 200 with
 a prediction.  The client is a minimal asyncio HTTP/1.1 client with prebuilt requests, so it takes
 as little CPU as possible from the server on the same machine (it still takes some, equally for
-both servers).  Per concurrency level and round: W warm-up requests, then N timed requests;
+both servers).  First each server is warmed at every concurrency level (so at every batch size
+it will run); then per concurrency level and round: W warm-up requests, then N timed requests;
 throughput = N / wall time, latency = per-request send-to-last-byte time.
 
 Rounds interleave the two servers (round r starts with the other one than round r-1), so slow
@@ -151,40 +153,51 @@ def batch_stats(port: int) -> tuple[float, float]:
 
 # -- the load ------------------------------------------------------------------------------------
 
-async def _client(port: int, requests: list[bytes], next_index, stop: int, lat: list, errors: list) -> None:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    try:
-        while (i := next_index()) < stop:
-            t0 = time.perf_counter()
-            writer.write(requests[i % len(requests)])
-            head = await reader.readuntil(b"\r\n\r\n")
-            status = int(head.split(b" ", 2)[1])
-            length = 0
-            for line in head.split(b"\r\n"):
-                if line[:15].lower() == b"content-length:":
-                    length = int(line[15:])
-            body = await reader.readexactly(length)
-            lat.append(time.perf_counter() - t0)
-            if status != 200 or b'"predictions"' not in body:
-                errors.append(f"{status}: {body[:200]!r}")
-    finally:
-        writer.close()
+async def _client(conn, requests: list[bytes], next_index, stop: int, lat: list, errors: list) -> None:
+    """Send requests over one open keep-alive connection until the shared counter reaches ``stop``."""
+    reader, writer = conn
+    while (i := next_index()) < stop:
+        t0 = time.perf_counter()
+        writer.write(requests[i % len(requests)])
+        head = await reader.readuntil(b"\r\n\r\n")
+        status = int(head.split(b" ", 2)[1])
+        length = 0
+        for line in head.split(b"\r\n"):
+            if line[:15].lower() == b"content-length:":
+                length = int(line[15:])
+        body = await reader.readexactly(length)
+        lat.append(time.perf_counter() - t0)
+        if status != 200 or b'"predictions"' not in body:
+            errors.append(f"{status}: {body[:200]!r}")
 
 
-async def _load(port: int, requests: list[bytes], concurrency: int, n: int) -> tuple[float, list[float], list[str]]:
+async def _run(conns, requests: list[bytes], n: int) -> tuple[float, list[float], list[str]]:
+    """n requests spread over the open connections (closed loop); -> (wall s, latencies, errors)."""
     counter = iter(range(10**9))
     lat: list[float] = []
     errors: list[str] = []
     t0 = time.perf_counter()
-    await asyncio.gather(*(_client(port, requests, lambda: next(counter), n, lat, errors) for _ in range(concurrency)))
+    await asyncio.gather(*(_client(c, requests, lambda: next(counter), n, lat, errors) for c in conns))
     return time.perf_counter() - t0, lat, errors
 
 
+async def _load(port: int, requests: list[bytes], concurrency: int, n: int, warmup: int = 0):
+    """Open ``concurrency`` connections (not timed), send ``warmup`` requests, then time ``n``."""
+    conns = await asyncio.gather(*(asyncio.open_connection("127.0.0.1", port) for _ in range(concurrency)))
+    try:
+        if warmup:
+            await _run(conns, requests, warmup)
+        s0 = batch_stats(port)
+        wall, lat, errors = await _run(conns, requests, n)
+        s1 = batch_stats(port)
+    finally:
+        for _, writer in conns:
+            writer.close()
+    return wall, lat, errors, s0, s1
+
+
 def measure(port: int, requests: list[bytes], concurrency: int, n: int, warmup: int) -> dict:
-    asyncio.run(_load(port, requests, concurrency, warmup))
-    s0 = batch_stats(port)
-    wall, lat, errors = asyncio.run(_load(port, requests, concurrency, n))
-    s1 = batch_stats(port)
+    wall, lat, errors, s0, s1 = asyncio.run(_load(port, requests, concurrency, n, warmup))
     batches = s1[1] - s0[1]
     return {"requests": n, "wall_s": round(wall, 3), "req_per_s": n / wall, "lat_s": lat, "errors": errors,
             "mean_batch": (s1[0] - s0[0]) / batches if batches else None}
@@ -215,23 +228,28 @@ def parse_args(argv=None):
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run", type=Path, help="serve this run folder (default: train the recipe's model for 2 steps)")
     p.add_argument("--concurrency", default=None, help="comma-separated levels (default 1,8,32)")
-    p.add_argument("--requests", type=int, default=None, help="timed requests per level and round (default 300)")
-    p.add_argument("--warmup", type=int, default=None, help="untimed requests first (default 2x the concurrency)")
+    p.add_argument("--requests", type=int, default=None,
+                   help="timed requests per level and round (default 500; 40 with --quick)")
+    p.add_argument("--warmup", type=int, default=None,
+                   help="untimed requests before each timed run (default 2x the concurrency, at least 20)")
     p.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 3)")
     p.add_argument("--max-batch", type=int, default=32, help="the batched server's --max-batch")
     p.add_argument("--max-wait-ms", type=float, default=5.0, help="the batched server's --max-wait-ms")
-    p.add_argument("--threads", type=int, default=2, help="torch threads of each server")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads of each server (default: serve's own default, all cores but one)")
     p.add_argument("--quick", action="store_true", help="smoke run: simple_cnn on digits, few requests")
-    p.add_argument("--out", type=Path, default=None, help="JSON result (default benchmarks/results/serve_batching.json)")
+    p.add_argument("--out", type=Path, default=None,
+                   help="JSON result (default benchmarks/results/serve_batching.json)")
     args = p.parse_args(argv)
     defaults = dict(concurrency="1,8,32", requests=40, rounds=1) if args.quick else \
-        dict(concurrency="1,8,32", requests=300, rounds=3)
+        dict(concurrency="1,8,32", requests=500, rounds=3)
     for k, v in defaults.items():
         if getattr(args, k) is None:
             setattr(args, k, v)
     args.levels = [int(c) for c in args.concurrency.split(",")]
     if args.out is None:
-        args.out = ROOT / "benchmarks" / "results" / ("serve_batching-quick.json" if args.quick else "serve_batching.json")
+        name = "serve_batching-quick.json" if args.quick else "serve_batching.json"
+        args.out = ROOT / "benchmarks" / "results" / name
     if args.requests < 1 or args.rounds < 1 or min(args.levels) < 1:
         p.error("--requests, --rounds and every concurrency must be >= 1")
     return args
@@ -242,6 +260,8 @@ def main(argv=None) -> dict:
     import torch
 
     import visionsmith
+    from visionsmith.serve.server import default_threads
+    args.threads = args.threads or default_threads()
     load_before = loadavg()
     with tempfile.TemporaryDirectory(prefix="serve-bench-") as tmp:
         tmp = Path(tmp)
@@ -250,6 +270,8 @@ def main(argv=None) -> dict:
         from visionsmith.config import load_config
         cfg = load_config(run / "config.yaml")
         pngs = sample_pngs(run)
+        from PIL import Image
+        side = Image.open(io.BytesIO(pngs[0])).size[0]
         print(f"serve_batching: {cfg.model.name} at {cfg.data.image_size} px ({run}), {len(pngs)} test images as PNG; "
               f"levels {args.levels}, {args.requests} timed requests x {args.rounds} rounds, {args.threads} threads; "
               f"setup {time.perf_counter() - t0:.1f} s", flush=True)
@@ -262,9 +284,13 @@ def main(argv=None) -> dict:
             for m in MODES:
                 wait_ready(procs[m], ports[m], tmp / f"{m}.log")
             reqs = {m: [request_bytes("bench", p, ports[m]) for p in pngs] for m in MODES}
+            # Warm both servers at every batch size they will see (oneDNN sets up each new shape once).
+            for m in MODES:
+                for c in sorted(set(args.levels)):
+                    asyncio.run(_load(ports[m], reqs[m], c, 3 * c + 10))
             raw = {m: {c: [] for c in args.levels} for m in MODES}
             for c in args.levels:
-                warm = args.warmup if args.warmup is not None else 2 * c
+                warm = args.warmup if args.warmup is not None else max(20, 2 * c)
                 for r in range(args.rounds):
                     order = MODES if (r + args.levels.index(c)) % 2 == 0 else MODES[::-1]
                     for m in order:
@@ -322,7 +348,7 @@ def main(argv=None) -> dict:
                      "run": str(args.run) if args.run else "trained for 2 steps (timing only)",
                      "levels": args.levels, "requests": args.requests, "rounds": args.rounds,
                      "max_batch": args.max_batch, "max_wait_ms": args.max_wait_ms, "threads": args.threads,
-                     "payload": "28x28 PNG as multipart/form-data" if not args.quick else "8x8 PNG as multipart/form-data",
+                     "payload": f"{len(pngs)} test images, {side}x{side} PNG, as multipart/form-data",
                      "quick": args.quick},
         "table": table,
         "target_3x_at_max_concurrency_p99_not_worse": target,

@@ -176,7 +176,8 @@ def _predict_onnx(path: Path, inputs, topk: int, batch_size: int) -> PredictResu
             res.bad.append((str(f), getattr(e, "reason", str(e))))
     k = min(topk, len(clf.classes))
     for i in range(0, len(tensors), batch_size):
-        logits = torch.from_numpy(np.asarray(clf.predict_pixels(clf.preprocess(torch.stack(tensors[i:i + batch_size])))))
+        pixels = clf.preprocess(torch.stack(tensors[i:i + batch_size]))  # [B, C, S, S] in [0, 1]
+        logits = torch.from_numpy(np.asarray(clf.predict_pixels(pixels)))
         p, idx = logits.float().softmax(-1).topk(k, dim=-1)
         for f, pr, ix in zip(good[i:i + batch_size], p.tolist(), idx.tolist()):
             res.predictions.append(Prediction(str(f), [(clf.classes[j], q) for j, q in zip(ix, pr)]))
@@ -279,9 +280,12 @@ def prune(run_dir: str | Path, amount: float = 0.5, kind: str = "structured", fi
     from .engine.prune import prune_run, prune_sweep
     if sweep is None:
         run, row = prune_run(run_dir, amount, kind, finetune_epochs, out, importance, scope, overrides, finish)
+        report(run)  # again: prune.json (the report's pruning section) is written after the first report
         return run, [read_json(run / "prune.json")["baseline"], row]
     from .report.prune import write_sweep
     folder, rows = prune_sweep(run_dir, sweep, kind, finetune_epochs, out, importance, scope, overrides, finish)
+    for row in rows[1:]:
+        report(row["run"])  # with the pruning section, now that prune.json holds the side-by-side speeds
     write_sweep(folder, read_json(folder / "sweep.json"), command or f"visionsmith prune {run_dir} --{kind} "
                 f"--sweep {','.join(f'{a:g}' for a in sweep)} --finetune-epochs {finetune_epochs}")
     return folder, rows

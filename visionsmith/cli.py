@@ -133,8 +133,10 @@ def _parity_table(rec: dict) -> str:
     """The parity check of one export (``export.json`` record) as a small table."""
     par = rec["parity"]
     q = rec.get("quantization")
-    kind = "fp32" if not q else (f"INT8 {q['mode']}" + (f" {q['format']}, per-channel={q['per_channel']}, "
-                                                       f"reduce_range={q['reduce_range']}" if q["mode"] == "static" else ""))
+    kind = "fp32"
+    if q:
+        kind = f"INT8 {q['mode']}" + (f" {q['format']}, per-channel={q['per_channel']}, reduce_range="
+                                      f"{q['reduce_range']}" if q["mode"] == "static" else "")
     lines = [f"ONNX opset {rec['opset']}, {kind}; checked against PyTorch on {par['images']}:",
              f"  {'model':<14}{'accuracy':>9}{'top-1 agree':>13}{'max |dlogit|':>14}{'mean |dlogit|':>15}"]
     first = par["fp32"]
@@ -474,11 +476,13 @@ def build_parser() -> argparse.ArgumentParser:
                     "(default: $VISIONSMITH_SERVE_TOKEN; unset = no auth, loopback only)")
     sp.add_argument("--max-batch", type=int, default=32, help="images per model call (default %(default)s; 1 = no batching)")
     sp.add_argument("--max-wait-ms", type=float, default=5.0,
-                    help="how long a batch waits for more images after its first (default %(default)s)")
+                    help="the most a batch waits for requests already arriving; a lone request never waits "
+                    "(default %(default)s)")
     sp.add_argument("--max-upload-mb", type=float, default=16.0, help="request body limit (default %(default)s MB)")
     sp.add_argument("--max-pixels", type=int, default=4096 * 4096,
                     help="per-image pixel limit, checked before decoding (default %(default)s)")
-    sp.add_argument("--threads", type=int, help="torch/ONNX Runtime threads (default: all cores)")
+    sp.add_argument("--threads", type=int, help="torch/ONNX Runtime threads of the inference thread "
+                    "(default: all cores but one, which is left to HTTP and decoding)")
     sp.add_argument("--no-access-log", action="store_true", help="do not log every request")
     sp.add_argument("--ssl-certfile", help="serve HTTPS with this certificate (and --ssl-keyfile)")
     sp.add_argument("--ssl-keyfile")

@@ -53,6 +53,12 @@ def test_fp32_export_matches_pytorch_and_keeps_the_contract(run_fixture, request
     assert record["parity"]["fp32"]["max_abs_diff"] == fp32["max_abs_diff"]
 
 
+def test_other_opset_is_written_as_asked(digits_run, tmp_path):
+    res = export_onnx(digits_run, opset=18, out=tmp_path / "op18.onnx", check=50)
+    assert {o.version for o in onnx.load(str(res.path)).opset_import if o.domain == ""} == {18}
+    assert read_metadata(res.path)["opset"] == 18 and res.record["opset"] == 18
+
+
 def test_int8_static_on_digits_stays_within_the_accuracy_bound(digits_run):
     fp32 = export_onnx(digits_run, check=400).path
     res = export_onnx(digits_run, int8="static", calib=128, check=400, max_drop=1.0)
@@ -111,7 +117,6 @@ def test_cli_export_prints_the_parity_table(digits_run, cli, tmp_path):
     assert pred.returncode == 1 and "no image files" in pred.stderr
 
 
-@pytest.mark.slow
 def test_mobilenetv2_export_parity(tmp_path):
     """A third architecture (depthwise convs, ReLU6, BatchNorm), not pretrained, 32 px, a few steps."""
     digits = Path(__file__).resolve().parents[2] / "recipes" / "digits.yaml"

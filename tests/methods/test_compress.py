@@ -18,7 +18,7 @@ from visionsmith.engine.prune import prune_config, pruned_from_source
 from visionsmith.config import save_config
 from visionsmith.methods.compress import (check_amount, count_macs, count_params, fold_masks, make_permanent,
                                           prunable_layers, prune_structured, prune_unstructured,
-                                          reshape_to_state_dict, sparsity)
+                                          recalibrate_batchnorm, reshape_to_state_dict, sparsity)
 from visionsmith.models import create_model
 
 REPO = Path(__file__).resolve().parents[2]
@@ -88,6 +88,18 @@ def test_make_permanent_leaves_plain_weights_with_the_zeros():
     assert not any(k.endswith(("_orig", "_mask")) for k in plain) and folded.keys() == plain.keys()
     assert all(torch.equal(folded[k], plain[k]) for k in plain)
     assert abs(sparsity(model)["pruned_layers"] - 0.5) < 1e-3
+
+
+def test_batchnorm_recalibration_averages_the_given_batches_and_trains_nothing():
+    model = create_model("resnet8", num_classes=10, drop_rate=0.5)
+    weights = {k: v.clone() for k, v in model.state_dict().items() if "running" not in k and "num_batches" not in k}
+    batches = [torch.randn(8, 3, 16, 16) * 3 + 1 for _ in range(3)]
+    assert recalibrate_batchnorm(model, batches) == 24
+    x = torch.cat(batches)
+    with torch.no_grad():
+        want = model.conv1(x).mean((0, 2, 3))  # the stem BN sees conv1's output
+    assert torch.allclose(model.bn1.running_mean, want, atol=1e-5) and model.bn1.momentum == 0.1
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in weights.items())
 
 
 @pytest.mark.parametrize("bad", [1.0, 1.5, -0.1, float("nan"), "half"])
@@ -180,6 +192,7 @@ def test_a_sweep_writes_table_plot_and_page(tmp_path):
     assert "structured 50%" in (folder / "sweep.md").read_text()
     again, _ = prune(src, sweep=[0.25, 0.5], finetune_epochs=0, out=tmp_path / "sweep")  # reuses its points
     assert again == folder
+    assert 'id="pruning"' in (Path(rows[1]["run"]) / "report.html").read_text()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -201,7 +214,8 @@ def test_prune_and_finetune_on_digits_keeps_accuracy(tmp_path, trained, kind, am
     assert base["acc"] == pytest.approx(src_acc)
     assert row["acc"] >= src_acc - 0.05  # 359 test images: one is 0.28 points
     assert json.loads((run / "eval.json").read_text())["acc"] == pytest.approx(row["acc"])
-    assert (run / "report.html").is_file()
+    page = (run / "report.html").read_text()
+    assert 'id="pruning"' in page and "before pruning" in page and "could not be drawn" not in page
     if kind == "unstructured":  # best: plain weights; last keeps the masks for resume
         assert not any(k.endswith("_mask") for k in load_file(str(run / "checkpoints" / "best.safetensors")))
         assert any(k.endswith("_mask") for k in load_file(str(run / "checkpoints" / "last.safetensors")))

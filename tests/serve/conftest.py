@@ -44,6 +44,13 @@ def png(a: np.ndarray, fmt: str = "PNG") -> bytes:
 
 
 @pytest.fixture(scope="session")
+def artifacts() -> Path:
+    """Where tests leave files for people to look at (``tests/artifacts/serve/``, ignored by git)."""
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    return ARTIFACTS
+
+
+@pytest.fixture(scope="session")
 def make_png():
     """``make_png(uint8 array, fmt="PNG") -> bytes``."""
     return png

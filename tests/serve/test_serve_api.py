@@ -86,6 +86,9 @@ def test_photo_like_inputs_are_converted(client):
     buf = io.BytesIO()
     Image.fromarray(rgb).save(buf, format="JPEG")
     variants["jpeg"] = buf.getvalue()
+    buf = io.BytesIO()  # large enough to be decoded in the thread pool, not on the event loop
+    Image.fromarray(rng.integers(0, 255, (600, 500, 3), dtype=np.uint8)).save(buf, format="JPEG")
+    variants["photo"] = buf.getvalue()
     for mode, data in variants.items():
         r = _post_file(client, data, f"{mode}.png")
         assert r.status_code == 200, (mode, r.text)
@@ -119,7 +122,9 @@ def test_models_health_and_unknown_model(client):
     ("upload too big", 413, "limit of 0.1907 MB (200000 bytes)"),
     ("upload too big, no length", 413, "over the limit"),
     ("too many images", 413, "the limit is 4"),
-    ("too many files", 400, "Too many files"),
+    ("too many files", 413, "the limit is 4"),
+    ("multipart without boundary", 400, "without a boundary"),
+    ("broken multipart", 400, "malformed multipart"),
 ])
 def test_bad_input_is_a_4xx_that_says_why(client, digit_pngs, make_png, case, status, words):
     good = digit_pngs[0]
@@ -142,6 +147,10 @@ def test_bad_input_is_a_4xx_that_says_why(client, digit_pngs, make_png, case, st
         "too many images": lambda: client.post(PREDICT, json={"images": [base64.b64encode(good).decode()] * 5}),
         "too many files": lambda: client.post(PREDICT, files=[("file", (f"{i}.png", good, "image/png"))
                                                               for i in range(5)]),
+        "multipart without boundary": lambda: client.post(PREDICT, content=b"--x\r\n",
+                                                          headers={"Content-Type": "multipart/form-data"}),
+        "broken multipart": lambda: client.post(PREDICT, content=b"garbage without any boundary line",
+                                                headers={"Content-Type": "multipart/form-data; boundary=xyz"}),
     }[case]
     r = send()
     assert r.status_code == status, r.text
@@ -169,7 +178,11 @@ def test_decompression_bomb_is_refused_before_decoding(client):
 def test_metrics_count_requests_latency_and_batches(client, digit_pngs):
     _post_file(client, digit_pngs[0])
     client.post(PREDICT, content=b"")
-    text = client.get("/metrics").text
+    r = client.get("/metrics")
+    assert r.headers["content-type"] == "text/plain; version=0.0.4; charset=utf-8"  # the Prometheus text format
+    om = client.get("/metrics", headers={"Accept": "application/openmetrics-text; version=1.0.0"})
+    assert om.headers["content-type"].startswith("application/openmetrics-text") and om.text.endswith("# EOF\n")
+    text = r.text
     assert 'visionsmith_requests_total{handler="/v1/models/{name}:predict",method="POST",status="200"}' in text
     assert re.search(r'visionsmith_requests_total\{handler="/v1/models/\{name\}:predict",method="POST",status="400"\} '
                      r'[1-9]', text)

@@ -6,14 +6,13 @@ Skipped only when the Debian packages ``chromium`` / ``chromium-driver`` are not
 (``scripts/setup.sh`` installs them)."""
 from __future__ import annotations
 
+import io
 import os
 import shutil
 
 import pytest
 
 from visionsmith.serve import ServeOptions, TorchBackend, create_app
-
-from conftest import ARTIFACTS  # noqa: I001 - tests/serve/conftest.py
 
 CHROMIUM = next(filter(None, map(shutil.which, ("chromium", "chromium-browser", "google-chrome"))), None)
 DRIVER = shutil.which("chromedriver")
@@ -41,7 +40,7 @@ def browser():
 
 
 @pytest.mark.timeout(240)
-def test_upload_in_the_page_shows_the_prediction(digits_run, digit_pngs, live_server, browser, tmp_path, make_png):
+def test_upload_in_the_page_shows_the_prediction(digits_run, digit_pngs, live_server, browser, tmp_path, artifacts):
     import numpy as np
     from PIL import Image
     from selenium.webdriver.common.by import By
@@ -53,7 +52,7 @@ def test_upload_in_the_page_shows_the_prediction(digits_run, digit_pngs, live_se
 
     # One held-out digit, drawn at 64 px so the page's thumbnail shows it; the reference answer is
     # what `visionsmith predict` says for the same file.
-    digit = Image.open(__import__("io").BytesIO(digit_pngs[3])).resize((64, 64), Image.Resampling.NEAREST)
+    digit = Image.open(io.BytesIO(digit_pngs[3])).resize((64, 64), Image.Resampling.NEAREST)
     img = tmp_path / "digit.png"
     digit.save(img)
     want = visionsmith.predict(digits_run, [img], topk=3).predictions[0].topk
@@ -78,8 +77,7 @@ def test_upload_in_the_page_shows_the_prediction(digits_run, digit_pngs, live_se
         browser.find_element(By.ID, "file").send_keys(str(bad))  # a bad file: its own card says why
         wait.until(EC.presence_of_element_located((By.CSS_SELECTOR, ".result.error")))
         error_text = browser.find_element(By.CSS_SELECTOR, ".result.error .latency").text
-        ARTIFACTS.mkdir(parents=True, exist_ok=True)
-        shot = ARTIFACTS / "page.png"
+        shot = artifacts / "page.png"
         browser.save_screenshot(str(shot))
         console = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
     print(f"\nscreenshot: {shot}")

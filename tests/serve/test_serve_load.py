@@ -31,7 +31,8 @@ def test_200_requests_at_concurrency_32_without_errors(digits_run, digit_pngs, l
                 for i in range(w, REQUESTS, CONCURRENCY):
                     k = i % len(digit_pngs)
                     t0 = time.perf_counter()
-                    r = await c.post("/v1/models/digits:predict", files={"file": (f"{k}.png", digit_pngs[k], "image/png")})
+                    files = {"file": (f"{k}.png", digit_pngs[k], "image/png")}
+                    r = await c.post("/v1/models/digits:predict", files=files)
                     lat.append(time.perf_counter() - t0)
                     top = r.json()["predictions"][0]["topk"][0]["class"] if r.status_code == 200 else None
                     if r.status_code != 200 or top != want[k]:

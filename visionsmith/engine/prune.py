@@ -156,9 +156,10 @@ def accuracy(model: nn.Module, cfg: Config, ds) -> float:
     return float(compute_metrics(logits, ds.labels, ds.classes)["acc"])
 
 
-def measure(model: nn.Module, cfg: Config, ds, weights: Path | None = None) -> dict:
-    """acc on ``ds``, parameters, zero fraction, MACs per image, weight-file bytes (speed: ``throughputs``)."""
-    return {"acc": accuracy(model, cfg, ds), "params": count_params(model), "zeros": sparsity(model)["all_params"],
+def measure(model: nn.Module, cfg: Config, ds, weights: Path | None = None, acc: float | None = None) -> dict:
+    """acc on ``ds`` (unless given), parameters, zero fraction, MACs per image, weight-file bytes
+    (speed: ``throughputs``)."""
+    return {"acc": accuracy(model, cfg, ds) if acc is None else acc, "params": count_params(model), "zeros": sparsity(model)["all_params"],
             "macs": count_macs(model, example_input(cfg)),
             "size_bytes": weights.stat().st_size if weights is not None and weights.is_file() else None}
 
@@ -216,7 +217,7 @@ def prune_run(run_dir: str | Path, amount: float = 0.5, kind: str = "structured"
     (0: none), evaluate and write a new run folder (default ``<run>-<kind>-<percent>``).
 
     Returns (run folder, row) with the row's ``acc`` (test split, else val), ``acc_before_ft``
-    (pruned, not yet fine-tuned), ``params``, ``zeros`` (fraction of zero parameters), ``macs``,
+    (pruned and BatchNorm-recalibrated, not yet fine-tuned), ``params``, ``zeros`` (fraction of zero parameters), ``macs``,
     ``img_per_s``, ``speedup``, ``size_bytes``; ``baseline`` (the unpruned run's row) is measured when
     not given.  The row is also written to ``<run>/prune.json`` and summed up in ``<run>/PRUNED.md``.
     ``reuse`` (a sweep's point): a folder that already holds ``prune.json`` is not redone, one whose
@@ -262,15 +263,16 @@ def prune_run(run_dir: str | Path, amount: float = 0.5, kind: str = "structured"
                                       "params": {"total": count_params(pruned), "trainable": count_params(pruned),
                                                  "trainable_pct": 100.0}})
     info = {"source": str(src), "kind": kind, "amount": amount, "importance": importance, "scope": scope,
-            "finetune_epochs": finetune_epochs, "split": split, "acc_before_ft": before,
+            "finetune_epochs": finetune_epochs, "recalibrate": cfg.prune.recalibrate, "split": split, "acc_before_ft": before,
             "sparsity_pruned_layers": zeros["pruned_layers"], "baseline": baseline}
     update_run_json(run, prune=info)
     if finish is not None:
         finish(run)
     _, final, _, rinfo = load_trained(run)
+    ev = read_json(run / "eval.json") if split == "test" else {}  # finish() has just scored the test split
     row = {"name": f"{kind} {round(100 * amount)}%", "kind": kind, "amount": amount, "split": split,
            "acc_before_ft": before, "run": str(run), "finetune_s": rinfo.get("timing", {}).get("train_s"),
-           **measure(final, cfg, ds, _weights(run))}
+           **measure(final, cfg, ds, _weights(run), ev.get("acc"))}
     baseline = dict(baseline)  # the caller's row keeps its own timing
     if not reuse:  # a sweep times all its points together at the end instead
         add_speeds([baseline, row], cfg)  # timed side by side: the speed-up is a ratio from one run
@@ -286,6 +288,7 @@ def pruned_note(row: dict, base: dict, info: dict) -> str:
     where = "of every layer" if info["scope"] == "layer" else "ranked across layers"
     lines = [f"Pruned from `{info['source']}`: {100 * info['amount']:.0f}% of the {what} {where}"
              + (f", importance {info['importance']}" if info["kind"] == "structured" else "")
+             + f"; BatchNorm statistics re-estimated on {info.get('recalibrate', 0)} training images (0: not)"
              + f"; fine-tuned {info['finetune_epochs']} epoch(s).", "",
              "| | unpruned | pruned |", "|---|---|---|",
              f"| {info['split']} accuracy | {base['acc']:.4f} | {row['acc']:.4f} (before fine-tune {row['acc_before_ft']:.4f}) |",
@@ -322,6 +325,7 @@ def prune_sweep(run_dir: str | Path, amounts, kind: str = "structured", finetune
     add_speeds(rows, load_config(src / "config.yaml"))  # all points timed together, after the training is over
     for row in rows[1:]:
         info = read_json(Path(row["run"]) / "prune.json")
+        write_json(Path(row["run"]) / "prune.json", {**info, "row": row, "baseline": base})  # now with speeds
         (Path(row["run"]) / "PRUNED.md").write_text(pruned_note(row, base, info))
     write_json(folder / "sweep.json", {"source": str(src), "kind": kind, "finetune_epochs": finetune_epochs,
                                        "importance": importance, "scope": scope, "rows": rows})

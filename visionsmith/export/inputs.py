@@ -85,7 +85,8 @@ def _folder_pixels(folder: Path, cfg, eval_tf: BatchTransform, n: int, gray: boo
             continue  # a calibration set needs representative images, not every file
     if not images:
         raise DataError(f"calibration folder {folder} has no readable images "
-                        f"({', '.join(IMAGE_EXTENSIONS)}); point --calib-data at a folder of images like the training data")
+                        f"({', '.join(IMAGE_EXTENSIONS)}); point --calib-data at a folder of images like the "
+                        "training data")
     with torch.no_grad():
         px = pixel_transform(eval_tf)(torch.stack(images), None)
     return Pixels(px, None, f"{len(images)} images from {folder}")

@@ -129,7 +129,7 @@ def export_onnx(run_dir: str | Path, int8: str | None = None, opset: int = DEFAU
                 quant["calib_source"] = cal.source
             set_metadata(tmp_int8, {**meta, "quantization": quant})
             parity["int8"] = compare(ref, ort_logits(OnnxClassifier(tmp_int8, threads), held.pixels), labels, atol)
-            check_int8(parity["int8"], max_drop)
+            check_int8(parity["int8"], max_drop, int8)
             final = tmp_int8
         os.replace(final, out)  # the only step that makes the file look done
     finally:
@@ -160,8 +160,9 @@ def _torch_export(pixel_model, eval_tf, opset: int, path: Path, run_dir: Path, c
     except Exception as e:  # noqa: BLE001 - the exporter raises many types; the user needs one line
         hint = (f" A {cfg.adapt.mode} run: fold its adapters first (`visionsmith merge {run_dir}`) and export "
                 "the merged run." if cfg.adapt.mode in PEFT_MODES else "")
+        first = (str(e).strip().splitlines() or [""])[0]
         raise ExportError(f"torch.onnx.export could not export {cfg.model.name} from {run_dir}: "
-                          f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}.{hint}") from e
+                          f"{type(e).__name__}: {first}.{hint}") from e
     finally:
         log.setLevel(level)
     proto = program.model_proto
@@ -173,7 +174,8 @@ def _torch_export(pixel_model, eval_tf, opset: int, path: Path, run_dir: Path, c
 
 
 def set_metadata(path: Path, meta: dict) -> None:
-    """Write ``meta`` as JSON under ``metadata_props["visionsmith"]`` of the ONNX file at ``path``."""
+    """Write ``meta`` as JSON under ``metadata_props["visionsmith"]`` of the ONNX file at ``path``
+    (which must pass ``onnx.checker``)."""
     import onnx
     model = onnx.load(str(path))
     keep = [p for p in model.metadata_props if p.key != METADATA_KEY]
@@ -181,6 +183,7 @@ def set_metadata(path: Path, meta: dict) -> None:
     model.metadata_props.extend(keep)
     entry = model.metadata_props.add()
     entry.key, entry.value = METADATA_KEY, json.dumps(meta)
+    onnx.checker.check_model(model)  # a file other runtimes can read, not only the ORT we check with
     onnx.save_model(model, str(path))
 
 

@@ -70,11 +70,12 @@ def check_fp32(res: dict, atol: float = FP32_ATOL) -> None:
             "bug for this model: report it with the run's config.yaml (try another --opset)")
 
 
-def check_int8(res: dict, max_drop: float = INT8_MAX_DROP) -> None:
+def check_int8(res: dict, max_drop: float = INT8_MAX_DROP, mode: str = "static") -> None:
     """Raise ``ParityError`` when INT8 loses more than ``max_drop`` accuracy points."""
     if "acc_drop_points" in res and res["acc_drop_points"] > max_drop:
+        hint = ("Try more calibration images (--calib)" if mode == "static" else
+                "Dynamic INT8 quantizes activations batch by batch and loses accuracy on CNNs: use --int8 static")
         raise ParityError(
-            f"INT8 model loses {res['acc_drop_points']:.2f} accuracy points on {res['n']} held-out images "
+            f"{mode} INT8 model loses {res['acc_drop_points']:.2f} accuracy points on {res['n']} held-out images "
             f"({100 * res['acc_ref']:.2f}% -> {100 * res['acc']:.2f}%, bound {max_drop:.2f}, top-1 agreement "
-            f"{100 * res['top1_agreement']:.2f}%); nothing was written. Try static INT8 with more calibration "
-            "images (--calib), or raise the bound with --max-drop")
+            f"{100 * res['top1_agreement']:.2f}%); nothing was written. {hint}, or raise the bound with --max-drop")

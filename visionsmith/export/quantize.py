@@ -4,17 +4,21 @@ Static (the default): activation ranges calibrated on real images, written as QD
 (QuantizeLinear/DequantizeLinear pairs around each op); ONNX Runtime fuses Q -> Conv -> DQ into
 integer kernels at load time.  Dynamic (fallback, no images needed): only the weights are
 quantized ahead of time, activation ranges are computed per batch at run time (ConvInteger /
-MatInteger); made for transformers and RNNs, slow and lossy on CNNs (see the README).
+MatMulInteger); made for transformers and RNNs, slow and lossy on CNNs (see the README).
 
-Defaults, measured on the project's 2-core AMD EPYC (AVX2 + AVX512-VNNI) with MobileNetV2 on
-Fashion-MNIST, batch 32 (images/s relative to ONNX Runtime fp32, accuracy drop on 2000 test images):
+Defaults, measured on the project's 2-core AMD EPYC (AVX2, AVX512-VNNI and AVX-VNNI) with a
+1-epoch MobileNetV2 at 32 px on Fashion-MNIST (fp32 accuracy 0.8865 on 2000 test images), ONNX
+Runtime 1.32, 2 threads, batch 32; speed relative to ONNX Runtime fp32 in the same process (the
+machine was shared, so +-20%), accuracy change in points:
 
-    QDQ, per-channel, activations u8, weights s8 (u8s8)   ~1.7-2.0x  -0.2 points   <- default
-    QDQ, per-channel, s8s8 (ORT's default types)          ~0.8-1.0x  -0.2 points
-    QDQ, per-tensor weights                               ~2.0x      -10 points (depthwise convs)
-    QOperator, s8s8                                       ~0.1x      (no fast s8s8 kernels on x86)
-    QDQ, Conv/Gemm only (Add left in float)               ~1.2x      +0.4 points
-    dynamic (ConvInteger)                                 ~0.1x      -11 points
+    QDQ, per-channel weights, u8 activations x s8 weights   1.8x   +0.2   <- the default
+    the same with reduce_range (7-bit weights)               1.8x   -0.2
+    QDQ, per-channel, s8 x s8 (ORT's default types)          0.7x   +0.2
+    QDQ, per-channel, u8 x u8                                1.0x   +0.2
+    QDQ, per-tensor weights, u8 x s8                         2.0x  -10.3   (depthwise convs need per-channel)
+    QOperator (QLinearConv), u8 x s8 / s8 x s8               1.4x / 0.05x
+    QDQ, only Conv and Gemm quantized (Add left in float)    1.0x   -0.4   (Q/DQ pairs around every Add)
+    dynamic (ConvInteger, activations quantized per batch)   0.08x -10.8
 
 u8s8 is the layout x86 integer kernels are built for: AVX2's VPMADDUBSW and VNNI's VPDPBUSD
 both multiply unsigned by signed bytes.  Without VNNI, VPMADDUBSW adds pairs of u8*s8 products

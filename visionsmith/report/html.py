@@ -406,6 +406,30 @@ def _robustness(data: RunData) -> str:
                     _img(robustness_plot(curves), "accuracy against epsilon", "no curve") + robustness_table(curves))
 
 
+def _pruning(data: RunData) -> str:
+    """What pruning removed and what it cost and bought (``prune.json`` of ``visionsmith prune``)."""
+    import json
+
+    try:
+        p = json.loads((data.run_dir / "prune.json").read_text())
+        row, base = p["row"], p["baseline"]
+    except (OSError, ValueError, KeyError):
+        return ""
+    what = "output channels (the model is smaller)" if p.get("kind") == "structured" else \
+        "weights, zeroed in place (same size and speed with dense kernels)"
+    sub = (f"{fmt.pct(p.get('amount'), 0)} of the {what}, from <code>{esc(str(p.get('source')))}</code>; "
+           f"fine-tuned {esc(str(p.get('finetune_epochs')))} epoch(s). Speeds were timed side by side in one process.")
+    rows = [("accuracy", fmt.pct(base.get("acc")), f"{fmt.pct(row.get('acc'))} (before fine-tune "
+                                                   f"{fmt.pct(row.get('acc_before_ft'))})"),
+            ("parameters", fmt.count(base.get("params")), fmt.count(row.get("params"))),
+            ("zero parameters", fmt.pct(base.get("zeros"), 1), fmt.pct(row.get("zeros"), 1)),
+            ("MACs per image", fmt.count(base.get("macs")), fmt.count(row.get("macs"))),
+            ("forward img/s", fmt.rate(base.get("img_per_s")), fmt.rate(row.get("img_per_s")))]
+    body = "<table><tr><th></th><th>before pruning</th><th>this run</th></tr>" + "".join(
+        f"<tr><td>{esc(k)}</td><td>{a}</td><td>{b}</td></tr>" for k, a, b in rows) + "</table>"
+    return _section("pruning", "Pruning", sub, body)
+
+
 def _teacher_model(tdir: Path) -> str:
     import yaml
 
@@ -420,6 +444,7 @@ SECTIONS = [
     ("evaluation", "Test evaluation", _evaluation),
     ("distillation", "Distillation", _distillation),
     ("robustness", "Robustness", _robustness),
+    ("pruning", "Pruning", _pruning),
     ("mistakes", "Mistakes", _mistakes),
     ("published", "Published", _published),
     ("details", "Run details", _details),

@@ -75,6 +75,12 @@ class Batcher:
         self.executor = executor
         self._queue = asyncio.Queue()
         self._wake = asyncio.Event()
+        # Per-model metric children looked up once; the queue depth is read when /metrics is scraped.
+        name = self.backend.name
+        self._batch_size = self.metrics.batch_size.labels(name)
+        self._inference_seconds = self.metrics.inference_seconds.labels(name)
+        queue = self._queue
+        self.metrics.queue_depth.labels(name).set_function(queue.qsize)
         self._task = asyncio.get_running_loop().create_task(self._worker(), name=f"batcher-{self.backend.name}")
 
     async def stop(self) -> None:
@@ -116,7 +122,6 @@ class Batcher:
         for it in items:
             self._queue.put_nowait(it)
         self._wake.set()
-        self.metrics.queue_depth.labels(self.backend.name).set(self._queue.qsize())
         return _stack(asyncio.gather(*(it.future for it in items)))
 
     # -- the worker ----------------------------------------------------------------------------
@@ -147,7 +152,6 @@ class Batcher:
         name = self.backend.name
         while True:
             batch = await self._collect()
-            self.metrics.queue_depth.labels(name).set(self._queue.qsize())
             if not batch:
                 continue
             t0 = time.perf_counter()
@@ -161,8 +165,8 @@ class Batcher:
             except Exception as e:  # noqa: BLE001 - never let the worker die: fail this batch, serve the next
                 log.exception("batch of %d for model %s failed", len(batch), name)
                 results = [e] * len(batch)
-            self.metrics.batch_size.labels(name).observe(len(batch))
-            self.metrics.inference_seconds.labels(name).observe(time.perf_counter() - t0)
+            self._batch_size.observe(len(batch))
+            self._inference_seconds.observe(time.perf_counter() - t0)
             for it, r in zip(batch, results):
                 if it.future.done():
                     continue

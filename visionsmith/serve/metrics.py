@@ -1,11 +1,12 @@
 """Prometheus metrics of one app: requests by status, latency, batch sizes, queue depth.
 
 Each app gets its own ``CollectorRegistry`` (not prometheus_client's global one), so several apps
-in one process (tests, the benchmark) count separately.  ``GET /metrics`` serves ``render()``.
+in one process (tests, the benchmark) count separately.  ``GET /metrics`` serves ``render(accept)``.
 """
 from __future__ import annotations
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.exposition import choose_encoder
 
 # Seconds; from sub-millisecond (tiny model, warm) to seconds (big batch on a busy CPU).
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -15,8 +16,6 @@ BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 class Metrics:
     """The counters and histograms; label ``handler`` is a route template, never a raw URL, so a
     scan of random paths cannot blow up the number of series."""
-
-    content_type = CONTENT_TYPE_LATEST
 
     def __init__(self):
         self.registry = r = CollectorRegistry()
@@ -31,5 +30,8 @@ class Metrics:
                                            ["model"], buckets=LATENCY_BUCKETS, registry=r)
         self.queue_depth = Gauge("visionsmith_queue_depth", "Images waiting for the model", ["model"], registry=r)
 
-    def render(self) -> bytes:
-        return generate_latest(self.registry)
+    def render(self, accept: str | None = None) -> tuple[bytes, str]:
+        """(body, content type) in the format the scraper's Accept header asks for: Prometheus
+        text 0.0.4 by default (what every Prometheus understands), 1.0.0 or OpenMetrics on request."""
+        encode, content_type = choose_encoder(accept or "")
+        return encode(self.registry), content_type

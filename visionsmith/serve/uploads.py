@@ -18,6 +18,8 @@ import base64
 import binascii
 import json
 
+from python_multipart.exceptions import MultipartParseError
+from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import Request
 
 from ..data import BadImageError
@@ -64,7 +66,7 @@ async def read_images(request: Request, limit: int, max_images: int) -> tuple[li
         raise ClientError(400, f"empty request body: {HOW_TO_SEND}")
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if ctype == "multipart/form-data":
-        images, options = await _from_multipart(request, body, limit, max_images)
+        images, options = _from_multipart(request.headers["content-type"], body, max_images)
     elif ctype == "application/json" or ctype.endswith("+json"):
         images, options = _from_json(body, max_images)
     elif ctype.startswith("image/") or ctype in RAW_TYPES:
@@ -76,21 +78,69 @@ async def read_images(request: Request, limit: int, max_images: int) -> tuple[li
     return images, options
 
 
-async def _from_multipart(request: Request, body: bytes, limit: int, max_images: int):
-    # Parse the bytes already read (and counted) by handing Starlette a receive() that replays them.
-    async def replay():
-        return {"type": "http.request", "body": body, "more_body": False}
-    form = await Request(request.scope, replay).form(max_files=max_images, max_fields=20, max_part_size=limit)
-    images, options = [], {}
+def _from_multipart(content_type: str, body: bytes, max_images: int):
+    """Parse a multipart body that is already in memory: file parts -> images, others -> options.
+
+    python-multipart's parser is fed the bytes directly; Starlette's form parser would copy each
+    file into a temporary file first (measured: 0.1 ms a request, 15% of a small request's time)."""
+    _, params = parse_options_header(content_type)
+    boundary = params.get(b"boundary")
+    if not boundary:
+        raise ClientError(400, "multipart/form-data without a boundary in its Content-Type")
+    parts: list[dict] = []
+    cur: dict = {}
+    field = value = b""
+
+    def on_part_begin():
+        nonlocal cur
+        cur = {"headers": {}, "data": []}
+
+    def on_header_field(data, start, end):
+        nonlocal field
+        field += data[start:end]
+
+    def on_header_value(data, start, end):
+        nonlocal value
+        value += data[start:end]
+
+    def on_header_end():
+        nonlocal field, value
+        cur["headers"][field.lower()] = value
+        field = value = b""
+
+    def on_part_data(data, start, end):
+        cur["data"].append(data[start:end])
+
+    def on_part_end():
+        parts.append(cur)
+        if sum("filename" in _disposition(p) for p in parts) > max_images:
+            raise ClientError(413, f"more than {max_images} images in one request; the limit is {max_images}",
+                              limit=max_images)
+
+    parser = MultipartParser(boundary, {"on_part_begin": on_part_begin, "on_header_field": on_header_field,
+                                        "on_header_value": on_header_value, "on_header_end": on_header_end,
+                                        "on_part_data": on_part_data, "on_part_end": on_part_end})
     try:
-        for key, value in form.multi_items():
-            if isinstance(value, str):
-                options[key] = value
-            else:  # an UploadFile
-                images.append((value.filename or key, await value.read()))
-    finally:
-        await form.close()
+        parser.write(body)
+        parser.finalize()
+    except MultipartParseError as e:
+        raise ClientError(400, f"malformed multipart/form-data body: {e}") from None
+    images, options = [], {}
+    for part in parts:
+        disp = _disposition(part)
+        name = disp.get("name", "")
+        data = b"".join(part["data"])
+        if "filename" in disp:  # a file part (an empty filename is still a file field)
+            images.append((disp["filename"] or name or f"file {len(images)}", data))
+        else:
+            options[name] = data.decode("utf-8", "replace")
     return images, options
+
+
+def _disposition(part: dict) -> dict[str, str]:
+    """``Content-Disposition: form-data; name="file"; filename="x.png"`` -> {"name": ..., "filename": ...}."""
+    _, params = parse_options_header(part["headers"].get(b"content-disposition", b"").decode("latin-1"))
+    return {k.decode("latin-1"): v.decode("utf-8", "replace") for k, v in params.items()}
 
 
 def _from_json(body: bytes, max_images: int):
