@@ -25,6 +25,8 @@ def read_curves(run_dir: Path) -> dict:
 
 
 def _label(key: str, c: dict) -> str:
+    if c.get("label"):  # set by callers that plot several runs together
+        return str(c["label"])
     steps = "" if c.get("attack") == "fgsm" else f"-{c.get('steps')}"
     return f"{str(c.get('attack', key)).upper()}{steps} ({'L-inf' if c.get('norm') == 'linf' else 'L2'})"
 
@@ -42,17 +44,25 @@ def robustness_plot(curves: dict, title: str = "Accuracy under attack") -> str |
     with rc_context(STYLE):
         fig = Figure(figsize=(5.3, 3.1))
         ax = fig.add_subplot()
+        ends = []
         for (key, c), color in zip(curves.items(), COLORS * 4):
             pts = sorted(c["points"], key=lambda p: p["eps"])
             xs, ys = [p["eps"] for p in pts], [p["acc"] for p in pts]
             ax.plot(xs, ys, color=color, lw=2, marker="o", ms=5, label=_label(key, c))
-            ax.annotate(f"{ys[-1]:.3f}", (xs[-1], ys[-1]), textcoords="offset points", xytext=(0, 7),
-                        ha="center", color=color, fontsize=8)
+            ends.append((ys[-1], xs[-1], color))
+        # Final-eps values to the right of the last point, nudged apart when two curves end close.
+        last = None
+        for y, x, color in sorted(ends):
+            ty = y if last is None or y - last > 0.06 else last + 0.06
+            ax.annotate(f"{y:.3f}", (x, y), xytext=(x * 1.025, ty), textcoords="data", ha="left", va="center",
+                        color=color, fontsize=8, fontweight="bold")
+            last = ty
+        ax.set_xlim(right=max(x for _, x, _ in ends) * 1.14 if any(x for _, x, _ in ends) else None)
         ax.set_ylim(0, 1.05)
         ax.set_xlabel("epsilon (fraction of the [0, 1] pixel range)")
         ax.set_ylabel("accuracy")
         ax.set_title(title)
-        ax.legend(loc="upper right")
+        ax.legend(loc="lower left")
         return _png(fig)
 
 
