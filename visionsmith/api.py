@@ -115,6 +115,23 @@ def _expand(inputs) -> list[Path]:
     return files
 
 
+def _decode_all(inputs, decode) -> tuple[PredictResult, list[Path], list[torch.Tensor]]:
+    """``decode(path) -> uint8 [C, H, W]`` on every input file: (result holding the bad files with
+    their reasons, the good files, their tensors).  A bad file is listed, never raised."""
+    from .data import DataError
+    res, good, tensors = PredictResult(), [], []
+    for f in _expand(inputs):
+        if not f.exists():
+            res.bad.append((str(f), "no such file"))
+            continue
+        try:
+            tensors.append(decode(f))
+            good.append(f)
+        except DataError as e:
+            res.bad.append((str(f), getattr(e, "reason", str(e))))
+    return res, good, tensors
+
+
 @torch.no_grad()
 def predict(run_dir: str | Path, inputs, topk: int = 5, batch_size: int = 64) -> PredictResult:
     """Top-k classes for each image file (folders are searched recursively).
@@ -122,7 +139,7 @@ def predict(run_dir: str | Path, inputs, topk: int = 5, batch_size: int = 64) ->
     Every good file gets an answer; bad ones (unreadable, not an image, too many pixels) are
     listed in ``.bad`` with the reason, never raised.
     """
-    from .data import DataError, image_to_uint8, load_image
+    from .data import image_to_uint8, load_image
     from .engine.build import build_transforms, load_trained
 
     if str(run_dir).lower().endswith(".onnx"):
@@ -135,17 +152,8 @@ def predict(run_dir: str | Path, inputs, topk: int = 5, batch_size: int = 64) ->
     _, eval_tf = build_transforms(cfg, model)
     gray = info.get("data", {}).get("channels", 3) == 1
     size = cfg.data.cache_size or cfg.data.image_size
-    res = PredictResult()
-    good, tensors = [], []
-    for f in _expand(inputs):
-        if not f.exists():
-            res.bad.append((str(f), "no such file"))
-            continue
-        try:
-            tensors.append(image_to_uint8(load_image(f, grayscale=gray, max_pixels=cfg.data.max_pixels), size, gray))
-            good.append(f)
-        except DataError as e:
-            res.bad.append((str(f), getattr(e, "reason", str(e))))
+    res, good, tensors = _decode_all(
+        inputs, lambda f: image_to_uint8(load_image(f, grayscale=gray, max_pixels=cfg.data.max_pixels), size, gray))
     k = min(topk, len(classes))
     for i in range(0, len(tensors), batch_size):
         x = eval_tf(torch.stack(tensors[i:i + batch_size]), None)
@@ -160,20 +168,9 @@ def _predict_onnx(path: Path, inputs, topk: int, batch_size: int) -> PredictResu
     """``predict`` with an exported ONNX file: same decoding and resize as the run, ONNX Runtime."""
     import numpy as np
 
-    from .data import DataError
     from .export import OnnxClassifier
     clf = OnnxClassifier(path)  # FileNotFoundError / ValueError for a missing or foreign file
-    res = PredictResult()
-    good, tensors = [], []
-    for f in _expand(inputs):
-        if not f.exists():
-            res.bad.append((str(f), "no such file"))
-            continue
-        try:
-            tensors.append(clf.decode(f))
-            good.append(f)
-        except DataError as e:
-            res.bad.append((str(f), getattr(e, "reason", str(e))))
+    res, good, tensors = _decode_all(inputs, clf.decode)
     k = min(topk, len(clf.classes))
     for i in range(0, len(tensors), batch_size):
         pixels = clf.preprocess(torch.stack(tensors[i:i + batch_size]))  # [B, C, S, S] in [0, 1]

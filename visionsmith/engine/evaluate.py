@@ -31,6 +31,28 @@ def predict_logits(model: nn.Module, ds: ImageDataset, transform: BatchTransform
     return torch.cat(out) if out else torch.empty(0)
 
 
+def run_and_split(run_dir, split: str, which: str = "best"):
+    """What evaluating a run folder on ``split`` needs: (cfg, model in eval mode on the best device,
+    classes, all datasets, the split's dataset, eval transform, device).  An empty split or a class
+    list that changed since training is a ValueError that says so."""
+    from ..data import build_datasets
+    from .build import build_transforms, load_trained
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    cfg, model, classes, _ = load_trained(run_dir, which, device)
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    data = build_datasets(cfg.data, cfg.seed)
+    if split not in data or not len(data[split]):
+        raise ValueError(f"split {split!r} is empty for data {cfg.data.name!r}; choose from "
+                         f"{', '.join(k for k, v in data.items() if len(v))}")
+    ds = data[split]
+    if list(ds.classes) != list(classes):
+        raise ValueError(f"the run was trained on classes {classes} but the data now has {ds.classes}")
+    _, eval_tf = build_transforms(cfg, model)
+    return cfg, model, classes, data, ds, eval_tf, device
+
+
 def evaluate_run(run_dir, split: str = "test", which: str = "best", worst_k: int = 16) -> dict:
     """Evaluate a run's weights on ``split``; writes ``eval.json`` (+ ``eval_worst.npz``) for the
     test split, ``eval-<split>.json`` otherwise.  Returns the metrics dict.
@@ -44,24 +66,11 @@ def evaluate_run(run_dir, split: str = "test", which: str = "best", worst_k: int
     import numpy as np
 
     from ..config import SSL_METHODS
-    from ..data import build_datasets
     from ..tasks.classification import compute_metrics, worst_mistakes
-    from .build import build_transforms, load_trained
     from .runfolder import update_run_json, write_json
 
     run_dir = Path(run_dir)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    cfg, model, classes, _ = load_trained(run_dir, which, device)
-    if cfg.train.threads:
-        torch.set_num_threads(cfg.train.threads)
-    data = build_datasets(cfg.data, cfg.seed)
-    if split not in data or not len(data[split]):
-        raise ValueError(f"split {split!r} is empty for data {cfg.data.name!r}; choose from "
-                         f"{', '.join(k for k, v in data.items() if len(v))}")
-    ds = data[split]
-    if list(ds.classes) != list(classes):
-        raise ValueError(f"the run was trained on classes {classes} but the data now has {ds.classes}")
-    _, eval_tf = build_transforms(cfg, model)
+    cfg, model, classes, data, ds, eval_tf, device = run_and_split(run_dir, split, which)
     if cfg.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
     t0 = time.perf_counter()

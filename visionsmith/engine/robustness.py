@@ -63,8 +63,7 @@ def robustness_run(run_dir, eps=DEFAULT_EPS, name: str = "pgd", norm: str = "lin
     means all.  Returns the curve dict stored under its key in ``robustness.json``.
     """
     from ..config import SSL_METHODS
-    from ..data import build_datasets
-    from .build import build_transforms, load_trained
+    from .evaluate import run_and_split
     from .runfolder import read_json, write_json
 
     eps_list = parse_eps(eps)
@@ -75,19 +74,10 @@ def robustness_run(run_dir, eps=DEFAULT_EPS, name: str = "pgd", norm: str = "lin
     if steps < 1:
         raise ValueError(f"--steps must be >= 1, got {steps}")
     run_dir = Path(run_dir)
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    cfg, model, classes, _ = load_trained(run_dir, which, device)
+    cfg, model, _, _, ds, eval_tf, device = run_and_split(run_dir, split, which)
     if cfg.method in SSL_METHODS:
         raise ValueError(f"{run_dir} is a self-supervised pretraining run: it has no trained classifier to attack")
-    if cfg.train.threads:
-        torch.set_num_threads(cfg.train.threads)
-    data = build_datasets(cfg.data, cfg.seed)
-    if split not in data or not len(data[split]):
-        raise ValueError(f"split {split!r} is empty for data {cfg.data.name!r}; choose from "
-                         f"{', '.join(k for k, v in data.items() if len(v))}")
-    ds = data[split]
     n = len(ds) if images <= 0 else min(images, len(ds))
-    _, eval_tf = build_transforms(cfg, model)
     # Pixels exactly as evaluation sees them (resized, channels matched), before normalisation.
     pixels = torch.cat([eval_tf.to_pixels(eval_tf(ds.images[i:min(i + 1024, n)])) for i in range(0, n, 1024)])
     labels = ds.labels[:n]
