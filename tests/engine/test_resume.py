@@ -78,3 +78,5 @@ def test_sigkill_mid_epoch_then_resume_from_cli(tmp_path):
                          env=env, capture_output=True, text=True)
     assert res.returncode == 0, res.stderr
     _assert_same(_weights(tmp_path / "full"), _weights(tmp_path / "part"))
+    info = json.loads((tmp_path / "part" / "run.json").read_text())  # the command that made the run stays
+    assert info["command"].startswith("visionsmith train") and info["resumed_by"].startswith("visionsmith resume")

@@ -124,7 +124,9 @@ def fit(cfg: Config, out: str | Path | None = None, resume: str | Path | None = 
                               "train": len(train_ds), "val": len(val_ds) if val_ds is not None else 0,
                               "test": len(data["test"]) if "test" in data else 0,
                               "skipped": [list(s) for ds in data.values() for s in ds.skipped]},
-                        command=command_line(), steps_per_epoch=steps_per_epoch, total_steps=total_steps)
+                        steps_per_epoch=steps_per_epoch, total_steps=total_steps,
+                        # The command that made the run stays; a resume is recorded beside it.
+                        **({"command": command_line()} if resume is None else {"resumed_by": command_line()}))
     log = MetricsLog(run_dir / "metrics.jsonl", enabled=d.main)
     eval_model = lambda: ema.module if ema is not None else model  # noqa: E731
 

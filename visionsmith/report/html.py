@@ -329,6 +329,8 @@ def _details(data: RunData) -> str:
     ])
     cmd = run.get("command")
     cmd_html = f"<h3>Command</h3><pre>{esc(str(cmd))}</pre>" if cmd else ""
+    if run.get("resumed_by"):
+        cmd_html += f"<p class=\"sub\">last resumed with <code>{esc(str(run['resumed_by']))}</code></p>"
     body = (f'<div class="grid2"><div><h3>Run</h3>{run_t}<h3>Timing</h3>{timing_t}</div>'
             f"<div><h3>Environment</h3>{env_t}</div></div>{cmd_html}")
     return _section("details", "Run details", "What this result is tied to: code revision, seed, "
@@ -464,13 +466,14 @@ def _version() -> str:
 
 def render_report(data: RunData) -> str:
     """The full HTML page for ``data`` as a string."""
-    sections = "".join(_safe(fn, data, sid, title) for sid, title, fn in SECTIONS)
+    built = [(sid, title, _safe(fn, data, sid, title)) for sid, title, fn in SECTIONS]
+    sections = "".join(html for _, _, html in built)
     # Header, KPIs and notices come after the sections are built so that problems found while
     # drawing a section are listed in the notice at the top too.
     header = _safe(_header, data, "header", "Header")
     kpis = _safe(_kpis, data, "kpis", "Key numbers")
     notices = _notices(data)
-    nav = "".join(f'<a href="#{sid}">{esc(title)}</a>' for sid, title, _ in SECTIONS)
+    nav = "".join(f'<a href="#{sid}">{esc(title)}</a>' for sid, title, html in built if html)  # drawn ones only
     now = dt.datetime.now().astimezone().isoformat(timespec="seconds")
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
