@@ -2,7 +2,9 @@
 __version__ = "0.1.0"
 
 
-_API = {"train", "resume", "evaluate", "predict", "report", "quickstart"}
+# `export` is left out on purpose: `visionsmith.export` is the subpackage (use visionsmith.api.export).
+_API = {"train", "resume", "evaluate", "predict", "report", "quickstart", "merge", "compare", "fewshot", "zeroshot",
+        "robustness", "prune"}
 
 
 def __getattr__(name):  # lazy, so `import visionsmith` stays light

@@ -70,6 +70,13 @@ def test_fgsm_is_one_signed_step_of_eps(digits_run):
     assert (d > 0).float().mean() > 0.9  # the gradient is non-zero almost everywhere
 
 
+def test_package_level_api():
+    import visionsmith
+    assert visionsmith.robustness is api.robustness and visionsmith.prune is api.prune
+    with pytest.raises(AttributeError):
+        visionsmith.no_such_function  # noqa: B018
+
+
 def test_project_l2_and_box():
     x = torch.full((2, 1, 4, 4), 0.5)
     far = x + torch.randn_like(x) * 10
