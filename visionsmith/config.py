@@ -99,6 +99,10 @@ class LoraConfig:
     # non-depthwise Conv2d outside the classifier.  `visionsmith models NAME --modules` lists names.
     targets: list[str] | None = None
     exclude: list[str] = field(default_factory=list)  # patterns removed from the targets
+    # Per-module ranks, {pattern: rank} (peft's rank_pattern: a pattern matches the end of a module
+    # name); modules it does not match get `r`.  E.g. {'features\.[0-9]\..*': 4} for early blocks.
+    rank_pattern: dict[str, int] = field(default_factory=dict)
+    alpha_pattern: dict[str, float] = field(default_factory=dict)  # the same for alpha (the scale is alpha / rank)
 
 
 @dataclass
@@ -377,6 +381,8 @@ def validate(cfg: Config) -> None:
         (cfg.adapt.blocks >= 1, "adapt.blocks must be >= 1"),
         (0 < cfg.adapt.layer_decay <= 1, "adapt.layer_decay must be in (0, 1]"),
         (cfg.adapt.lora.r >= 1, "adapt.lora.r must be >= 1"),
+        (all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in cfg.adapt.lora.rank_pattern.values()),
+         f"adapt.lora.rank_pattern: every rank must be an integer >= 1, got {cfg.adapt.lora.rank_pattern}"),
         (cfg.adapt.prompt_tokens >= 1, "adapt.prompt_tokens must be >= 1"),
         (cfg.method != "distill" or cfg.distill.teacher, "distill.teacher is required when method is "
          "'distill' (a run folder or a registered model name)"),

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import visionsmith as vs
-from visionsmith.config import AdaptConfig, LoraConfig, load_config
+from visionsmith.config import AdaptConfig, ConfigError, LoraConfig, load_config
 from visionsmith.data import build_datasets
 from visionsmith.engine.adapters import load_adapter, merge_run
 from visionsmith.engine.build import build_transforms, load_trained
@@ -45,6 +45,19 @@ def test_a_target_that_matches_nothing_names_the_modules_that_exist():
     with pytest.raises(ValueError, match=r"'blocks' matches no Linear/Conv2d module of ResNet; its module names "
                                          r"are: conv1, layer1\.0\.conv1, "):
         resolve_targets(m, ["blocks"], [])
+
+
+def test_rank_and_alpha_patterns_give_per_module_ranks_and_scales(tmp_path):
+    (tmp_path / "r.yaml").write_text(DIGITS.read_text())
+    cfg = load_config(tmp_path / "r.yaml", ["adapt.mode=lora", "adapt.lora.r=1", "adapt.lora.alpha=2",
+                                            r"adapt.lora.rank_pattern={'layer1\..*': 4}",
+                                            r"adapt.lora.alpha_pattern={'layer1\..*': 8}"])
+    m = adapt_model(create_model("resnet8", num_classes=10, in_chans=1), cfg.adapt)
+    ranks = {n: (mod.r["default"], mod.scaling["default"]) for n, mod in m.named_modules() if hasattr(mod, "lora_A")}
+    assert ranks["layer1.0.conv1"] == (4, 2.0) and ranks["layer2.0.conv1"] == (1, 2.0)
+    assert m.layer1[0].conv1.lora_A["default"].weight.shape[0] == 4
+    with pytest.raises(ConfigError, match="rank_pattern: every rank must be an integer >= 1"):
+        load_config(tmp_path / "r.yaml", ["adapt.mode=lora", "adapt.lora.rank_pattern={'x': 0}"])
 
 
 def test_lora_starts_as_the_pretrained_model_and_trains_under_two_percent():

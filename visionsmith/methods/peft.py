@@ -57,11 +57,14 @@ def _peft_config(cfg: AdaptConfig, targets: list[str]):
     import peft
     lc = cfg.lora
     if cfg.mode == "lora":
-        return peft.LoraConfig(r=lc.r, lora_alpha=lc.alpha, lora_dropout=lc.dropout, target_modules=targets)
+        return peft.LoraConfig(r=lc.r, lora_alpha=lc.alpha, lora_dropout=lc.dropout, target_modules=targets,
+                               rank_pattern=dict(lc.rank_pattern), alpha_pattern=dict(lc.alpha_pattern))
     if cfg.mode == "loha":
-        return peft.LoHaConfig(r=lc.r, alpha=lc.alpha, module_dropout=lc.dropout, target_modules=targets)
+        return peft.LoHaConfig(r=lc.r, alpha=lc.alpha, module_dropout=lc.dropout, target_modules=targets,
+                               rank_pattern=dict(lc.rank_pattern), alpha_pattern=dict(lc.alpha_pattern))
     if cfg.mode == "lokr":
-        return peft.LoKrConfig(r=lc.r, alpha=lc.alpha, module_dropout=lc.dropout, target_modules=targets)
+        return peft.LoKrConfig(r=lc.r, alpha=lc.alpha, module_dropout=lc.dropout, target_modules=targets,
+                               rank_pattern=dict(lc.rank_pattern), alpha_pattern=dict(lc.alpha_pattern))
     # IA3 (Liu et al. 2022): a learned per-channel scale on each target's output
     return peft.IA3Config(target_modules=targets, feedforward_modules=[])
 
