@@ -57,6 +57,7 @@ os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from common import cpu_model, loadavg, write_result  # noqa: E402  (benchmarks/common.py)
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "recipes" / "fashion-mnist-quick.yaml"
@@ -178,19 +179,8 @@ def test_pixels(run: Path, limit: int | None) -> tuple[np.ndarray, np.ndarray, s
 def cpu_info() -> dict:
     from visionsmith.export.quantize import cpu_flags
     flags = cpu_flags()
-    model = "unknown"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
-    return {"model": model, "flags": {f: f in flags for f in FLAGS_OF_INTEREST}}
+    return {"model": cpu_model(), "flags": {f: f in flags for f in FLAGS_OF_INTEREST}}
 
-
-def loadavg() -> list[float] | None:
-    with contextlib.suppress(OSError):
-        return [float(v) for v in Path("/proc/loadavg").read_text().split()[:3]]
-    return None
 
 
 def cpu_pressure() -> str | None:
@@ -361,10 +351,7 @@ def main(argv=None) -> dict:
                 "cpu": cpu, "cpu_count": os.cpu_count(), "platform": platform.platform(),
                 "load_avg_before": load_before, "load_avg_after": load_after, "cpu_pressure_after": cpu_pressure()},
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {args.out}")
-    return result
+    return write_result(args.out, result)
 
 
 if __name__ == "__main__":

@@ -53,7 +53,6 @@ Writes ``benchmarks/results/loop_overhead.json`` (``loop_overhead-quick.json`` w
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime as _dt
 import gc
 import json
@@ -72,6 +71,7 @@ os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
+from common import cpu_model, loadavg, write_result  # noqa: E402  (benchmarks/common.py)
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "recipes" / "fashion-mnist-quick.yaml"
@@ -250,18 +250,6 @@ def trainer_loop(cfg, train, args, tmp: Path, r: int) -> dict:
 
 # -- driver ------------------------------------------------------------------------------------
 
-def cpu_model() -> str:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown"
-
-
-def loadavg() -> list[float] | None:
-    with contextlib.suppress(OSError):
-        return [float(v) for v in Path("/proc/loadavg").read_text().split()[:3]]
-    return None
 
 
 def parse_args(argv=None):
@@ -386,10 +374,7 @@ def main(argv=None) -> dict:
                 "threads": sorted(threads_seen), "cpu_count": os.cpu_count(), "cpu_model": cpu_model(),
                 "platform": platform.platform(), "load_avg_before": load_before, "load_avg_after": load_after},
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {args.out}")
-    return result
+    return write_result(args.out, result)
 
 
 if __name__ == "__main__":

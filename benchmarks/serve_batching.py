@@ -43,7 +43,6 @@ import asyncio
 import contextlib
 import datetime as _dt
 import io
-import json
 import os
 import platform
 import socket
@@ -58,6 +57,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TQDM_DISABLE", "1")
 
 import numpy as np  # noqa: E402
+from common import cpu_model, loadavg, write_result  # noqa: E402  (benchmarks/common.py)
 
 ROOT = Path(__file__).resolve().parents[1]
 MODES = ("batched", "unbatched")
@@ -209,18 +209,6 @@ def pct(xs: list[float], q: float) -> float:
 
 # -- driver --------------------------------------------------------------------------------------
 
-def cpu_model() -> str:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown"
-
-
-def loadavg() -> list[float] | None:
-    with contextlib.suppress(OSError):
-        return [float(v) for v in Path("/proc/loadavg").read_text().split()[:3]]
-    return None
 
 
 def parse_args(argv=None):
@@ -360,10 +348,7 @@ def main(argv=None) -> dict:
                 "python": platform.python_version(), "cpu_count": os.cpu_count(), "cpu_model": cpu_model(),
                 "platform": platform.platform(), "load_avg_before": load_before, "load_avg_after": load_after},
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {args.out}")
-    return result
+    return write_result(args.out, result)
 
 
 if __name__ == "__main__":
