@@ -37,3 +37,15 @@ def test_ddp_two_processes_and_exact_resume(tmp_path, torchrun_available):
     a = load_file(str(full / "checkpoints" / "last.safetensors"))
     b = load_file(str(part / "checkpoints" / "last.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_ddp_worker_error_is_printed_and_fails_the_job(tmp_path, torchrun_available):
+    # Workers leave through os._exit (engine.distributed.run_worker): the error must still be
+    # printed and the exit code still reach torchrun.
+    e = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    res = subprocess.run([torchrun_available, "--standalone", "--nproc_per_node", "2", "-m", "visionsmith", "train",
+                          str(REPO / "recipes" / "digits.yaml"), "train.epochs=0", "--out", str(tmp_path / "bad")],
+                         capture_output=True, text=True, env=e, timeout=300)
+    assert res.returncode != 0
+    assert "train.epochs must be >= 1" in res.stdout + res.stderr
+    assert "failed (exitcode: 2)" in res.stderr

@@ -69,3 +69,30 @@ def current() -> Dist:
     """This process's place in the job, from torchrun's environment variables."""
     return Dist(int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)),
                 int(os.environ.get("LOCAL_RANK", 0)))
+
+
+def run_worker(main) -> None:
+    """Run a torchrun worker's ``main`` and leave through ``os._exit`` with its exit code.
+
+    Everything the run writes is closed by then; skipping interpreter teardown avoids the
+    process-group threads being torn down out of order (an abort after a finished run).
+    """
+    import faulthandler
+    import logging
+    import sys
+    import traceback
+    faulthandler.enable()
+    try:
+        rc = main()
+    except SystemExit as e:  # argparse errors and `raise SystemExit("message")`
+        rc = e.code
+    except BaseException:  # noqa: BLE001 - printed as Python would, then a failing exit code
+        traceback.print_exc()
+        rc = 1
+    if isinstance(rc, str):
+        print(rc, file=sys.stderr)
+        rc = 1
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(int(rc or 0))
