@@ -103,6 +103,17 @@ class LoraConfig:
     # name); modules it does not match get `r`.  E.g. {'features\.[0-9]\..*': 4} for early blocks.
     rank_pattern: dict[str, int] = field(default_factory=dict)
     alpha_pattern: dict[str, float] = field(default_factory=dict)  # the same for alpha (the scale is alpha / rank)
+    # lora: which biases train beside the adapters (peft's `bias`): none, all (every bias in the model,
+    # BatchNorm shifts included: LoRA + BitFit) or lora_only (biases of the adapted layers)
+    bias: Literal["none", "all", "lora_only"] = "none"
+    # also train the affine scale and shift of every normalisation layer (BatchNorm/LayerNorm/GroupNorm)
+    norm: bool = False
+    # module-name patterns (regular expressions, full match) whose own weights train in full beside
+    # the adapters, as peft's modules_to_save; e.g. ['features\.0\..*'] for a small stem
+    train_full: list[str] = field(default_factory=list)
+    # LoRA+ (Hayou et al. 2024): the B factors learn at lr x lr_ratio_b (the paper uses 16; B starts at
+    # zero and A at random, so equal rates under-train B); 1 = plain LoRA
+    lr_ratio_b: float = 1.0
 
 
 @dataclass
@@ -381,6 +392,10 @@ def validate(cfg: Config) -> None:
         (cfg.adapt.blocks >= 1, "adapt.blocks must be >= 1"),
         (0 < cfg.adapt.layer_decay <= 1, "adapt.layer_decay must be in (0, 1]"),
         (cfg.adapt.lora.r >= 1, "adapt.lora.r must be >= 1"),
+        (cfg.adapt.lora.lr_ratio_b > 0, "adapt.lora.lr_ratio_b must be > 0 (1 = plain LoRA, 16 = LoRA+)"),
+        (cfg.adapt.mode == "lora" or (cfg.adapt.lora.bias == "none" and cfg.adapt.lora.lr_ratio_b == 1),
+         f"adapt.lora.bias and adapt.lora.lr_ratio_b need adapt.mode=lora (got {cfg.adapt.mode}); "
+         "other modes can train extra layers with adapt.lora.norm or adapt.lora.train_full"),
         (all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in cfg.adapt.lora.rank_pattern.values()),
          f"adapt.lora.rank_pattern: every rank must be an integer >= 1, got {cfg.adapt.lora.rank_pattern}"),
         (cfg.adapt.prompt_tokens >= 1, "adapt.prompt_tokens must be >= 1"),

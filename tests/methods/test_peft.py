@@ -75,6 +75,58 @@ def test_lora_starts_as_the_pretrained_model_and_trains_under_two_percent():
     assert all("lora_" in n or n.startswith("head.fc") for n in _trainable(m))
 
 
+def test_lora_with_biases_and_norm_layers_trains_exactly_those():
+    m = create_model("mobilenetv2", num_classes=10)
+    bn = {f"{n}.{p}" for n, mod in m.named_modules() if isinstance(mod, torch.nn.BatchNorm2d) for p in ("weight", "bias")}
+    lora = AdaptConfig(mode="lora", lora=LoraConfig(r=1, bias="all"))
+    t = _trainable(adapt_model(create_model("mobilenetv2", num_classes=10), lora))
+    assert {n for n in bn if n.endswith(".bias")} <= {n.replace(".base_layer", "") for n in t}  # LoRA + BitFit
+    assert not any(n.endswith(".weight") and n in bn for n in t)  # BN scales stay frozen
+    t = _trainable(adapt_model(create_model("mobilenetv2", num_classes=10),
+                               AdaptConfig(mode="lora", lora=LoraConfig(r=1, norm=True))))
+    assert bn <= t and all("lora_" in n or n in bn or n.startswith("head.fc") for n in t)
+    # train_full: the stem (not an adapter target here) and an adapted layer's own weight train in full
+    full = AdaptConfig(mode="lora", lora=LoraConfig(r=1, targets=[r"features\.1[0-8]\..*"],
+                                                     train_full=[r"features\.0\.0", r"features\.18\.0"]))
+    t = _trainable(adapt_model(create_model("mobilenetv2", num_classes=10), full))
+    assert {"features.0.0.weight", "features.18.0.base_layer.weight"} <= t
+    with pytest.raises(ValueError, match="train_full: 'stem' matches no module"):
+        adapt_model(create_model("mobilenetv2", num_classes=10),
+                     AdaptConfig(mode="lora", lora=LoraConfig(r=1, train_full=["stem"])))
+
+
+def test_lora_plus_gives_the_b_factors_a_higher_learning_rate(tmp_path):
+    from visionsmith.engine.build import build_optimizer
+    cfg = load_config(DIGITS, ["adapt.mode=lora", "adapt.lora.r=2", "adapt.lora.lr_ratio_b=16", "model.name=resnet8"])
+    m = adapt_model(create_model("resnet8", num_classes=10), cfg.adapt)
+    scale = {id(p): g["lr_scale"] for g in build_optimizer(cfg, m).param_groups for p in g["params"]}
+    named = dict(m.named_parameters())
+    assert {scale[id(p)] for n, p in named.items() if ".lora_B." in n} == {16.0}
+    assert {scale[id(p)] for n, p in named.items() if p.requires_grad and ".lora_B." not in n} == {1.0}
+    with pytest.raises(ConfigError, match="lr_ratio_b must be > 0"):
+        load_config(DIGITS, ["adapt.mode=lora", "adapt.lora.lr_ratio_b=0"])
+    with pytest.raises(ConfigError, match="need adapt.mode=lora"):
+        load_config(DIGITS, ["adapt.mode=loha", "adapt.lora.bias=all"])
+
+
+def test_trained_biases_norms_and_full_layers_reload_and_merge_with_the_adapter(tmp_path):
+    over = ["train.epochs=1", "train.max_steps=6", "train.threads=1", "adapt.mode=lora", "adapt.lora.r=2",
+            "adapt.lora.bias=all", "adapt.lora.norm=true",
+            "adapt.lora.train_full=['conv1']", "model.name=resnet8", "model.in_chans=3",
+            "data.image_size=32", "model.pretrained=false"]
+    run = vs.train(DIGITS, over, out=tmp_path / "lora")
+    cfg, trained, _, _ = load_trained(run)
+    ref = _logits(trained, cfg)
+    _, reloaded, _ = load_adapter(run / "adapter" / "adapter.safetensors")
+    assert (_logits(reloaded, cfg) - ref).abs().max() <= 1e-5
+    merged_dir, diff = merge_run(run, tmp_path / "merged")
+    mcfg, merged, _, _ = load_trained(merged_dir)
+    assert diff <= 1e-5 and (_logits(merged, mcfg) - ref).abs().max() <= 1e-5
+    # resnet8 from scratch starts its BatchNorm at scale 1, shift 0: training moved both
+    norms = [mod for mod in merged.modules() if isinstance(mod, torch.nn.BatchNorm2d)]
+    assert all((mod.weight != 1).any() and (mod.bias != 0).any() for mod in norms)
+
+
 @pytest.mark.parametrize("mode", ["lora", "loha", "lokr", "ia3"])
 def test_every_peft_adapter_merges_to_the_same_function(mode):
     torch.manual_seed(0)

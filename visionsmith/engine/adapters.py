@@ -90,7 +90,8 @@ def merge_run(run_dir: str | Path, out: str | Path | None = None, check_images: 
         raise RuntimeError(f"merged model differs from the adapter model by {diff:.2e} (> 1e-4) in its logits; "
                            "not writing it")
 
-    mcfg = from_dict({**to_dict(cfg), "adapt": {**to_dict(cfg)["adapt"], "mode": "full"}})
+    # a plain model: the adapter settings no longer apply (MERGED.md keeps them)
+    mcfg = from_dict({**to_dict(cfg), "adapt": {**to_dict(cfg)["adapt"], "mode": "full", "lora": {}}})
     out = Path(out) if out is not None else run_dir.with_name(run_dir.name + "-merged")
     if (out / "run.json").exists():
         raise FileExistsError(f"{out} already holds a run; pick another --out")

@@ -17,6 +17,8 @@ import torch.nn as nn
 from ..config import AdaptConfig
 from .transfer import classifier_prefix
 
+NORM_LAYERS = (nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm)
+
 
 def candidate_modules(model: nn.Module) -> list[str]:
     """Names of the layers peft can adapt here: Linear and Conv2d outside the classifier.
@@ -58,7 +60,8 @@ def _peft_config(cfg: AdaptConfig, targets: list[str]):
     lc = cfg.lora
     if cfg.mode == "lora":
         return peft.LoraConfig(r=lc.r, lora_alpha=lc.alpha, lora_dropout=lc.dropout, target_modules=targets,
-                               rank_pattern=dict(lc.rank_pattern), alpha_pattern=dict(lc.alpha_pattern))
+                               rank_pattern=dict(lc.rank_pattern), alpha_pattern=dict(lc.alpha_pattern),
+                               bias=lc.bias)
     if cfg.mode == "loha":
         return peft.LoHaConfig(r=lc.r, alpha=lc.alpha, module_dropout=lc.dropout, target_modules=targets,
                                rank_pattern=dict(lc.rank_pattern), alpha_pattern=dict(lc.alpha_pattern))
@@ -110,6 +113,20 @@ def inject_adapters(model: nn.Module, cfg: AdaptConfig) -> None:
     for name, p in model.named_parameters():
         if name == head or name.startswith(head + "."):
             p.requires_grad_(True)
+    if cfg.lora.norm:
+        for mod in model.modules():
+            if isinstance(mod, NORM_LAYERS):
+                mod.requires_grad_(True)  # affine scale and shift (BN running statistics are buffers)
+    for pat in cfg.lora.train_full:
+        # peft wraps an adapted layer as NAME.base_layer: match the name the user sees in `visionsmith models`
+        hit = [m for n, m in model.named_modules() if re.fullmatch(pat, n.replace(".base_layer", ""))
+               and not any(k in n for k in ("lora_", "hada_", "lokr_", "ia3_"))]
+        if not hit:
+            raise ValueError(f"adapt.lora.train_full: '{pat}' matches no module of {type(model).__name__}; "
+                             f"`visionsmith models NAME` lists the module names")
+        for m in hit:
+            for pname, p in m.named_parameters(recurse=False):
+                p.requires_grad_(True)
 
 
 def adapter_state(model: nn.Module, with_norm_stats: bool) -> dict[str, torch.Tensor]:

@@ -104,11 +104,17 @@ def adapt_model(model: nn.Module, cfg: AdaptConfig) -> nn.Module:
 
 def lr_scales(model: nn.Module, cfg: AdaptConfig) -> dict[str, float]:
     """Per-parameter learning-rate multiplier: ``layer_decay ** (blocks above)``, the head at 1
-    (layer-wise learning-rate decay, as in BEiT / timm's ``param_groups_layer_decay``)."""
-    if cfg.layer_decay >= 1.0:
-        return {}
-    blocks = param_blocks(model)
-    return {n: cfg.layer_decay ** (len(blocks) - i) for i, b in enumerate(blocks) for n in b}
+    (layer-wise learning-rate decay, as in BEiT / timm's ``param_groups_layer_decay``), times
+    ``lora.lr_ratio_b`` on LoRA's B factors (LoRA+)."""
+    scales: dict[str, float] = {}
+    if cfg.layer_decay < 1.0:
+        blocks = param_blocks(model)
+        scales = {n: cfg.layer_decay ** (len(blocks) - i) for i, b in enumerate(blocks) for n in b}
+    if cfg.mode == "lora" and cfg.lora.lr_ratio_b != 1.0:
+        for n, p in model.named_parameters():
+            if ".lora_B." in n and p.requires_grad:
+                scales[n] = scales.get(n, 1.0) * cfg.lora.lr_ratio_b
+    return scales
 
 
 def param_summary(model: nn.Module) -> dict:
