@@ -43,6 +43,10 @@ def test_compare_trains_each_run_once_and_writes_table_and_plot(tmp_path):
     stamp = (folder / "full" / "eval.json").stat().st_mtime_ns
     _, again = run_comparison(spec, tmp_path / "cmp")
     assert (folder / "full" / "eval.json").stat().st_mtime_ns == stamp and again == rows
+    # An edited spec does not reuse a run made from the old one: a stale row would be wrong.
+    spec.write_text(SPEC.replace("adapt.mode=linear, train.lr=0.01", "adapt.mode=linear, train.lr=0.02"))
+    with pytest.raises(ConfigError, match=r"linear was trained with another configuration.*train\.lr differ"):
+        run_comparison(spec, tmp_path / "cmp")
 
 
 @pytest.mark.parametrize("body,match", [

@@ -13,7 +13,7 @@ A spec (see ``recipes/compare-adaptation.yaml``)::
 ``${run-name}`` in an override is replaced by that earlier run's folder.  Each run is its own
 ``python -m visionsmith train`` process, so its peak memory is its own.  A run whose folder
 already holds ``eval.json`` is reused, a half-finished one is resumed: an interrupted comparison
-continues where it stopped.
+continues where it stopped.  Either only if the folder's config is what the spec now gives.
 """
 from __future__ import annotations
 
@@ -89,6 +89,30 @@ def row_of(name: str, run_dir: Path) -> dict:
             "peak_mem_mb": timing.get("peak_mem_mb")}
 
 
+def _changed_keys(a: dict, b: dict, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two nested config dicts."""
+    keys = []
+    for k in sorted(set(a) | set(b)):
+        va, vb = a.get(k), b.get(k)
+        if isinstance(va, dict) and isinstance(vb, dict):
+            keys += _changed_keys(va, vb, f"{prefix}{k}.")
+        elif va != vb:
+            keys.append(f"{prefix}{k}")
+    return keys
+
+
+def _check_same_config(run_dir: Path, base: Path, over: list[str]) -> None:
+    """A run folder is reused or resumed only if it was made from what the spec now says: an edited
+    spec must not leave stale rows in the table."""
+    if not (run_dir / "config.yaml").is_file():
+        return
+    from .config import load_config, to_dict
+    keys = _changed_keys(to_dict(load_config(base, over)), to_dict(load_config(run_dir / "config.yaml")))
+    if keys:
+        raise ConfigError(f"{run_dir} was trained with another configuration than the spec now gives "
+                          f"({', '.join(keys[:6])} differ); delete that folder to train it again, or pass another --out")
+
+
 def run_comparison(spec_path: str | Path, out: str | Path | None = None, only: list[str] | None = None) -> tuple[Path, list[dict]]:
     """Train (or reuse) every run of the spec under ``out`` and write the comparison; -> (folder, rows)."""
     from .api import find_recipe
@@ -108,6 +132,7 @@ def run_comparison(spec_path: str | Path, out: str | Path | None = None, only: l
                 for o in spec.overrides + r.overrides]
         if only and r.name not in only and not (run_dir / "eval.json").is_file():
             continue
+        _check_same_config(run_dir, base, over)
         if not (run_dir / "eval.json").is_file():
             print(f"\n== {r.name}: visionsmith train {base.name} {' '.join(over)}", flush=True)
             resume = (run_dir / "checkpoints" / "last.safetensors").is_file()
