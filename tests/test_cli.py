@@ -54,6 +54,10 @@ def test_eval_and_json(digits_run, cli):
     assert len(m["confusion"]) == 10
     text = cli("eval", out, "--split", "val").stdout
     assert "precision" in text and "val: accuracy" in text
+    # the last weights are scored beside the run's result, never over it (eval.json holds a timing too)
+    before = (out / "eval.json").read_text()
+    assert "test: accuracy" in cli("eval", out, "--weights", "last").stdout
+    assert (out / "eval.json").read_text() == before and (out / "eval-test-last.json").is_file()
 
 
 def test_predict_answers_good_files_and_lists_bad_ones(digits_run, cli, tmp_path):

@@ -55,7 +55,7 @@ def run_and_split(run_dir, split: str, which: str = "best"):
 
 def evaluate_run(run_dir, split: str = "test", which: str = "best", worst_k: int = 16) -> dict:
     """Evaluate a run's weights on ``split``; writes ``eval.json`` (+ ``eval_worst.npz``) for the
-    test split, ``eval-<split>.json`` otherwise.  Returns the metrics dict.
+    best weights on the test split, ``eval-<split>[-last].json`` otherwise.  Returns the metrics dict.
 
     A self-supervised run (method simclr/mim) has no trained classifier: it is scored by kNN on its
     frozen features (bank: ``ssl.knn_bank`` train images), marked ``monitor: "knn"``; its ``loss``
@@ -87,9 +87,12 @@ def evaluate_run(run_dir, split: str = "test", which: str = "best", worst_k: int
     worst = worst_mistakes(logits, ds.labels, k=worst_k)
     m.update(split=split, weights=which, eval_s=round(secs, 2), eval_img_per_s=round(len(ds) / max(secs, 1e-9), 1),
              worst=worst)
-    name = "eval.json" if split == "test" else f"eval-{split}.json"
+    # Only the best weights on test are the run's result (report, compare, run.json); any other
+    # evaluation is written beside it and never replaces it.
+    official = split == "test" and which == "best"
+    name = "eval.json" if official else f"eval-{split}{'' if which == 'best' else '-' + which}.json"
     write_json(run_dir / name, m)
-    if split == "test":
+    if official:
         idx = torch.tensor([w["index"] for w in worst], dtype=torch.long)
         np.savez_compressed(run_dir / "eval_worst.npz", images=ds.images[idx].numpy(),
                             labels=np.array([w["label"] for w in worst]), preds=np.array([w["pred"] for w in worst]),
