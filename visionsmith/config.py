@@ -114,6 +114,9 @@ class LoraConfig:
     # LoRA+ (Hayou et al. 2024): the B factors learn at lr x lr_ratio_b (the paper uses 16; B starts at
     # zero and A at random, so equal rates under-train B); 1 = plain LoRA
     lr_ratio_b: float = 1.0
+    # DoRA (Liu et al. 2024, peft's use_dora): each adapted weight split into a learned per-output
+    # magnitude and a LoRA-updated direction
+    dora: bool = False
 
 
 @dataclass
@@ -393,8 +396,12 @@ def validate(cfg: Config) -> None:
         (0 < cfg.adapt.layer_decay <= 1, "adapt.layer_decay must be in (0, 1]"),
         (cfg.adapt.lora.r >= 1, "adapt.lora.r must be >= 1"),
         (cfg.adapt.lora.lr_ratio_b > 0, "adapt.lora.lr_ratio_b must be > 0 (1 = plain LoRA, 16 = LoRA+)"),
-        (cfg.adapt.mode == "lora" or (cfg.adapt.lora.bias == "none" and cfg.adapt.lora.lr_ratio_b == 1),
-         f"adapt.lora.bias and adapt.lora.lr_ratio_b need adapt.mode=lora (got {cfg.adapt.mode}); "
+        (not (cfg.adapt.lora.dora and cfg.train.channels_last),
+         "adapt.lora.dora=true needs train.channels_last=false: peft's DoRA views its convolution factors "
+         "as contiguous memory and fails on channels-last weights"),
+        (cfg.adapt.mode == "lora" or (cfg.adapt.lora.bias == "none" and cfg.adapt.lora.lr_ratio_b == 1
+                                      and not cfg.adapt.lora.dora),
+         f"adapt.lora.bias, .lr_ratio_b and .dora need adapt.mode=lora (got {cfg.adapt.mode}); "
          "other modes can train extra layers with adapt.lora.norm or adapt.lora.train_full"),
         (all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in cfg.adapt.lora.rank_pattern.values()),
          f"adapt.lora.rank_pattern: every rank must be an integer >= 1, got {cfg.adapt.lora.rank_pattern}"),

@@ -105,6 +105,8 @@ def test_lora_plus_gives_the_b_factors_a_higher_learning_rate(tmp_path):
     assert {scale[id(p)] for n, p in named.items() if p.requires_grad and ".lora_B." not in n} == {1.0}
     with pytest.raises(ConfigError, match="lr_ratio_b must be > 0"):
         load_config(DIGITS, ["adapt.mode=lora", "adapt.lora.lr_ratio_b=0"])
+    with pytest.raises(ConfigError, match="dora=true needs train.channels_last=false"):
+        load_config(DIGITS, ["adapt.mode=lora", "adapt.lora.dora=true", "train.channels_last=true"])
     with pytest.raises(ConfigError, match="need adapt.mode=lora"):
         load_config(DIGITS, ["adapt.mode=loha", "adapt.lora.bias=all"])
 
@@ -127,10 +129,12 @@ def test_trained_biases_norms_and_full_layers_reload_and_merge_with_the_adapter(
     assert all((mod.weight != 1).any() and (mod.bias != 0).any() for mod in norms)
 
 
-@pytest.mark.parametrize("mode", ["lora", "loha", "lokr", "ia3"])
-def test_every_peft_adapter_merges_to_the_same_function(mode):
+@pytest.mark.parametrize("mode,dora", [("lora", False), ("lora", True), ("loha", False), ("lokr", False), ("ia3", False)])
+def test_every_peft_adapter_merges_to_the_same_function(mode, dora):
     torch.manual_seed(0)
-    m = adapt_model(create_model("resnet8", num_classes=10), AdaptConfig(mode=mode, lora=LoraConfig(r=4))).eval()
+    m = adapt_model(create_model("resnet8", num_classes=10),
+                    AdaptConfig(mode=mode, lora=LoraConfig(r=4, dora=dora))).eval()
+    assert dora == any("lora_magnitude_vector" in n for n in _trainable(m))  # DoRA's per-output magnitudes
     with torch.no_grad():  # a trained adapter is not the identity: move every adapter weight
         for n, p in m.named_parameters():
             if p.requires_grad and not n.startswith("head"):

@@ -61,7 +61,7 @@ def _peft_config(cfg: AdaptConfig, targets: list[str]):
     if cfg.mode == "lora":
         return peft.LoraConfig(r=lc.r, lora_alpha=lc.alpha, lora_dropout=lc.dropout, target_modules=targets,
                                rank_pattern=dict(lc.rank_pattern), alpha_pattern=dict(lc.alpha_pattern),
-                               bias=lc.bias)
+                               bias=lc.bias, use_dora=lc.dora)
     if cfg.mode == "loha":
         return peft.LoHaConfig(r=lc.r, alpha=lc.alpha, module_dropout=lc.dropout, target_modules=targets,
                                rank_pattern=dict(lc.rank_pattern), alpha_pattern=dict(lc.alpha_pattern))
