@@ -13,7 +13,7 @@ A spec (see ``recipes/compare-adaptation.yaml``)::
 ``${run-name}`` in an override is replaced by that earlier run's folder.  Each run is its own
 ``python -m visionsmith train`` process, so its peak memory is its own.  A run whose folder
 already holds ``eval.json`` is reused, a half-finished one is resumed: an interrupted comparison
-continues where it stopped.  Either only if the folder's config is what the spec now gives.
+continues where it stopped; both only while the folder's config is what the spec now gives.
 """
 from __future__ import annotations
 

@@ -125,7 +125,7 @@ def inject_adapters(model: nn.Module, cfg: AdaptConfig) -> None:
             raise ValueError(f"adapt.lora.train_full: '{pat}' matches no module of {type(model).__name__}; "
                              f"`visionsmith models NAME` lists the module names")
         for m in hit:
-            for pname, p in m.named_parameters(recurse=False):
+            for p in m.parameters(recurse=False):
                 p.requires_grad_(True)
 
 
