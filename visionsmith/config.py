@@ -127,6 +127,9 @@ class AdaptConfig:
     mode: Literal["full", "linear", "partial", "bitfit", "lora", "loha", "lokr", "ia3", "prompt"] = "full"
     blocks: int = 1  # partial: how many of the last blocks train
     layer_decay: float = 1.0  # full/partial: lr x decay^(blocks above); 1 = off (e.g. 0.75 for ViT fine-tuning)
+    # The new classifier's lr = train.lr x head_lr: a fresh head wants a larger step than a pretrained
+    # backbone or its adapters can take (every mode; 1 = the same rate).
+    head_lr: float = 1.0
     # BatchNorm running statistics of frozen layers.  auto: frozen for linear (a fixed feature
     # extractor), updated otherwise (adapting statistics to the new data trains no parameter).
     bn_stats: Literal["auto", "frozen", "update"] = "auto"
@@ -394,6 +397,7 @@ def validate(cfg: Config) -> None:
         (cfg.data.name != "csv" or cfg.data.csv, "data.csv is required when data.name is 'csv'"),
         (cfg.adapt.blocks >= 1, "adapt.blocks must be >= 1"),
         (0 < cfg.adapt.layer_decay <= 1, "adapt.layer_decay must be in (0, 1]"),
+        (cfg.adapt.head_lr > 0, "adapt.head_lr must be > 0 (a multiplier of train.lr for the new head)"),
         (cfg.adapt.lora.r >= 1, "adapt.lora.r must be >= 1"),
         (cfg.adapt.lora.lr_ratio_b > 0, "adapt.lora.lr_ratio_b must be > 0 (1 = plain LoRA, 16 = LoRA+)"),
         (not (cfg.adapt.lora.dora and cfg.train.channels_last),

@@ -103,13 +103,16 @@ def adapt_model(model: nn.Module, cfg: AdaptConfig) -> nn.Module:
 
 
 def lr_scales(model: nn.Module, cfg: AdaptConfig) -> dict[str, float]:
-    """Per-parameter learning-rate multiplier: ``layer_decay ** (blocks above)``, the head at 1
-    (layer-wise learning-rate decay, as in BEiT / timm's ``param_groups_layer_decay``), times
-    ``lora.lr_ratio_b`` on LoRA's B factors (LoRA+)."""
+    """Per-parameter learning-rate multiplier: ``layer_decay ** (blocks above)``, the head at
+    ``head_lr`` (layer-wise learning-rate decay, as in BEiT / timm's ``param_groups_layer_decay``),
+    times ``lora.lr_ratio_b`` on LoRA's B factors (LoRA+)."""
     scales: dict[str, float] = {}
     if cfg.layer_decay < 1.0:
         blocks = param_blocks(model)
         scales = {n: cfg.layer_decay ** (len(blocks) - i) for i, b in enumerate(blocks) for n in b}
+    if cfg.head_lr != 1.0:
+        head = classifier_prefix(model)
+        scales.update({n: cfg.head_lr for n, _ in model.named_parameters() if _in(n, head)})
     if cfg.mode == "lora" and cfg.lora.lr_ratio_b != 1.0:
         for n, p in model.named_parameters():
             if ".lora_B." in n and p.requires_grad:
