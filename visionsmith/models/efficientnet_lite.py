@@ -43,11 +43,18 @@ _BN_MOMENTUM = 0.01  # PyTorch convention for TF's decay 0.99
 class SameConv2d(nn.Conv2d):
     """``nn.Conv2d`` with TensorFlow "SAME" padding: output size ``ceil(in / stride)``, the odd
     padding pixel going to the bottom/right.  Stride 1 with an odd kernel is plain symmetric
-    padding, so only strided convs pad in ``forward``."""
+    padding, so only strided convs pad in ``forward``.
 
-    def __init__(self, cin: int, cout: int, k: int, stride: int = 1, groups: int = 1):
-        sym = (k - 1) // 2 if stride == 1 else 0
-        super().__init__(cin, cout, k, stride, sym, groups=groups, bias=False)
+    The signature is ``nn.Conv2d``'s because peft's LoRA builds its ``lora_A`` factor as
+    ``type(base_layer)(in, r, kernel_size, stride, padding, bias=False)``: the factor then pads the
+    same way and its output matches the layer's."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, padding=None,
+                 dilation=1, groups: int = 1, bias: bool = False, **kwargs):
+        k, s = nn.modules.utils._pair(kernel_size)[0], nn.modules.utils._pair(stride)[0]
+        if padding is None:
+            padding = (k - 1) // 2 if s == 1 else 0
+        super().__init__(in_channels, out_channels, kernel_size, stride, padding, dilation, groups, bias, **kwargs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         s = self.stride[0]
