@@ -8,7 +8,7 @@ import pytest
 from visionsmith.models import create_model, get_model_entry, list_models
 
 EXPECTED = {"simple_cnn", "simple_cnn_wide", "resnet8", "resnet20", "resnet18", "mobilenetv2",
-            "efficientnet_lite0", "hf_vision", "vit_tiny", "timm_model"}
+            "efficientnet_lite0", "hf_vision", "vit_tiny", "dinov2_small", "timm_model"}
 
 
 def test_all_families_registered():
@@ -16,6 +16,7 @@ def test_all_families_registered():
     assert names == sorted(names)
     assert EXPECTED <= set(names)
     assert get_model_entry("efficientnet_lite0").pretrained == ("efficientnet-lite0-imagenet",)
+    assert get_model_entry("dinov2_small").pretrained == ("dinov2-small-imgfocus",)
     assert get_model_entry("timm_model").needs == ("timm",)
 
 

@@ -105,5 +105,8 @@ def dinov2_small(num_classes: int = 10, pretrained: bool | str = False, in_chans
         sd = _to_installed_names(sd, backbone.state_dict().keys())
         sd["embeddings.mask_token"] = backbone.embeddings.mask_token.detach().clone()  # unused in fine-tuning
         load_strict(backbone, sd, f"weights {path.name}")
+    # The mask token only enters masked-image pretraining (bool_masked_pos): frozen, it is not a
+    # parameter that fine-tuning "trains" without ever giving it a gradient.
+    backbone.embeddings.mask_token.requires_grad_(False)
     _adapt_in_chans(backbone, in_chans)
     return HFVisionModel(backbone, num_classes, drop_rate, pool="pooler", mean=IMAGENET_MEAN, std=IMAGENET_STD)
