@@ -69,8 +69,8 @@ def plot_tradeoffs(rows: list[dict]) -> str | None:
         axes[2].set_xlim(0, max(v / 60 for v in get("train_s")) * 1.3 or 1)
         axes[0].tick_params(axis="y", colors=INK)
         fig.suptitle("Adaptation trade-offs", x=0.01, ha="left", fontsize=11, fontweight="bold", color=INK)
-        fig.text(0.01, -0.02, "same data, epochs and evaluation for every run; bars in table order",
-                 fontsize=8, color=MUTED)
+        fig.text(0.01, -0.02, "bars in table order; each run's settings: the spec's overrides and its run "
+                 "folder's config.yaml", fontsize=8, color=MUTED)
         return _png(fig)
 
 
