@@ -78,7 +78,6 @@ def test_layer_decay_scales_learning_rates_by_depth():
     assert sorted({g["lr_scale"] for g in opt.param_groups}) == sorted({*scales.values(), 1.0})
 
 
-
 def test_head_lr_gives_the_new_head_its_own_rate_in_every_mode():
     cfg = load_config(REPO / "recipes" / "digits.yaml", ["model.name=resnet8", "adapt.mode=lora",
                                                          "adapt.lora.r=2", "adapt.head_lr=5"])
@@ -90,6 +89,7 @@ def test_head_lr_gives_the_new_head_its_own_rate_in_every_mode():
     assert {g["lr_scale"] for g in opt.param_groups} == {1.0, 5.0}  # the adapters at the base rate
     with pytest.raises(Exception, match="head_lr"):
         load_config(REPO / "recipes" / "digits.yaml", ["adapt.head_lr=0"])
+
 
 def test_frozen_parameters_do_not_move_in_training(tmp_path):
     import visionsmith as vs

@@ -2,19 +2,23 @@
 useful, and the ViT adaptation methods (LoRA on its Linear layers, visual prompts) apply to it."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 
 from visionsmith.assets import AssetError, resolve
-from visionsmith.config import AdaptConfig, DataConfig, LoraConfig
+from visionsmith.config import AdaptConfig, LoraConfig, load_config
 from visionsmith.data import build_datasets
+from visionsmith.engine.build import build_transforms
 from visionsmith.methods.transfer import adapt_model, param_summary
 from visionsmith.models import create_model
 from visionsmith.models.dinov2 import ONNX_FEATURES, onnx_backbone_state
 from visionsmith.models.weights import WeightLoadError
 
 skdata = pytest.importorskip("skimage.data")
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -50,17 +54,16 @@ def test_our_dinov2_reproduces_the_onnx_graphs_backbone_on_photos(onnx_path):
 def test_pretrained_features_separate_fashion_mnist_classes_far_better_than_random(onnx_path):
     """Nearest class mean on 56 px Fashion-MNIST (300 prototypes, 300 queries), frozen features
     (4x4 patches are few for a ViT trained at 224 px: far from its best, far above random)."""
-    ds = build_datasets(DataConfig(name="fashion_mnist", image_size=56, val_fraction=0.0), 0)
-    imgs, labels = ds["test"].images[:600], ds["test"].labels[:600]
+    cfg = load_config(REPO / "recipes" / "fashion-mnist-quick.yaml", ["data.image_size=56"])
+    test = build_datasets(cfg.data, cfg.seed)["test"]
+    imgs, labels = test.images[:600], test.labels[:600]
     accs = {}
     for pretrained in (True, False):
         torch.manual_seed(0)
         m = create_model("dinov2_small", num_classes=10, pretrained=pretrained).eval()
-        x = imgs.float().div(255).expand(-1, 3, -1, -1)
-        x = torch.nn.functional.interpolate(x, size=56, mode="bilinear", align_corners=False)
-        mean, std = (torch.tensor(m.pretrained_cfg[k]).view(1, 3, 1, 1) for k in ("mean", "std"))
+        _, eval_tf = build_transforms(cfg, m)  # 28 px gray -> 56 px RGB, the model's mean/std
         with torch.no_grad():
-            f = torch.nn.functional.normalize(m.forward_features((x - mean) / std), dim=1)  # [600, 384]
+            f = torch.nn.functional.normalize(m.forward_features(eval_tf(imgs, None)), dim=1)  # [600, 384]
         protos = torch.stack([f[:300][labels[:300] == c].mean(0) for c in range(10)])
         accs[pretrained] = float(((f[300:] @ protos.T).argmax(1) == labels[300:]).float().mean())
     assert accs[True] > accs[False] + 0.1, accs  # measured 0.51 vs 0.32
