@@ -12,12 +12,14 @@ from pathlib import Path
 
 import torch
 
-from .config import SSL_METHODS, Config, load_config
+from .config import Config, load_config
 from .engine import distributed as D
 from .engine.evaluate import evaluate_run
 from .engine.loop import fit
 from .engine.runfolder import read_json, write_json
+from .methods import trains_head
 from .methods.transfer import PEFT_MODES
+from .errors import UserError
 
 RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 
@@ -52,7 +54,7 @@ def finish(run_dir: Path) -> dict:
     if cfg.adapt.mode in PEFT_MODES and info.get("status") != "interrupted":
         from .engine.adapters import save_adapter
         save_adapter(run_dir)
-    if info.get("data", {}).get("name") == "fashion_mnist" and cfg.method not in SSL_METHODS:
+    if info.get("data", {}).get("name") == "fashion_mnist" and trains_head(cfg):
         write_json(run_dir / "published.json", {"rows": published_fashion_mnist()})
     write_report(run_dir)
     write_model_card(run_dir)
@@ -145,8 +147,8 @@ def predict(run_dir: str | Path, inputs, topk: int = 5, batch_size: int = 64) ->
     if str(run_dir).lower().endswith(".onnx"):
         return _predict_onnx(Path(run_dir), inputs, topk, batch_size)
     cfg, model, classes, info = load_trained(run_dir)
-    if cfg.method in SSL_METHODS:
-        raise ValueError(f"{run_dir} is a self-supervised pretraining run (method={cfg.method}): its classifier was "
+    if not trains_head(cfg):
+        raise UserError(f"{run_dir} is a self-supervised pretraining run (method={cfg.method}): its classifier was "
                          "never trained; train one from it first (method=supervised adapt.mode=linear or full, "
                          f"model.pretrained={run_dir}) and predict with that run")
     _, eval_tf = build_transforms(cfg, model)
@@ -190,7 +192,7 @@ def export(run_dir: str | Path, format: str = "onnx", int8: str | None = None, o
     from .export.onnx import DEFAULT_CALIB, DEFAULT_CHECK, DEFAULT_OPSET
     from .export.parity import INT8_MAX_DROP
     if format != "onnx":
-        raise ValueError(f"export format {format!r} is not supported; use onnx")
+        raise UserError(f"export format {format!r} is not supported; use onnx")
     return export_onnx(run_dir, int8=int8, opset=DEFAULT_OPSET if opset is None else opset, out=out,
                        calib=DEFAULT_CALIB if calib is None else calib, calib_data=calib_data,
                        check=DEFAULT_CHECK if check is None else check,

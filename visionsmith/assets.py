@@ -9,6 +9,8 @@ A missing asset is an ``AssetError`` that says how to get it; nothing here retri
 """
 from __future__ import annotations
 
+from .errors import UserError
+
 import hashlib
 import json
 import os
@@ -21,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 
-class AssetError(RuntimeError):
+class AssetError(UserError, RuntimeError):
     """An asset is missing or does not match its declared hash."""
 
 

@@ -71,8 +71,7 @@ def _print_summary(run_dir: Path, ev: dict) -> None:
               f"(all listed in {run_dir}/run.json)")
     if ev:
         knn = "kNN " if ev.get("monitor") == "knn" else ""
-        print(f"test {knn}accuracy {ev['acc']:.4f}  top-5 {ev['top5']:.4f}  macro-F1 {ev['macro_f1']:.4f}  "
-              f"({ev.get('n', '?')} images)")
+        print(f"test {knn}{_task_of(run_dir).summary(ev)}  ({ev.get('n', '?')} images)")
     timing = info.get("timing", {})
     if timing.get("train_s"):
         secs = timing["train_s"]
@@ -89,14 +88,18 @@ def cmd_eval(a) -> int:
         print(json.dumps({k: v for k, v in m.items() if k != "worst"}, indent=2))
         return 0
     knn = "kNN " if m.get("monitor") == "knn" else ""  # a self-supervised run: no classifier, a kNN vote
-    print(f"{a.split}: {knn}accuracy {m['acc']:.4f}  top-5 {m['top5']:.4f}  macro-F1 {m['macro_f1']:.4f}  "
-          f"loss {m['loss']:.4f}  ({m['n']} images, {m['eval_img_per_s']:.0f} img/s)")
-    pc = m["per_class"]
-    width = max(len(c) for c in m["classes"])
-    print(f"{'class':<{width}}  precision  recall   f1     support")
-    for i, c in enumerate(m["classes"]):
-        print(f"{c:<{width}}  {pc['precision'][i]:.4f}     {pc['recall'][i]:.4f}   {pc['f1'][i]:.4f} {pc['support'][i]:>7}")
+    task = _task_of(Path(a.run))
+    loss = f"  loss {m['loss']:.4f}" if "loss" in m else ""
+    print(f"{a.split}: {knn}{task.summary(m)}{loss}  ({m['n']} images, {m['eval_img_per_s']:.0f} img/s)")
+    print("\n".join(task.per_class_lines(m)))
     return 0
+
+
+def _task_of(run_dir: Path):
+    """The task of a run folder (its saved config), which words its metrics."""
+    from .config import load_config
+    from .tasks import get_task
+    return get_task(load_config(Path(run_dir) / "config.yaml"))
 
 
 def cmd_predict(a) -> int:
@@ -524,16 +527,11 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:  # noqa: BLE001 - the user gets one line; --debug shows the traceback
         if a.debug or not _is_user_error(e):
             raise
-        msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
-        print(f"error: {msg}", file=sys.stderr)
+        print(f"error: {e}", file=sys.stderr)
         return 2
 
 
 def _is_user_error(e: Exception) -> bool:
-    from .assets import AssetError
-    from .config import ConfigError
-    from .data import DataError
-    from .engine.checkpoint import CheckpointError
-    from .models.weights import WeightLoadError
-    return isinstance(e, (AssetError, ConfigError, DataError, CheckpointError, WeightLoadError, FileExistsError,
-                          KeyError, FloatingPointError, ValueError, FileNotFoundError))
+    """Errors the user can act on print one line; anything else is a bug and keeps its traceback."""
+    from .errors import UserError
+    return isinstance(e, (UserError, FileExistsError, FileNotFoundError, FloatingPointError))

@@ -16,8 +16,10 @@ from typing import Any, Literal
 
 import yaml
 
+from .errors import UserError
 
-class ConfigError(ValueError):
+
+class ConfigError(UserError):
     """A config key or value is wrong; the message names the key and the allowed values."""
 
 
@@ -39,8 +41,10 @@ class AugmentConfig:
 
 @dataclass
 class DataConfig:
-    name: Literal["fashion_mnist", "digits", "folder", "csv"] = "fashion_mnist"
-    root: str | None = None  # folder: root/<class>/*.png; csv: base folder for relative paths
+    # classification: fashion_mnist, digits, folder, csv; segmentation: scenes (fashion-mnist scenes, embedded),
+    # masks (root/images + root/masks PNGs), voc (Pascal VOC layout), coco (root/annotations/<split>.json + images)
+    name: Literal["fashion_mnist", "digits", "folder", "csv", "scenes", "masks", "voc", "coco"] = "fashion_mnist"
+    root: str | None = None  # folder: root/<class>/*.png; csv: base folder for relative paths; masks/voc/coco: the dataset
     csv: str | None = None  # csv: file with `path,label` rows
     classes: list[str] | None = None  # csv: the class list (default: sorted labels seen)
     image_size: int = 32  # model input side in pixels
@@ -60,9 +64,9 @@ class DataConfig:
 
 @dataclass
 class EarlyStopConfig:
-    metric: str = "val/acc"
+    metric: str | None = None  # e.g. val/acc; null: the task's headline metric (val/acc, val/miou)
     patience: int = 0  # epochs without improvement before stopping; 0 = off
-    mode: Literal["max", "min"] = "max"
+    mode: Literal["max", "min"] | None = None  # null: the task's direction for its headline
 
 
 @dataclass
@@ -147,9 +151,6 @@ class DistillConfig:
     feature_weight: float = 1.0  # feature/both: weight of the projected-feature MSE (FitNets)
 
 
-SSL_METHODS = ("simclr", "mim")
-
-
 @dataclass
 class AdversarialConfig:
     """Adversarial training (methods/adversarial.py); ``method: adversarial``.  eps and step sizes
@@ -201,10 +202,19 @@ class SSLConfig:
 
 
 @dataclass
+class SegConfig:
+    """Semantic segmentation (tasks/segmentation.py); ``task: segmentation``."""
+    head: Literal["fpn", "deeplabv3plus"] = "fpn"  # the decoder on the backbone's feature pyramid
+    channels: int = 128  # decoder width
+    min_stride: int = 4  # the finest pyramid level the decoder reads
+    dice_weight: float = 0.0  # loss = cross-entropy (255 ignored) + dice_weight x Dice
+
+
+@dataclass
 class Config:
     name: str = "run"
     seed: int = 0
-    task: Literal["classification"] = "classification"
+    task: Literal["classification", "segmentation"] = "classification"  # tasks/<task>.py
     method: Literal["supervised", "distill", "simclr", "mim", "adversarial"] = "supervised"
     device: str = "auto"  # auto: cuda when available, else cpu
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -215,6 +225,7 @@ class Config:
     ssl: SSLConfig = field(default_factory=SSLConfig)
     adversarial: AdversarialConfig = field(default_factory=AdversarialConfig)
     prune: PruneConfig = field(default_factory=PruneConfig)
+    seg: SegConfig = field(default_factory=SegConfig)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -380,8 +391,17 @@ def save_config(cfg: Config, path: Path) -> None:
     path.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
 
 
+_CHECKS: list = []  # rules registered by the layers that own them (e.g. methods.registry: what a method needs)
+
+
+def add_check(fn) -> None:
+    """Run ``fn(cfg)`` (raising ``ConfigError``) in every ``validate``; how a later layer adds the rules only
+    it knows without this module importing it."""
+    _CHECKS.append(fn)
+
+
 def validate(cfg: Config) -> None:
-    """Range checks that types cannot express."""
+    """Range checks that types cannot express, then the registered checks."""
     checks = [
         (cfg.train.epochs >= 1, "train.epochs must be >= 1"),
         (cfg.train.batch_size >= 1, "train.batch_size must be >= 1"),
@@ -410,15 +430,10 @@ def validate(cfg: Config) -> None:
         (all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in cfg.adapt.lora.rank_pattern.values()),
          f"adapt.lora.rank_pattern: every rank must be an integer >= 1, got {cfg.adapt.lora.rank_pattern}"),
         (cfg.adapt.prompt_tokens >= 1, "adapt.prompt_tokens must be >= 1"),
-        (cfg.method != "distill" or cfg.distill.teacher, "distill.teacher is required when method is "
-         "'distill' (a run folder or a registered model name)"),
+        (cfg.seg.channels >= 1 and cfg.seg.min_stride >= 1, "seg.channels and seg.min_stride must be >= 1"),
+        (cfg.seg.dice_weight >= 0, "seg.dice_weight must be >= 0"),
         (cfg.distill.temperature > 0, "distill.temperature must be > 0"),
         (0 <= cfg.distill.alpha <= 1, "distill.alpha must be in [0, 1]"),
-        (cfg.data.labels or cfg.method in SSL_METHODS, f"data.labels=false (unlabelled images) needs a "
-         f"self-supervised method (method=simclr or mim); method {cfg.method!r} learns from labels"),
-        (cfg.method not in SSL_METHODS or cfg.adapt.mode != "linear", f"method={cfg.method} pretrains the "
-         "backbone, which adapt.mode=linear freezes; train the probe afterwards: method=supervised "
-         "adapt.mode=linear model.pretrained=<the pretraining run folder>"),
         (cfg.ssl.temperature > 0, "ssl.temperature must be > 0"),
         (cfg.ssl.knn_temperature > 0, "ssl.knn_temperature must be > 0"),
         (cfg.ssl.proj_hidden >= 1 and cfg.ssl.proj_dim >= 1, "ssl.proj_hidden and ssl.proj_dim must be >= 1"),
@@ -443,9 +458,9 @@ def validate(cfg: Config) -> None:
         (cfg.prune.recalibrate >= 0, "prune.recalibrate must be >= 0 (0: keep the BatchNorm statistics)"),
         (not cfg.prune.source or cfg.adapt.mode == "full", f"prune.source fine-tunes every weight left after pruning: "
          f"adapt.mode must be full, not {cfg.adapt.mode!r}"),
-        (not cfg.prune.source or cfg.method not in SSL_METHODS, f"prune.source: pruning is judged by classification "
-         f"accuracy; method {cfg.method!r} trains no classifier"),
     ]
     for ok, msg in checks:
         if not ok:
             raise ConfigError(msg)
+    for fn in _CHECKS:
+        fn(cfg)

@@ -45,7 +45,7 @@ def make_digits_run(run_dir: Path, epochs: int = 4, batch: int = 64, seed: int =
     (run_dir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
 
     model = torch.nn.Linear(64, 10)
-    task = ClassificationTask(CLASSES)
+    task = ClassificationTask(classes=CLASSES)
     opt = torch.optim.SGD(model.parameters(), lr=0.5)
     steps_per_epoch = math.ceil(1200 / batch)
     total = epochs * steps_per_epoch

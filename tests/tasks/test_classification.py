@@ -134,7 +134,7 @@ def test_worst_mistakes_are_wrong_and_sorted_by_confidence():
 
 
 def test_task_loss_and_postprocess():
-    task = ClassificationTask(_names(7))
+    task = ClassificationTask(classes=_names(7))
     g = torch.Generator().manual_seed(0)
     logits, target = torch.randn(5, 7, generator=g), torch.randint(0, 7, (5,), generator=g)
     assert task.loss(logits, target).item() == pytest.approx(F.cross_entropy(logits, target).item())

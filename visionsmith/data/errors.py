@@ -1,8 +1,10 @@
 """Errors for bad data: one line each, naming the file, folder or key and what to do about it."""
 from __future__ import annotations
 
+from ..errors import UserError
 
-class DataError(ValueError):
+
+class DataError(UserError):
     """A dataset cannot be built as configured (empty folder, one class, unknown label, ...)."""
 
 

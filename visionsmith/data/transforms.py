@@ -19,6 +19,7 @@ from ..config import AugmentConfig
 
 _LUMA = (0.299, 0.587, 0.114)  # ITU-R 601, the same weights as Pillow's convert("L")
 _LOG_RATIO = (math.log(3 / 4), math.log(4 / 3))  # aspect range of the random crop
+IGNORE = 255  # the mask value of pixels no loss or metric counts (outside the image, VOC boundaries)
 
 
 class BatchTransform:
@@ -53,11 +54,15 @@ class BatchTransform:
         return (f"BatchTransform(train={self.train}, image_size={self.image_size}, in_chans={self.in_chans}, "
                 f"augment={self.augment})")
 
-    def __call__(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    def __call__(self, images: torch.Tensor, generator: torch.Generator | None = None,
+                 masks: torch.Tensor | None = None):
         """images uint8 ``[B, C, h, w]`` (or float in [0, 1]) -> float32 ``[B, in_chans, S, S]``.
 
         ``generator`` feeds every random choice in training mode (None: the global RNG, which
         makes the batch unreproducible on resume); eval mode uses no randomness at all.
+        ``masks``: uint8/int64 ``[B, h, w]`` class maps moved with the pixels (the same matrix per
+        sample, nearest neighbour so labels are never blended; pixels warped in from outside the
+        image get ``IGNORE``); then the return value is ``(images, masks int64 [B, S, S])``.
         """
         if images.dim() != 4:
             raise ValueError(f"expected images [B, C, H, W], got shape {tuple(images.shape)}")
@@ -67,10 +72,30 @@ class BatchTransform:
             x = (x * x.new_tensor(_LUMA).view(1, 3, 1, 1)).sum(1, keepdim=True)
         elif c != self.in_chans and c != 1:
             raise ValueError(f"cannot turn {c}-channel images into {self.in_chans} channels")
-        x = self._augment(x, generator) if self.train else self._resize(x)
+        theta = None
+        if self.train:
+            theta = self.sample_params(x.shape[0], generator)
+            x = self._augment(x, theta)
+        else:
+            x = self._resize(x)
         if x.shape[1] != self.in_chans:  # 1 -> 3 after warping: the warp ran on one channel
             x = x.expand(-1, self.in_chans, -1, -1)
-        return self.normalize(x)
+        if masks is None:
+            return self.normalize(x)
+        return self.normalize(x), self._masks(masks, theta)
+
+    def _masks(self, masks: torch.Tensor, theta: torch.Tensor | None) -> torch.Tensor:
+        """``[B, h, w]`` class maps -> int64 ``[B, S, S]``: warped by ``theta`` (train) or resized (eval),
+        nearest neighbour.  Shifted by +1 so that grid_sample's zero padding marks 'outside' as -1."""
+        s = self.image_size
+        m = masks.unsqueeze(1).float() + 1  # [B, 1, h, w], 1.. K+1 (IGNORE -> 256)
+        if theta is not None:
+            grid = F.affine_grid(theta.to(m.device), [m.shape[0], 1, s, s], align_corners=False)
+            m = F.grid_sample(m, grid, mode="nearest", padding_mode="zeros", align_corners=False)
+        elif m.shape[-2:] != (s, s):
+            m = F.interpolate(m, size=(s, s), mode="nearest")
+        m = m[:, 0].long() - 1
+        return torch.where(m < 0, torch.full_like(m, IGNORE), m)
 
     def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
         """[0, 1] pixels ``[B, in_chans, H, W]`` -> model input (a new contiguous float32 tensor)."""
@@ -123,13 +148,13 @@ class BatchTransform:
         theta[:, 1, 2] = cy
         return theta
 
-    def _augment(self, x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    def _augment(self, x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
         s = self.image_size
         # grid_sample does not antialias: bring large inputs down first so the smallest crop is
         # sampled about 1:1 and larger crops shrink by at most 1/sqrt(scale_min).
         pre = math.ceil(s / math.sqrt(self.augment.scale[0]))
         if min(x.shape[-2:]) > pre:
             x = F.interpolate(x, size=(pre, pre), mode="bilinear", align_corners=False, antialias=True)
-        theta = self.sample_params(x.shape[0], generator).to(device=x.device, dtype=x.dtype)
+        theta = theta.to(device=x.device, dtype=x.dtype)
         grid = F.affine_grid(theta, [x.shape[0], x.shape[1], s, s], align_corners=False)
         return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)

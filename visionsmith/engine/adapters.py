@@ -22,6 +22,7 @@ from ..methods.transfer import PEFT_MODES
 from .build import build_model, build_transforms, load_trained
 from .checkpoint import CheckpointError, read_meta, save_weights
 from .runfolder import read_json, write_json
+from ..errors import UserError
 
 ADAPTER = Path("adapter") / "adapter.safetensors"
 
@@ -35,7 +36,7 @@ def save_adapter(run_dir: str | Path) -> Path:
     run_dir = Path(run_dir)
     cfg, model, classes, _ = load_trained(run_dir)
     if cfg.adapt.mode not in PEFT_MODES:
-        raise ValueError(f"{run_dir} was trained with adapt.mode={cfg.adapt.mode}; adapter files exist for "
+        raise UserError(f"{run_dir} was trained with adapt.mode={cfg.adapt.mode}; adapter files exist for "
                          f"{', '.join(PEFT_MODES)}")
     sd = adapter_state(model, _updates_norm_stats(cfg))
     path = run_dir / ADAPTER
@@ -75,7 +76,7 @@ def merge_run(run_dir: str | Path, out: str | Path | None = None, check_images: 
     run_dir = Path(run_dir)
     cfg, model, classes, info = load_trained(run_dir)
     if cfg.adapt.mode not in PEFT_MODES:
-        raise ValueError(f"{run_dir} was trained with adapt.mode={cfg.adapt.mode}: there is nothing to merge "
+        raise UserError(f"{run_dir} was trained with adapt.mode={cfg.adapt.mode}: there is nothing to merge "
                          f"(merge applies to {', '.join(m for m in PEFT_MODES if m != 'prompt')})")
     data = build_datasets(cfg.data, cfg.seed)
     ds = data.get("test") or data.get("val") or data["train"]

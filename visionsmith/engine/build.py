@@ -10,10 +10,12 @@ from ..config import Config
 from ..data import BatchTransform
 from ..methods.transfer import adapt_model, lr_scales
 from ..models import create_model
+from ..tasks import get_task
+from ..errors import UserError
 
 
 def build_model(cfg: Config, num_classes: int, pretrained: bool | str | None = None) -> nn.Module:
-    """The configured model with a ``num_classes`` head (pretrained weights loaded strictly first),
+    """The task's model (backbone + its head for ``num_classes``; pretrained weights loaded strictly first),
     adapted for ``cfg.adapt`` (frozen parts, peft adapters): the same module tree in training and
     whenever the run folder is loaded again.
 
@@ -23,11 +25,7 @@ def build_model(cfg: Config, num_classes: int, pretrained: bool | str | None = N
     if cfg.prune.source and pretrained is not False:
         from .prune import pruned_from_source
         return pruned_from_source(cfg, num_classes)
-    m = cfg.model
-    model = create_model(m.name, num_classes=num_classes,
-                         pretrained=m.pretrained if pretrained is None else pretrained,
-                         in_chans=m.in_chans, drop_rate=m.drop_rate, **m.kwargs)
-    return adapt_model(model, cfg.adapt)
+    return adapt_model(get_task(cfg).build_model(num_classes, pretrained), cfg.adapt)
 
 
 def build_transforms(cfg: Config, model: nn.Module) -> tuple[BatchTransform, BatchTransform]:
@@ -49,7 +47,7 @@ def build_optimizer(cfg: Config, method: nn.Module) -> torch.optim.Optimizer:
         if p.requires_grad:
             buckets.setdefault((scales.get(name, 1.0), p.ndim <= 1), []).append(p)
     if not buckets:
-        raise ValueError("nothing to train: every parameter is frozen; check adapt.mode")
+        raise UserError("nothing to train: every parameter is frozen; check adapt.mode")
     groups = [{"params": ps, "lr_scale": scale, "weight_decay": 0.0 if no_decay else cfg.train.weight_decay}
               for (scale, no_decay), ps in sorted(buckets.items())]
     t = cfg.train
@@ -140,7 +138,7 @@ def build_teacher(cfg: Config, classes: list[str], device: torch.device) -> dict
     if Path(src).is_dir():
         tcfg, model, tclasses, _ = load_trained(src, "best", device)
         if list(tclasses) != list(classes):
-            raise ValueError(f"distill.teacher {src} was trained on classes {tclasses[:6]}{'...' if len(tclasses) > 6 else ''} "
+            raise UserError(f"distill.teacher {src} was trained on classes {tclasses[:6]}{'...' if len(tclasses) > 6 else ''} "
                              f"({len(tclasses)}) but this run's data has {classes[:6]}{'...' if len(classes) > 6 else ''} "
                              f"({len(classes)}); the teacher must know the same classes in the same order")
         size, in_chans = tcfg.data.image_size, tcfg.model.in_chans
@@ -148,10 +146,10 @@ def build_teacher(cfg: Config, classes: list[str], device: torch.device) -> dict
         try:
             get_model_entry(src)
         except Exception:
-            raise ValueError(f"distill.teacher {src!r} is neither a run folder nor a registered model "
+            raise UserError(f"distill.teacher {src!r} is neither a run folder nor a registered model "
                              "(`visionsmith models` lists them)") from None
         if d.kind != "feature":
-            raise ValueError(f"distill.teacher {src!r} is a registered ImageNet model whose classes are not this "
+            raise UserError(f"distill.teacher {src!r} is a registered ImageNet model whose classes are not this "
                              f"run's {len(classes)}; use distill.kind=feature with it, or a run folder as teacher")
         model = create_model(src, num_classes=0, pretrained=True).to(device)
         size, in_chans = cfg.data.image_size, 3

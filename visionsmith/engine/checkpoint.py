@@ -11,6 +11,8 @@ older state files are removed.  A run killed at any instant leaves a consistent 
 """
 from __future__ import annotations
 
+from ..errors import UserError
+
 import json
 import os
 from pathlib import Path
@@ -22,7 +24,7 @@ from safetensors.torch import save_file
 from ..models.weights import load_strict
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(UserError, RuntimeError):
     pass
 
 

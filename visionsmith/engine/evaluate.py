@@ -8,6 +8,8 @@ import torch.nn as nn
 from tqdm.auto import tqdm
 
 from ..data import BatchTransform, ImageDataset
+from ..errors import UserError
+from ..tasks import get_task
 
 
 @torch.no_grad()
@@ -35,69 +37,64 @@ def run_and_split(run_dir, split: str, which: str = "best"):
     """What evaluating a run folder on ``split`` needs: (cfg, model in eval mode on the best device,
     classes, all datasets, the split's dataset, eval transform, device).  An empty split or a class
     list that changed since training is a ValueError that says so."""
-    from ..data import build_datasets
     from .build import build_transforms, load_trained
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     cfg, model, classes, _ = load_trained(run_dir, which, device)
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
-    data = build_datasets(cfg.data, cfg.seed)
+    data = get_task(cfg).build_datasets(cfg.seed)
     if split not in data or not len(data[split]):
-        raise ValueError(f"split {split!r} is empty for data {cfg.data.name!r}; choose from "
-                         f"{', '.join(k for k, v in data.items() if len(v))}")
+        raise UserError(f"split {split!r} is empty for data {cfg.data.name!r}; choose from "
+                        f"{', '.join(k for k, v in data.items() if len(v))}")
     ds = data[split]
     if list(ds.classes) != list(classes):
-        raise ValueError(f"the run was trained on classes {classes} but the data now has {ds.classes}")
+        raise UserError(f"the run was trained on classes {classes} but the data now has {ds.classes}")
     _, eval_tf = build_transforms(cfg, model)
     return cfg, model, classes, data, ds, eval_tf, device
 
 
-def evaluate_run(run_dir, split: str = "test", which: str = "best", worst_k: int = 16) -> dict:
-    """Evaluate a run's weights on ``split``; writes ``eval.json`` (+ ``eval_worst.npz``) for the
-    best weights on the test split, ``eval-<split>[-last].json`` otherwise.  Returns the metrics dict.
+def evaluate_run(run_dir, split: str = "test", which: str = "best") -> dict:
+    """Evaluate a run's weights on ``split`` with its task's metrics; writes ``eval.json`` (and the
+    task's artefacts, e.g. the worst mistakes) for the best weights on the test split,
+    ``eval-<split>[-last].json`` otherwise.  Returns the metrics dict.
 
-    A self-supervised run (method simclr/mim) has no trained classifier: it is scored by kNN on its
-    frozen features (bank: ``ssl.knn_bank`` train images), marked ``monitor: "knn"``; its ``loss``
-    is the cross-entropy of the kNN vote shares."""
+    A run whose method trains no head (self-supervised pretraining) is scored by kNN on its frozen
+    features (bank: ``ssl.knn_bank`` train images), marked ``monitor: "knn"``; its ``loss`` is the
+    cross-entropy of the kNN vote shares."""
     import time
     from pathlib import Path
 
-    import numpy as np
-
-    from ..config import SSL_METHODS
-    from ..tasks.classification import compute_metrics, worst_mistakes
+    from ..methods import method_spec
     from .runfolder import update_run_json, write_json
 
     run_dir = Path(run_dir)
     cfg, model, classes, data, ds, eval_tf, device = run_and_split(run_dir, split, which)
+    task = get_task(cfg)
     if cfg.train.channels_last:
         model = model.to(memory_format=torch.channels_last)
     t0 = time.perf_counter()
-    if cfg.method in SSL_METHODS:  # a pretrained backbone, its head never trained: kNN on frozen features
+    if not method_spec(cfg.method).trains_head:  # a pretrained backbone, its head never trained: kNN
         from ..methods.ssl import knn_logits
-        logits = knn_logits(model, data["train"], ds, eval_tf, cfg.ssl, cfg.train.eval_batch_size, device)
-    else:
-        logits = predict_logits(model, ds, eval_tf, cfg.train.eval_batch_size, device, cfg.train.channels_last,
-                                progress=f"eval {split}")
-    secs = time.perf_counter() - t0
-    m = compute_metrics(logits, ds.labels, classes)
-    if cfg.method in SSL_METHODS:
+        outputs = knn_logits(model, data["train"], ds, eval_tf, cfg.ssl, cfg.train.eval_batch_size, device)
+        metric = task.metric(list(classes))
+        metric.update(outputs, {task.target_key: ds.labels})
+        m = metric.compute()
         m.update(monitor="knn", knn_k=cfg.ssl.knn_k, knn_bank=min(cfg.ssl.knn_bank, len(data["train"])))
-    worst = worst_mistakes(logits, ds.labels, k=worst_k)
-    m.update(split=split, weights=which, eval_s=round(secs, 2), eval_img_per_s=round(len(ds) / max(secs, 1e-9), 1),
-             worst=worst)
+    else:
+        m = task.evaluate(model, ds, eval_tf, cfg.train.eval_batch_size, device, cfg.train.channels_last,
+                          progress=f"eval {split}", keep_outputs=True)
+        outputs = m.pop("outputs")
+    secs = time.perf_counter() - t0
     # Only the best weights on test are the run's result (report, compare, run.json); any other
     # evaluation is written beside it and never replaces it.
     official = split == "test" and which == "best"
+    m.update(task.eval_artifacts(run_dir if official else None, ds, outputs, m))
+    m.update(split=split, weights=which, eval_s=round(secs, 2), eval_img_per_s=round(len(ds) / max(secs, 1e-9), 1))
     name = "eval.json" if official else f"eval-{split}{'' if which == 'best' else '-' + which}.json"
     write_json(run_dir / name, m)
     if official:
-        idx = torch.tensor([w["index"] for w in worst], dtype=torch.long)
-        np.savez_compressed(run_dir / "eval_worst.npz", images=ds.images[idx].numpy(),
-                            labels=np.array([w["label"] for w in worst]), preds=np.array([w["pred"] for w in worst]),
-                            confidence=np.array([w["confidence"] for w in worst]))
-        test = {"acc": m["acc"], "top5": m["top5"], "macro_f1": m["macro_f1"]}
+        test = {k: m[k] for k in task.test_keys}
         update_run_json(run_dir, test={**test, "monitor": "knn"} if "monitor" in m else test,
                         timing={**_timing(run_dir), "eval_s": round(secs, 2), "eval_img_per_s": m["eval_img_per_s"]})
     return m

@@ -25,6 +25,7 @@ import torch.nn.functional as F
 
 from ..config import DataConfig, load_config
 from ..data import BatchTransform, ImageDataset, build_datasets
+from ..errors import UserError
 
 DATASET_NAMES = ("fashion_mnist", "digits")
 DEFAULT_IMAGE_SIZE = 32
@@ -63,13 +64,13 @@ def check_episode_args(ways: int, shots, episodes: int, queries: int) -> list[in
     """Argument checks that need no data; returns the shots as a list of ints."""
     shots = [int(k) for k in ([shots] if isinstance(shots, int) else shots)]
     if ways < 2:
-        raise ValueError(f"--ways must be at least 2 (a 1-way task is always right), got {ways}")
+        raise UserError(f"--ways must be at least 2 (a 1-way task is always right), got {ways}")
     if not shots or min(shots) < 1:
-        raise ValueError(f"every --shots value must be at least 1, got {shots}")
+        raise UserError(f"every --shots value must be at least 1, got {shots}")
     if episodes < 1:
-        raise ValueError(f"--episodes must be at least 1, got {episodes}")
+        raise UserError(f"--episodes must be at least 1, got {episodes}")
     if queries < 1:
-        raise ValueError(f"--queries must be at least 1, got {queries}")
+        raise UserError(f"--queries must be at least 1, got {queries}")
     return shots
 
 
@@ -84,7 +85,7 @@ def check_class_counts(labels: torch.Tensor, classes: list[str] | None, ways: in
     names = list(classes) if classes else [str(i) for i in range(len(counts))]
     present = [i for i in range(len(counts)) if counts[i] > 0]
     if ways > len(present):
-        raise ValueError(f"--ways {ways} is more than the {len(present)} classes with images in this data; "
+        raise UserError(f"--ways {ways} is more than the {len(present)} classes with images in this data; "
                          f"use --ways {len(present)} or fewer")
     need = max(shots) + queries
     low = min(present, key=lambda i: int(counts[i]))
@@ -93,7 +94,7 @@ def check_class_counts(labels: torch.Tensor, classes: list[str] | None, ways: in
         opts = ([f"--shots to {n - queries}"] if n - queries >= 1 else []) + \
                ([f"--queries to {n - max(shots)}"] if n > max(shots) else [])
         hint = "lower " + (" or ".join(opts) if opts else f"--shots and --queries to add up to at most {n}")
-        raise ValueError(f"class {names[low]!r} has only {n} images, but {max(shots)}-shot episodes with "
+        raise UserError(f"class {names[low]!r} has only {n} images, but {max(shots)}-shot episodes with "
                          f"{queries} queries need {need} per class; {hint}")
 
 
@@ -145,7 +146,7 @@ def fewshot_eval(features: torch.Tensor, labels: torch.Tensor, ways: int = 5, sh
     shots = check_episode_args(ways, shots, episodes, queries)
     labels = torch.as_tensor(labels, dtype=torch.long)
     if features.dim() != 2 or features.shape[0] != labels.shape[0]:
-        raise ValueError(f"features must be [N, D] with N = {labels.shape[0]} labels, got {tuple(features.shape)}")
+        raise UserError(f"features must be [N, D] with N = {labels.shape[0]} labels, got {tuple(features.shape)}")
     check_class_counts(labels, classes, ways, shots, queries)
     feats = F.normalize(features.float(), dim=1)
     rows = []
@@ -178,7 +179,7 @@ def data_config(data: str | Path | None, image_size: int | None = None) -> DataC
     elif p.is_dir():
         cfg = DataConfig(name="folder", root=str(p), image_size=DEFAULT_IMAGE_SIZE)
     else:
-        raise ValueError(f"--data {data!r} is not a dataset name ({', '.join(DATASET_NAMES)}), a recipe .yaml "
+        raise UserError(f"--data {data!r} is not a dataset name ({', '.join(DATASET_NAMES)}), a recipe .yaml "
                          "file, a .csv file or a folder of class subfolders")
     if image_size is not None:
         cfg.image_size = int(image_size)
@@ -199,10 +200,10 @@ def load_split(cfg: DataConfig, split: str | None, seed: int = 0, fallback: str 
         return ImageDataset(torch.cat([d.images for d in ds]), torch.cat([d.labels for d in ds]),
                             list(ds[0].classes), f"{cfg.name}/all")
     if split not in parts:
-        raise ValueError(f"--split {split!r} is not one of train, val, test, all")
+        raise UserError(f"--split {split!r} is not one of train, val, test, all")
     if not len(parts[split]):
         have = ", ".join(k for k, v in parts.items() if len(v))
-        raise ValueError(f"split {split!r} of data {cfg.name!r} has no images; use --split with one of {have}, all")
+        raise UserError(f"split {split!r} of data {cfg.name!r} has no images; use --split with one of {have}, all")
     return parts[split]
 
 
@@ -253,7 +254,7 @@ def resolve_source(run_or_model: str | Path, data: str | Path | None = None, spl
         _, eval_tf = build_transforms(cfg, model)
         info = {"source": "run", "model": cfg.model.name, "weights": str(p)}
     elif p.exists() or len(p.parts) > 1:
-        raise ValueError(f"{p} is neither a run folder (a folder with config.yaml) nor a registered model name")
+        raise UserError(f"{p} is neither a run folder (a folder with config.yaml) nor a registered model name")
     else:
         entry = get_model_entry(str(run_or_model))  # KeyError naming the known models
         dcfg = data_config(data, image_size)

@@ -19,15 +19,14 @@ import torch.nn as nn
 from tqdm.auto import tqdm
 
 from ..config import Config, save_config, to_dict
-from ..data import build_datasets
-from ..methods import build_method
-from ..tasks.classification import compute_metrics
-from . import distributed as D
+from ..errors import UserError
+from ..methods import build_method, method_spec
 from ..methods.transfer import param_summary
+from ..tasks import get_task
+from . import distributed as D
 from .build import autocast_dtype, build_model, build_optimizer, build_teacher, build_transforms, lr_at
 from .checkpoint import load_checkpoint, save_checkpoint, save_weights
 from .ema import ModelEMA
-from .evaluate import predict_logits
 from .runfolder import (MetricsLog, command_line, environment, git_info, new_run_dir, peak_memory_mb,
                         truncate_metrics, update_run_json)
 
@@ -74,7 +73,8 @@ def fit(cfg: Config, out: str | Path | None = None, resume: str | Path | None = 
         run_dir = Path(D.broadcast_object(str(new_run_dir(cfg.name, out)) if d.main else None, d))
 
     # -- data and model (every rank builds the same, deterministically) ---------------------
-    data = build_datasets(cfg.data, cfg.seed)
+    task, spec = get_task(cfg), method_spec(cfg.method)
+    data = task.build_datasets(cfg.seed)
     train_ds, val_ds = data["train"], data.get("val")
     classes = train_ds.classes
     torch.manual_seed(cfg.seed)  # the new head's init
@@ -82,8 +82,9 @@ def fit(cfg: Config, out: str | Path | None = None, resume: str | Path | None = 
     if t.channels_last:
         model = model.to(memory_format=torch.channels_last)
     train_tf, eval_tf = build_transforms(cfg, model)
-    teacher = build_teacher(cfg, classes, device) if cfg.method == "distill" else None
-    method = build_method(cfg, model, teacher=teacher, input_norm=(train_tf.mean, train_tf.std)).to(device)
+    teacher = build_teacher(cfg, classes, device) if spec.teacher else None
+    method = build_method(cfg, model, task, teacher=teacher, input_norm=(train_tf.mean, train_tf.std)).to(device)
+    trained = [p for p in method.parameters() if p.requires_grad]  # what clipping covers: a projector's too
     opt = build_optimizer(cfg, method)
     ema = ModelEMA(model, t.ema_decay) if t.ema else None
     amp_dtype = autocast_dtype(t.amp, device)
@@ -91,10 +92,13 @@ def fit(cfg: Config, out: str | Path | None = None, resume: str | Path | None = 
     ddp = nn.parallel.DistributedDataParallel(method, device_ids=[device.index] if device.type == "cuda" else None) \
         if d.enabled else method
 
+    # The monitored metric: the early-stop setting, else the task's headline (val/acc, val/miou).
+    monitor = t.early_stop.metric or f"val/{task.headline}"
+    mode = t.early_stop.mode or task.direction
     per_step = t.batch_size * d.world  # images per optimizer step, all ranks together
     steps_per_epoch = len(train_ds) // per_step
     if steps_per_epoch == 0:
-        raise ValueError(f"train.batch_size={t.batch_size} x {d.world} process(es) is larger than the "
+        raise UserError(f"train.batch_size={t.batch_size} x {d.world} process(es) is larger than the "
                          f"{len(train_ds)} training images; lower train.batch_size")
     total_steps = t.epochs * steps_per_epoch if t.max_steps is None else min(t.max_steps, t.epochs * steps_per_epoch)
 
@@ -117,7 +121,7 @@ def fit(cfg: Config, out: str | Path | None = None, resume: str | Path | None = 
             truncate_metrics(run_dir / "metrics.jsonl", step)
     if d.main:
         save_config(cfg, run_dir / "config.yaml")
-        update_run_json(run_dir, name=cfg.name, status="running", seed=cfg.seed, method=cfg.method,
+        update_run_json(run_dir, name=cfg.name, status="running", seed=cfg.seed, task=cfg.task, method=cfg.method,
                         adapt=cfg.adapt.mode, git=git_info(),
                         env=environment(device), params=param_summary(model), classes=classes,
                         data={"name": train_ds.name, "channels": int(train_ds.images.shape[1]),
@@ -159,13 +163,13 @@ def fit(cfg: Config, out: str | Path | None = None, resume: str | Path | None = 
             parts: dict[str, float] = {}  # a method's loss terms (loss_kd, ...), summed between log lines
             for b in range(start_batch, steps_per_epoch):
                 t0 = time.perf_counter()
-                # This rank's slice of the global batch b.  Images [B,C,h,w] uint8 -> [B,3,S,S] float.
+                # This rank's slice of the global batch b: images uint8 [B,C,h,w] -> "image" [B,C,S,S] float,
+                # and the task's target (moved by the same augmentation).
                 idx = perm[b * per_step + d.rank * t.batch_size: b * per_step + (d.rank + 1) * t.batch_size]
                 gen = torch.Generator().manual_seed(_seed_for(cfg.seed, 2, epoch, b, d.rank))
-                x = train_tf(train_ds.images[idx], gen).to(device, non_blocking=True)
+                batch = {k: v.to(device, non_blocking=True) for k, v in task.make_batch(train_ds, idx, train_tf, gen).items()}
                 if t.channels_last:
-                    x = x.contiguous(memory_format=torch.channels_last)
-                y = train_ds.labels[idx].to(device, non_blocking=True)
+                    batch["image"] = batch["image"].contiguous(memory_format=torch.channels_last)
                 # Dropout etc.: a function of the step.  Seeding only the generators in use; torch.manual_seed
                 # also walks every accelerator backend (~90 us a step on CPU).
                 torch.default_generator.manual_seed(_seed_for(cfg.seed, 3, step, d.rank))
@@ -175,7 +179,7 @@ def fit(cfg: Config, out: str | Path | None = None, resume: str | Path | None = 
                 for g in opt.param_groups:
                     g["lr"] = lr * g.get("lr_scale", 1.0)  # absent in checkpoints written before layer decay
                 with ctx():
-                    out = ddp({"image": x, "label": y})
+                    out = ddp(batch)
                 loss = out["loss"]
                 if not torch.isfinite(loss):
                     raise FloatingPointError(f"loss is {loss.item()} at step {step}; lower train.lr "
@@ -187,7 +191,7 @@ def fit(cfg: Config, out: str | Path | None = None, resume: str | Path | None = 
                 else:
                     loss.backward()
                 if t.grad_clip:
-                    nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
+                    nn.utils.clip_grad_norm_(trained, t.grad_clip)
                 if scaler is not None:
                     scaler.step(opt)
                     scaler.update()
@@ -239,24 +243,22 @@ def fit(cfg: Config, out: str | Path | None = None, resume: str | Path | None = 
                 if hasattr(method, "evaluate"):  # the method's own monitor (self-supervised: kNN accuracy)
                     m = method.evaluate(eval_model(), train_ds, val_ds, eval_tf, t.eval_batch_size, device)
                 else:
-                    logits = predict_logits(eval_model(), val_ds, eval_tf, t.eval_batch_size, device,
-                                            t.channels_last, amp_dtype)
-                    m = {k: v for k, v in compute_metrics(logits, val_ds.labels, classes).items()
-                         if k in ("acc", "top5", "macro_f1", "loss")}
+                    m = {k: v for k, v in task.evaluate(eval_model(), val_ds, eval_tf, t.eval_batch_size, device,
+                                                        t.channels_last, amp_dtype).items() if k in task.val_keys}
                 row = {"split": "val", "step": step, "epoch": epoch if epoch_finished else epoch + start_batch / steps_per_epoch,
                        **m}
                 log.log(**row)
                 tqdm.write(f"epoch {epoch}: val " + "  ".join(f"{k} {v:.4f}" for k, v in m.items() if isinstance(v, float)))
                 es = t.early_stop
-                value = row.get(es.metric.split("/", 1)[-1])
-                if value is not None and (best is None or (value > best if es.mode == "max" else value < best)):
+                value = row.get(monitor.split("/", 1)[-1])
+                if value is not None and (best is None or (value > best if mode == "max" else value < best)):
                     best, bad_epochs, improved = value, 0, True
                 else:
                     bad_epochs += 1
                 stop = bool(es.patience) and bad_epochs >= es.patience
                 if improved:
                     save_weights(run_dir / "checkpoints" / "best.safetensors", eval_model().state_dict(),
-                                 {"step": step, "epoch": epoch, es.metric: value, "classes": classes,
+                                 {"step": step, "epoch": epoch, monitor: value, "classes": classes,
                                   "model": cfg.model.name})
             elif d.main:
                 save_weights(run_dir / "checkpoints" / "best.safetensors", eval_model().state_dict(),
@@ -265,7 +267,7 @@ def fit(cfg: Config, out: str | Path | None = None, resume: str | Path | None = 
             if D.broadcast_object(stop, d):
                 status, done = "stopped_early", True
                 if d.main:
-                    tqdm.write(f"early stop: {t.early_stop.metric} has not improved for {bad_epochs} epochs")
+                    tqdm.write(f"early stop: {monitor} has not improved for {bad_epochs} epochs")
     except BaseException:
         if d.main:
             update_run_json(run_dir, status="failed")

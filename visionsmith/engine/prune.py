@@ -24,7 +24,7 @@ import torch
 import torch.nn as nn
 from safetensors.torch import load_file
 
-from ..config import SSL_METHODS, Config, PruneConfig, apply_overrides, from_dict, load_config, save_config, to_dict
+from ..config import Config, PruneConfig, apply_overrides, from_dict, load_config, save_config, to_dict
 from ..data import build_datasets
 from ..methods.compress import (KINDS, check_amount, count_macs, count_params, fold_masks, make_permanent,
                                 prune_structured, prune_unstructured, recalibrate_batchnorm, reshape_to_state_dict,
@@ -35,7 +35,9 @@ from ..tasks.classification import compute_metrics
 from .build import build_model, build_transforms, load_trained
 from .checkpoint import CheckpointError, read_meta, save_weights
 from .evaluate import predict_logits
+from ..methods import trains_head
 from .runfolder import new_run_dir, read_json, update_run_json, write_json
+from ..errors import UserError
 
 Finish = Callable[[Path], dict]  # api.finish: test evaluation, report, model card
 
@@ -60,11 +62,11 @@ def pruned_from_source(cfg: Config, num_classes: int) -> nn.Module:
     except CheckpointError as e:
         raise CheckpointError(f"prune.source: {e}") from None
     if (scfg.model.name, scfg.model.in_chans) != (cfg.model.name, cfg.model.in_chans):
-        raise ValueError(f"prune.source {src} holds a {scfg.model.name} with {scfg.model.in_chans} input channel(s) "
+        raise UserError(f"prune.source {src} holds a {scfg.model.name} with {scfg.model.in_chans} input channel(s) "
                          f"but this config builds a {cfg.model.name} with {cfg.model.in_chans}; keep the model "
                          "section of the source run")
     if len(classes) != num_classes:
-        raise ValueError(f"prune.source {src} classifies {len(classes)} classes but this run's data has "
+        raise UserError(f"prune.source {src} classifies {len(classes)} classes but this run's data has "
                          f"{num_classes}; prune with the source run's own data")
     apply_pruning(model, cfg.prune, example_input(cfg))
     if cfg.prune.recalibrate:
@@ -146,7 +148,7 @@ def eval_split(cfg: Config):
     for split in ("test", "val"):
         if split in data and len(data[split]):
             return split, data[split]
-    raise ValueError(f"data {cfg.data.name!r} has no test or validation images to judge the pruned model on; "
+    raise UserError(f"data {cfg.data.name!r} has no test or validation images to judge the pruned model on; "
                      "set data.test_fraction or data.val_fraction")
 
 
@@ -192,11 +194,11 @@ def _weights(run_dir: Path) -> Path:
 def check_source(run_dir: Path):
     """(config, model, classes, info) of a run that can be pruned, or an error saying why not."""
     cfg, model, classes, info = load_trained(run_dir)  # CheckpointError: no run folder, no weights
-    if cfg.method in SSL_METHODS:
-        raise ValueError(f"{run_dir} is a self-supervised pretraining run (method={cfg.method}): it has no trained "
+    if not trains_head(cfg):
+        raise UserError(f"{run_dir} is a self-supervised pretraining run (method={cfg.method}): it has no trained "
                          "classifier to judge pruning by; train one from it first (model.pretrained=<run>) and prune that")
     if cfg.adapt.mode in PEFT_MODES:
-        raise ValueError(f"{run_dir} holds {cfg.adapt.mode} adapters on a base model: fold them in first with "
+        raise UserError(f"{run_dir} holds {cfg.adapt.mode} adapters on a base model: fold them in first with "
                          f"`visionsmith merge {run_dir}`, then prune the merged run")
     return cfg, model, classes, info
 
@@ -226,9 +228,9 @@ def prune_run(run_dir: str | Path, amount: float = 0.5, kind: str = "structured"
     """
     amount = check_amount(amount)
     if kind not in KINDS:
-        raise ValueError(f"pruning kind {kind!r} is not one of {', '.join(KINDS)}")
+        raise UserError(f"pruning kind {kind!r} is not one of {', '.join(KINDS)}")
     if finetune_epochs < 0:
-        raise ValueError(f"finetune_epochs={finetune_epochs} must be >= 0")
+        raise UserError(f"finetune_epochs={finetune_epochs} must be >= 0")
     src = Path(run_dir)
     scfg, _, classes, sinfo = check_source(src)
     cfg = prune_config(scfg, src, amount, kind, finetune_epochs, importance, scope, overrides)
@@ -312,7 +314,7 @@ def prune_sweep(run_dir: str | Path, amounts, kind: str = "structured", finetune
     -> (folder, rows), the unpruned run first.  Finished points are reused, a killed one resumed."""
     amounts = [check_amount(a) for a in amounts]  # every amount checked before anything runs
     if not amounts:
-        raise ValueError("the sweep needs at least one amount, e.g. --sweep 0.25,0.5,0.75")
+        raise UserError("the sweep needs at least one amount, e.g. --sweep 0.25,0.5,0.75")
     src = Path(run_dir)
     folder = Path(out) if out is not None else _beside(src, f"-prune-sweep-{kind}")
     folder.mkdir(parents=True, exist_ok=True)

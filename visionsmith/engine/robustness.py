@@ -14,6 +14,7 @@ from tqdm import tqdm
 
 from ..methods.adversarial import attack, check_eps
 from ..models.pixel import PixelModel
+from ..errors import UserError
 
 DEFAULT_EPS = "0,1/255,2/255,4/255,8/255"
 
@@ -29,10 +30,10 @@ def parse_eps(text: str | list) -> list[float]:
         try:
             v = float(Fraction(s)) if "/" in s else float(s)
         except (ValueError, ZeroDivisionError):
-            raise ValueError(f"eps {s!r} is not a number (write 0.1 or 8/255)") from None
+            raise UserError(f"eps {s!r} is not a number (write 0.1 or 8/255)") from None
         out.append(check_eps(v))
     if not out:
-        raise ValueError("no eps given; pass e.g. --eps 0,1/255,2/255,4/255,8/255")
+        raise UserError("no eps given; pass e.g. --eps 0,1/255,2/255,4/255,8/255")
     return sorted(set(out))
 
 
@@ -62,21 +63,21 @@ def robustness_run(run_dir, eps=DEFAULT_EPS, name: str = "pgd", norm: str = "lin
     ``images``: how many images of ``split`` to attack (the first ones, in dataset order); <= 0
     means all.  Returns the curve dict stored under its key in ``robustness.json``.
     """
-    from ..config import SSL_METHODS
+    from ..methods import trains_head
     from .evaluate import run_and_split
     from .runfolder import read_json, write_json
 
     eps_list = parse_eps(eps)
     if name not in ("pgd", "fgsm"):
-        raise ValueError(f"unknown attack {name!r}: choose pgd or fgsm")
+        raise UserError(f"unknown attack {name!r}: choose pgd or fgsm")
     if norm not in ("linf", "l2"):
-        raise ValueError(f"unknown norm {norm!r}: choose linf or l2")
+        raise UserError(f"unknown norm {norm!r}: choose linf or l2")
     if steps < 1:
-        raise ValueError(f"--steps must be >= 1, got {steps}")
+        raise UserError(f"--steps must be >= 1, got {steps}")
     run_dir = Path(run_dir)
     cfg, model, _, _, ds, eval_tf, device = run_and_split(run_dir, split, which)
-    if cfg.method in SSL_METHODS:
-        raise ValueError(f"{run_dir} is a self-supervised pretraining run: it has no trained classifier to attack")
+    if not trains_head(cfg):
+        raise UserError(f"{run_dir} is a self-supervised pretraining run: it has no trained classifier to attack")
     n = len(ds) if images <= 0 else min(images, len(ds))
     # Pixels exactly as evaluation sees them (resized, channels matched), before normalisation.
     pixels = torch.cat([eval_tf.to_pixels(eval_tf(ds.images[i:min(i + 1024, n)])) for i in range(0, n, 1024)])

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 
 from ..data import BatchTransform
 from ..models.weights import WeightLoadError
+from ..errors import UserError
 
 # openai/clip-vit-* preprocessor_config.json values, used when the folder has none
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -50,7 +51,7 @@ def check_prompts(prompts) -> list[str]:
     """The prompt templates as a list; each must have a ``{}`` for the class name."""
     prompts = list(prompts)
     if not prompts or any("{}" not in p for p in prompts):
-        raise ValueError(f"every --prompt needs a '{{}}' where the class name goes, got {prompts}")
+        raise UserError(f"every --prompt needs a '{{}}' where the class name goes, got {prompts}")
     return prompts
 
 
@@ -155,7 +156,7 @@ def zeroshot_eval(clip_folder: str | Path, images: torch.Tensor, labels: torch.T
     """
     prompts = check_prompts(prompts)
     if len(class_names) < 2:
-        raise ValueError(f"zero-shot needs at least 2 class names, got {class_names}")
+        raise UserError(f"zero-shot needs at least 2 class names, got {class_names}")
     model, tokenizer, tf = load_clip(clip_folder, device)
     text = text_embeddings(model, tokenizer, list(class_names), prompts)  # [K, E]
     img = image_embeddings(model, images, tf, batch_size)  # [N, E]

@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 from ..data import BatchTransform, DataError
+from ..errors import UserError
 
 
 @dataclass
@@ -36,7 +37,7 @@ def heldout_pixels(cfg, eval_tf: BatchTransform, n: int, seed: int = 0) -> Pixel
     """Up to ``n`` images of the run's test split (its val split when there is no test split)."""
     from ..data import build_datasets
     if n < 1:
-        raise ValueError(f"--check must be >= 1 (held-out images to compare PyTorch and ONNX Runtime on), got {n}")
+        raise UserError(f"--check must be >= 1 (held-out images to compare PyTorch and ONNX Runtime on), got {n}")
     data = build_datasets(cfg.data, cfg.seed)
     split = "test" if len(data.get("test", ())) else "val"
     ds = data.get(split)
@@ -56,7 +57,7 @@ def calibration_pixels(cfg, eval_tf: BatchTransform, n: int, folder: str | Path 
     Raises ``ValueError`` for ``n < 1`` and ``DataError`` for a calibration set with no images.
     """
     if n < 1:
-        raise ValueError(f"--calib must be >= 1 (images to calibrate INT8 activation ranges on), got {n}")
+        raise UserError(f"--calib must be >= 1 (images to calibrate INT8 activation ranges on), got {n}")
     if folder is not None:
         return _folder_pixels(Path(folder), cfg, eval_tf, n, grayscale, seed)
     from ..data import build_datasets

@@ -29,6 +29,7 @@ import torch
 
 from .parity import FP32_ATOL, INT8_MAX_DROP, ExportError, check_fp32, check_int8, compare, ort_logits, torch_logits
 from .runtime import INPUT_NAME, METADATA_KEY, OUTPUT_NAME, OnnxClassifier
+from ..errors import UserError
 
 DEFAULT_OPSET = 20   # torch's own default; ONNX Runtime >= 1.16 runs it
 DEFAULT_CALIB = 256  # calibration images: MinMax ranges stop moving well before this on 10-class data
@@ -78,7 +79,7 @@ def export_onnx(run_dir: str | Path, int8: str | None = None, opset: int = DEFAU
     ``atol``: fp32 max |logit difference|.  Records the result in ``RUN/export/export.json``.
     Raises ``CheckpointError`` (no weights), ``ExportError``/``ParityError``/``ValueError``/``DataError``.
     """
-    from ..config import SSL_METHODS
+    from ..methods import trains_head
     from ..engine.build import build_transforms, load_trained
     from ..models.pixel import PixelModel
     from .inputs import calibration_pixels, heldout_pixels
@@ -86,14 +87,14 @@ def export_onnx(run_dir: str | Path, int8: str | None = None, opset: int = DEFAU
 
     run_dir = Path(run_dir)
     if int8 is not None and int8 not in INT8_MODES:
-        raise ValueError(f"--int8 must be one of {', '.join(INT8_MODES)}, got {int8!r}")
+        raise UserError(f"--int8 must be one of {', '.join(INT8_MODES)}, got {int8!r}")
     check_opset(opset)
     if max_drop < 0:
-        raise ValueError(f"--max-drop must be >= 0 accuracy points, got {max_drop}")
+        raise UserError(f"--max-drop must be >= 0 accuracy points, got {max_drop}")
     if int8 == "static" and calib < 1:
-        raise ValueError(f"--calib must be >= 1 (images to calibrate INT8 activation ranges on), got {calib}")
+        raise UserError(f"--calib must be >= 1 (images to calibrate INT8 activation ranges on), got {calib}")
     cfg, model, classes, info = load_trained(run_dir, which)
-    if cfg.method in SSL_METHODS:
+    if not trains_head(cfg):
         raise ExportError(f"{run_dir} is a self-supervised pretraining run (method={cfg.method}): its classifier "
                           "was never trained; fine-tune a classifier from it and export that run")
     if threads:

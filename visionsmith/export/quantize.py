@@ -31,6 +31,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+from ..errors import UserError
 
 INT8_MODES = ("static", "dynamic")
 
@@ -80,7 +81,7 @@ def quantize_int8(fp32_path: Path, out_path: Path, mode: str = "static", calib: 
                                           quantize_dynamic, quantize_static)
     from onnxruntime.quantization.shape_inference import quant_pre_process
     if mode not in INT8_MODES:
-        raise ValueError(f"--int8 must be one of {', '.join(INT8_MODES)}, got {mode!r}")
+        raise UserError(f"--int8 must be one of {', '.join(INT8_MODES)}, got {mode!r}")
     if reduce_range is None:
         reduce_range = not has_vnni()
     with tempfile.TemporaryDirectory(prefix="vs-quant-", dir=out_path.parent) as tmp:
@@ -90,7 +91,7 @@ def quantize_int8(fp32_path: Path, out_path: Path, mode: str = "static", calib: 
         quant_pre_process(str(fp32_path), str(pre))
         if mode == "static":
             if calib is None or len(calib) == 0:
-                raise ValueError("static INT8 needs calibration images; got none")
+                raise UserError("static INT8 needs calibration images; got none")
             reader = type("Reader", (_Batches, CalibrationDataReader), {})(calib, input_name)
             quantize_static(str(pre), str(out_path), reader, quant_format=QuantFormat.QDQ, per_channel=per_channel,
                             reduce_range=reduce_range, activation_type=QuantType.QUInt8,

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from ..errors import UserError
 
 METADATA_KEY = "visionsmith"
 INPUT_NAME = "pixels"
@@ -40,20 +41,20 @@ def read_metadata(path: str | Path) -> dict:
         # load_external_data=False: only the header is needed here, weights may stay on disk.
         model = onnx.load(str(path), load_external_data=False)
     except Exception as e:  # noqa: BLE001 - protobuf/IO errors all mean "not an ONNX model"
-        raise ValueError(f"{path} is not a readable ONNX model ({type(e).__name__}: {e})") from None
+        raise UserError(f"{path} is not a readable ONNX model ({type(e).__name__}: {e})") from None
     props = {p.key: p.value for p in model.metadata_props}
     if METADATA_KEY not in props:
-        raise ValueError(f"{path} is an ONNX model but not a visionsmith export (no '{METADATA_KEY}' metadata); "
+        raise UserError(f"{path} is an ONNX model but not a visionsmith export (no '{METADATA_KEY}' metadata); "
                          "export a run folder with `visionsmith export RUN`")
     try:
         meta = json.loads(props[METADATA_KEY])
     except json.JSONDecodeError as e:
-        raise ValueError(f"{path}: its '{METADATA_KEY}' metadata is not valid JSON ({e})") from None
+        raise UserError(f"{path}: its '{METADATA_KEY}' metadata is not valid JSON ({e})") from None
     missing = [k for k in ("classes", "image_size", "in_chans", "task") if k not in meta]
     if missing:
-        raise ValueError(f"{path}: its '{METADATA_KEY}' metadata lacks {', '.join(missing)}; re-export it")
+        raise UserError(f"{path}: its '{METADATA_KEY}' metadata lacks {', '.join(missing)}; re-export it")
     if meta["task"] != "classification":
-        raise ValueError(f"{path} is a {meta['task']!r} export; only classification exports can be run here")
+        raise UserError(f"{path} is a {meta['task']!r} export; only classification exports can be run here")
     return meta
 
 
@@ -100,10 +101,10 @@ class OnnxClassifier:
             self.session = ort.InferenceSession(str(self.path), session_options(threads, spin),
                                                 providers=["CPUExecutionProvider"])
         except Exception as e:  # noqa: BLE001 - ORT raises its own exception types for every failure
-            raise ValueError(f"{self.path}: ONNX Runtime {ort.__version__} cannot load it ({e})") from None
+            raise UserError(f"{self.path}: ONNX Runtime {ort.__version__} cannot load it ({e})") from None
         names = [i.name for i in self.session.get_inputs()]
         if names != [INPUT_NAME]:
-            raise ValueError(f"{self.path}: expected one input named {INPUT_NAME!r}, found {names}")
+            raise UserError(f"{self.path}: expected one input named {INPUT_NAME!r}, found {names}")
         # Eval resize and channel matching without normalisation (mean 0, std 1): the graph
         # normalises.  The same BatchTransform code the run evaluates with, so pixels agree.
         from ..data import BatchTransform
@@ -130,6 +131,6 @@ class OnnxClassifier:
         x = pixels.detach().cpu().numpy() if isinstance(pixels, torch.Tensor) else np.asarray(pixels)
         want = (self.in_chans, self.image_size, self.image_size)
         if x.ndim != 4 or tuple(x.shape[1:]) != want:
-            raise ValueError(f"expected pixels [N, {want[0]}, {want[1]}, {want[2]}], got shape {tuple(x.shape)}")
+            raise UserError(f"expected pixels [N, {want[0]}, {want[1]}, {want[2]}], got shape {tuple(x.shape)}")
         x = np.ascontiguousarray(x, dtype=np.float32)
         return self.session.run([OUTPUT_NAME], {INPUT_NAME: x})[0]

@@ -26,7 +26,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..config import AdversarialConfig
-from ..tasks.classification import ClassificationTask, compute_metrics
+from ..errors import UserError
+from ..tasks.classification import compute_metrics
+from .registry import register_method
 
 PixelFn = Callable[[torch.Tensor], torch.Tensor]  # pixels [B, C, H, W] in [0, 1] -> logits [B, K]
 
@@ -35,7 +37,7 @@ def check_eps(eps: float, what: str = "eps") -> float:
     """``eps`` as a float in [0, 1] (pixel units), or a ValueError that says so."""
     eps = float(eps)
     if not 0.0 <= eps <= 1.0:
-        raise ValueError(f"{what}={eps:g} is outside [0, 1]: attacks work on [0, 1] pixels, so eps is a fraction "
+        raise UserError(f"{what}={eps:g} is outside [0, 1]: attacks work on [0, 1] pixels, so eps is a fraction "
                          "of the pixel range (8/255 = 0.0314 is 8 grey levels)")
     return eps
 
@@ -82,7 +84,7 @@ def pgd(model: PixelFn, x: torch.Tensor, y: torch.Tensor, eps: float, steps: int
     parameters get no gradient: only the input's gradient is taken.
     """
     if norm not in ("linf", "l2"):
-        raise ValueError(f"norm must be 'linf' or 'l2', got {norm!r}")
+        raise UserError(f"norm must be 'linf' or 'l2', got {norm!r}")
     if eps == 0 or steps == 0:
         return x.detach()
     step_size = 2.5 * eps / steps if step_size is None else step_size
@@ -112,7 +114,7 @@ def attack(name: str, model: PixelFn, x: torch.Tensor, y: torch.Tensor, eps: flo
         return fgsm(model, x, y, eps, norm)
     if name == "pgd":
         return pgd(model, x, y, eps, steps, step_size, norm)
-    raise ValueError(f"unknown attack {name!r}: choose fgsm or pgd")
+    raise UserError(f"unknown attack {name!r}: choose fgsm or pgd")
 
 
 class AdversarialTraining(nn.Module):
@@ -126,12 +128,11 @@ class AdversarialTraining(nn.Module):
     exact.  ``evaluate`` adds PGD robust accuracy on part of the validation set to each epoch's row.
     """
 
-    def __init__(self, model: nn.Module, cfg: AdversarialConfig, input_norm, label_smoothing: float = 0.0):
+    def __init__(self, model: nn.Module, cfg: AdversarialConfig, input_norm, task):
         super().__init__()
         self.model = model
         self.cfg = cfg
-        self.task = ClassificationTask()
-        self.label_smoothing = label_smoothing
+        self.task = task
         mean, std = input_norm
         self.register_buffer("mean", torch.as_tensor(mean).float().reshape(1, -1, 1, 1), persistent=False)
         self.register_buffer("std", torch.as_tensor(std).float().reshape(1, -1, 1, 1), persistent=False)
@@ -152,7 +153,7 @@ class AdversarialTraining(nn.Module):
         else:
             x_adv = pgd(f, x, y, c.eps, c.steps, c.step_size, c.norm)
         logits = f(x_adv)
-        loss = self.task.loss(logits.float(), y, self.label_smoothing)
+        loss = self.task.loss(logits.float(), y)
         return {"loss": loss, "output": logits}
 
     def _trades(self, f: PixelFn, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -169,7 +170,7 @@ class AdversarialTraining(nn.Module):
             grad, = torch.autograd.grad(kl_sum(f(x_adv)), x_adv)
             x_adv = project(x_adv.detach() + _ascent(grad, step, c.norm), x, c.eps, c.norm)
         logits = f(x)
-        nat = self.task.loss(logits.float(), y, self.label_smoothing)
+        nat = self.task.loss(logits.float(), y)
         rob = F.kl_div(F.log_softmax(f(x_adv.detach()).float(), -1), F.softmax(logits.float(), -1),
                        reduction="batchmean")
         return {"loss": nat + c.trades_beta * rob, "output": logits, "loss_nat": nat.detach(),
@@ -201,3 +202,9 @@ class AdversarialTraining(nn.Module):
         out = {k: m[k] for k in ("acc", "top5", "macro_f1", "loss")}
         out["robust_acc"] = rob_correct / max(n_rob, 1)
         return out
+
+
+@register_method("adversarial")
+def build(cfg, model, task, teacher=None, input_norm=None):
+    """Adversarial training (PGD-AT, fast FGSM, TRADES) in pixel space."""
+    return AdversarialTraining(model, cfg.adversarial, input_norm, task)

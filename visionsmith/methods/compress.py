@@ -32,6 +32,7 @@ import torch.nn as nn
 import torch.nn.utils.prune as tprune
 
 from .transfer import classifier_prefix
+from ..errors import UserError
 
 KINDS = ("structured", "unstructured")
 
@@ -41,9 +42,9 @@ def check_amount(amount) -> float:
     try:
         a = float(amount)
     except (TypeError, ValueError):
-        raise ValueError(f"pruning amount {amount!r} is not a number; give a fraction in [0, 1), e.g. 0.5") from None
+        raise UserError(f"pruning amount {amount!r} is not a number; give a fraction in [0, 1), e.g. 0.5") from None
     if not 0.0 <= a < 1.0:
-        raise ValueError(f"pruning amount {amount!r} is outside [0, 1): it is the fraction of weights (or channels) "
+        raise UserError(f"pruning amount {amount!r} is outside [0, 1): it is the fraction of weights (or channels) "
                          "removed, e.g. 0.5 for half; 1 would remove all of them")
     return a
 
@@ -69,7 +70,7 @@ def prune_unstructured(model: nn.Module, amount: float, scope: str = "layer") ->
     amount = check_amount(amount)
     layers = [m for _, m in prunable_layers(model)]
     if not layers:
-        raise ValueError(f"{type(model).__name__} has no Conv2d or Linear layer outside its classifier to prune")
+        raise UserError(f"{type(model).__name__} has no Conv2d or Linear layer outside its classifier to prune")
     if scope == "global":
         tprune.global_unstructured([(m, "weight") for m in layers], pruning_method=tprune.L1Unstructured,
                                    amount=amount)
@@ -77,7 +78,7 @@ def prune_unstructured(model: nn.Module, amount: float, scope: str = "layer") ->
         for m in layers:
             tprune.l1_unstructured(m, "weight", amount=amount)
     else:
-        raise ValueError(f"pruning scope {scope!r} is not 'layer' or 'global'")
+        raise UserError(f"pruning scope {scope!r} is not 'layer' or 'global'")
     # prune leaves ``weight = weight_orig * weight_mask`` as a non-leaf tensor, which deepcopy (the
     # EMA's copy of the model) refuses.  The same product made without autograd is a leaf; the
     # forward pre-hook recomputes it, with gradients, at every call anyway.
@@ -140,9 +141,9 @@ def prune_structured(model: nn.Module, amount: float, example_inputs: torch.Tens
     import torch_pruning as tp
     amount = check_amount(amount)
     if importance not in ("l1", "l2"):
-        raise ValueError(f"pruning importance {importance!r} is not 'l1' or 'l2'")
+        raise UserError(f"pruning importance {importance!r} is not 'l1' or 'l2'")
     if scope not in ("layer", "global"):
-        raise ValueError(f"pruning scope {scope!r} is not 'layer' or 'global'")
+        raise UserError(f"pruning scope {scope!r} is not 'layer' or 'global'")
     clf = _classifier(model)
     was_training = model.training
     model.eval()  # tracing runs a forward: keep BatchNorm statistics and dropout out of it
@@ -152,7 +153,7 @@ def prune_structured(model: nn.Module, amount: float, example_inputs: torch.Tens
             max_pruning_ratio=max(amount, 0.9), ignored_layers=[clf])
         pruner.step()
     except Exception as e:  # noqa: BLE001 - the tracer's errors say little about the model itself
-        raise ValueError(f"structured pruning cannot trace {type(model).__name__} ({type(e).__name__}: {e}); "
+        raise UserError(f"structured pruning cannot trace {type(model).__name__} ({type(e).__name__}: {e}); "
                          "use unstructured pruning for this model") from None
     model.train(was_training)
     if isinstance(clf, nn.Linear) and hasattr(model, "num_features"):
@@ -177,7 +178,7 @@ def reshape_to_state_dict(model: nn.Module, sd: dict[str, torch.Tensor]) -> nn.M
         if isinstance(m, nn.Conv2d) and w is not None and w.shape != m.weight.shape:
             depthwise = m.groups == m.in_channels == m.out_channels and m.groups > 1
             if not depthwise and m.groups != 1:
-                raise ValueError(f"{name}: cannot resize a grouped conv (groups={m.groups}) from a state dict")
+                raise UserError(f"{name}: cannot resize a grouped conv (groups={m.groups}) from a state dict")
             m.out_channels = w.shape[0]
             m.groups = w.shape[0] if depthwise else 1
             m.in_channels = w.shape[0] if depthwise else w.shape[1]

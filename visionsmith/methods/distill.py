@@ -13,11 +13,17 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..config import DistillConfig
-from ..tasks.classification import ClassificationTask
+from ..config import ConfigError
+from .registry import register_method
 
 
 def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
-    """``T^2 * KL(softmax(t/T) || softmax(s/T))``, batch mean.  Both logits [B, K]."""
+    """``T^2 * KL(softmax(t/T) || softmax(s/T))``, batch mean.  Both logits [B, K], or dense
+    [B, K, H, W] (segmentation): then the mean is over every pixel (each pixel is one distribution)."""
+    if student_logits.dim() > 2:  # [B, K, H, W] -> [B*H*W, K]
+        k = student_logits.shape[1]
+        student_logits = student_logits.movedim(1, -1).reshape(-1, k)
+        teacher_logits = teacher_logits.movedim(1, -1).reshape(-1, k)
     t = temperature
     return F.kl_div(F.log_softmax(student_logits / t, -1), F.log_softmax(teacher_logits / t, -1),
                     reduction="batchmean", log_target=True) * t * t
@@ -59,15 +65,14 @@ class Distill(nn.Module):
     (mean, std) tensors.  The teacher stays in eval mode and receives no gradient.
     """
 
-    def __init__(self, model: nn.Module, teacher: dict, cfg: DistillConfig, input_norm, label_smoothing: float = 0.0):
+    def __init__(self, model: nn.Module, teacher: dict, cfg: DistillConfig, input_norm, task):
         super().__init__()
         self.model = model
         self.teacher = teacher["model"]
         self.teacher_input = TeacherInput(*input_norm, teacher["mean"], teacher["std"], teacher["size"],
                                           teacher["in_chans"])
         self.cfg = cfg
-        self.task = ClassificationTask()
-        self.label_smoothing = label_smoothing
+        self.task = task
         if cfg.kind in ("feature", "both"):
             # Student pooled width -> teacher pooled width (FitNets' regressor, on pooled features).
             self.projector = nn.Linear(model.num_features, self.teacher.num_features)
@@ -78,7 +83,9 @@ class Distill(nn.Module):
         return self
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        x, y, c = batch["image"], batch["label"], self.cfg
+        if self.task.target_key != "label":
+            return self._dense(batch)
+        x, c = batch["image"], self.cfg
         feats = self.model.forward_features(x)
         pooled = self.model.forward_head(feats, pre_logits=True)  # [B, D_s]
         logits = self.model.get_classifier()(pooled)  # [B, K]
@@ -86,7 +93,7 @@ class Distill(nn.Module):
             tx = self.teacher_input(x)
             t_pooled = self.teacher.forward_head(self.teacher.forward_features(tx), pre_logits=True)  # [B, D_t]
             t_logits = self.teacher.get_classifier()(t_pooled) if c.kind != "feature" else None
-        ce = self.task.loss(logits.float(), y, self.label_smoothing)
+        ce = self.task.loss(logits.float(), batch)
         out = {"output": logits, "loss_ce": ce.detach()}
         loss = ce
         if c.kind in ("logit", "both"):
@@ -99,3 +106,26 @@ class Distill(nn.Module):
             out["loss_feat"] = feat.detach()
         out["loss"] = loss
         return out
+
+    def _dense(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Per-pixel logit distillation (dense tasks): the teacher's class distribution at every pixel,
+        its logits resized to the student's output when the two ran at different sizes."""
+        x, c = batch["image"], self.cfg
+        logits = self.model(x)  # [B, K, H, W]
+        with torch.no_grad():
+            t_logits = self.teacher(self.teacher_input(x))
+            if t_logits.shape[-2:] != logits.shape[-2:]:
+                t_logits = F.interpolate(t_logits, size=logits.shape[-2:], mode="bilinear", align_corners=False)
+        ce = self.task.loss(logits.float(), batch)
+        kd = kd_loss(logits.float(), t_logits.float(), c.temperature)
+        return {"loss": (1 - c.alpha) * ce + c.alpha * kd, "output": logits, "loss_ce": ce.detach(),
+                "loss_kd": kd.detach()}
+
+
+@register_method("distill", teacher=True, tasks=("classification", "segmentation"))
+def build(cfg, model, task, teacher=None, input_norm=None):
+    """Knowledge distillation from a frozen teacher (logits and/or features)."""
+    if task.target_key != "label" and cfg.distill.kind != "logit":
+        raise ConfigError(f"distill.kind={cfg.distill.kind}: task {cfg.task} distils per-pixel logits only; "
+                          "use distill.kind=logit")
+    return Distill(model, teacher, cfg.distill, input_norm, task)

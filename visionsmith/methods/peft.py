@@ -16,6 +16,7 @@ import torch.nn as nn
 
 from ..config import AdaptConfig
 from .transfer import classifier_prefix
+from ..errors import UserError
 
 NORM_LAYERS = (nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm)
 
@@ -46,12 +47,12 @@ def resolve_targets(model: nn.Module, targets: list[str] | None, exclude: list[s
             hit = [n for n in names if re.fullmatch(pat, n)]
             if not hit:
                 sample = ", ".join(names[:12]) + (f", ... ({len(names)} in all)" if len(names) > 12 else "")
-                raise ValueError(f"adapt.lora.targets: '{pat}' matches no Linear/Conv2d module of "
+                raise UserError(f"adapt.lora.targets: '{pat}' matches no Linear/Conv2d module of "
                                  f"{type(model).__name__}; its module names are: {sample}")
             chosen += [n for n in hit if n not in chosen]
     chosen = [n for n in chosen if not any(re.fullmatch(p, n) for p in exclude)]
     if not chosen:
-        raise ValueError("adapt.lora: no module left to adapt after adapt.lora.exclude; loosen the patterns")
+        raise UserError("adapt.lora: no module left to adapt after adapt.lora.exclude; loosen the patterns")
     return chosen
 
 
@@ -94,7 +95,7 @@ def _add_prompts(model: nn.Module, n: int) -> None:
     emb = getattr(getattr(model, "backbone", None), "embeddings", None)
     dim = getattr(getattr(getattr(model, "backbone", None), "config", None), "hidden_size", None)
     if emb is None or dim is None:
-        raise ValueError(f"adapt.mode=prompt needs a ViT-style transformers model (backbone.embeddings, e.g. "
+        raise UserError(f"adapt.mode=prompt needs a ViT-style transformers model (backbone.embeddings, e.g. "
                          f"vit_tiny or hf_vision); {type(model).__name__} has none; use adapt.mode=lora instead")
     model.prompt = VisualPrompt(n, dim)
     emb.register_forward_hook(model.prompt.hook)
@@ -122,7 +123,7 @@ def inject_adapters(model: nn.Module, cfg: AdaptConfig) -> None:
         hit = [m for n, m in model.named_modules() if re.fullmatch(pat, n.replace(".base_layer", ""))
                and not any(k in n for k in ("lora_", "hada_", "lokr_", "ia3_"))]
         if not hit:
-            raise ValueError(f"adapt.lora.train_full: '{pat}' matches no module of {type(model).__name__}; "
+            raise UserError(f"adapt.lora.train_full: '{pat}' matches no module of {type(model).__name__}; "
                              f"`visionsmith models NAME` lists the module names")
         for m in hit:
             for p in m.parameters(recurse=False):
@@ -149,11 +150,11 @@ def merge_adapters(model: nn.Module) -> nn.Module:
     """
     from peft.tuners.tuners_utils import BaseTunerLayer
     if hasattr(model, "prompt"):
-        raise ValueError("visual prompts are extra input tokens and cannot be merged into the weights; "
+        raise UserError("visual prompts are extra input tokens and cannot be merged into the weights; "
                          "the run's own weights already serve as they are")
     tuners = [(n, m) for n, m in model.named_modules() if isinstance(m, BaseTunerLayer)]
     if not tuners:
-        raise ValueError("this model has no peft adapters to merge (was it trained with adapt.mode=lora, "
+        raise UserError("this model has no peft adapters to merge (was it trained with adapt.mode=lora, "
                          "loha, lokr or ia3?)")
     # W + delta is formed in float64 and rounded once: each merged weight is then the float32 nearest
     # the exact sum.  On the measured LoRA run this takes the logit difference from 1.1e-5 to 8.7e-6,

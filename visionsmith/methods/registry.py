@@ -1,30 +1,103 @@
-"""Method by name, from the config's ``method`` key (the only place a method name is a string)."""
+"""Training methods by name, registered by decorator; each declares what it needs.
+
+``cfg.method`` is the only place a method name is a string.  Everything else asks the method's
+``MethodSpec`` -- does it learn from labels, does it train the task's head (a self-supervised
+method does not: its runs are scored by kNN on frozen features), does it need a teacher, which
+tasks it supports -- instead of comparing names.
+"""
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
 
 import torch.nn as nn
 
-from ..config import Config
+from ..config import Config, ConfigError, add_check
+from ..errors import UnknownNameError
 
 
-def build_method(cfg: Config, model: nn.Module, teacher: dict | None = None, input_norm=None) -> nn.Module:
-    """The training method wrapping ``model``.  ``teacher`` (distill) comes from the engine, which
-    knows run folders; ``input_norm`` is the (mean, std) the batches are normalised with.
-    Self-supervised methods (simclr, mim) define ``evaluate``, the loop's per-epoch validation."""
-    if cfg.method == "supervised":
-        from .supervised import Supervised
-        return Supervised(model, label_smoothing=cfg.train.label_smoothing)
-    if cfg.method == "distill":
-        from .distill import Distill
-        if teacher is None:
-            raise ValueError("method 'distill' needs a teacher (distill.teacher)")
-        return Distill(model, teacher, cfg.distill, input_norm, cfg.train.label_smoothing)
-    if cfg.method == "simclr":
-        from .ssl_contrastive import SimCLR
-        return SimCLR(model, cfg.ssl, input_norm)
-    if cfg.method == "mim":
-        from .ssl_masked import MaskedImageModeling
-        return MaskedImageModeling(model, cfg.ssl, cfg.model.in_chans, cfg.data.image_size)
-    if cfg.method == "adversarial":
-        from .adversarial import AdversarialTraining
-        return AdversarialTraining(model, cfg.adversarial, input_norm, cfg.train.label_smoothing)
-    raise ValueError(f"unknown method {cfg.method!r}")
+@dataclass(frozen=True)
+class MethodSpec:
+    name: str
+    build: Callable[..., nn.Module]  # build(cfg, model, task, teacher=..., input_norm=...) -> nn.Module
+    labels: bool = True  # learns from the task's targets (False: self-supervised)
+    trains_head: bool = True  # trains the task head (False: pretrains the backbone; scored by kNN)
+    teacher: bool = False  # needs a frozen teacher (engine.build.build_teacher)
+    tasks: tuple[str, ...] = ("classification",)  # the tasks it is written for
+    description: str = ""
+
+
+_METHODS: dict[str, MethodSpec] = {}
+
+
+def register_method(name: str, *, labels: bool = True, trains_head: bool = True, teacher: bool = False,
+                    tasks: tuple[str, ...] = ("classification",)):
+    """Decorator on a builder ``fn(cfg, model, task, teacher, input_norm) -> nn.Module``."""
+
+    def deco(fn):
+        if name in _METHODS:
+            raise ValueError(f"method {name!r} registered twice")
+        doc = (fn.__doc__ or "").strip().splitlines()
+        _METHODS[name] = MethodSpec(name, fn, labels, trains_head, teacher, tuple(tasks), doc[0] if doc else "")
+        return fn
+
+    return deco
+
+
+def _import_methods() -> None:
+    from . import adversarial, distill, ssl_contrastive, ssl_masked, supervised  # noqa: F401  (they register)
+
+
+def method_spec(name: str) -> MethodSpec:
+    _import_methods()
+    if name not in _METHODS:
+        raise UnknownNameError(f"unknown method {name!r}; known methods: {', '.join(sorted(_METHODS))}")
+    return _METHODS[name]
+
+
+def list_methods() -> list[MethodSpec]:
+    _import_methods()
+    return [_METHODS[k] for k in sorted(_METHODS)]
+
+
+def check_config(cfg: Config) -> MethodSpec:
+    """The rules that depend on what the method needs; a ``ConfigError`` naming the key otherwise."""
+    spec = method_spec(cfg.method)
+    if cfg.task not in spec.tasks:
+        raise ConfigError(f"method={cfg.method} is written for task {' or '.join(spec.tasks)}, not {cfg.task}")
+    if not cfg.data.labels and spec.labels:
+        raise ConfigError(f"data.labels=false (unlabelled images) needs a self-supervised method (one that learns "
+                          f"without labels: {', '.join(m.name for m in list_methods() if not m.labels)}); "
+                          f"method {cfg.method!r} learns from labels")
+    if not spec.trains_head and cfg.adapt.mode == "linear":
+        raise ConfigError(f"method={cfg.method} pretrains the backbone, which adapt.mode=linear freezes; train the "
+                          "probe afterwards: method=supervised adapt.mode=linear model.pretrained=<the pretraining "
+                          "run folder>")
+    if not spec.trains_head and cfg.prune.source:
+        raise ConfigError(f"prune.source: pruning is judged by the task's metric; method {cfg.method!r} trains no head")
+    if spec.teacher and not cfg.distill.teacher:
+        raise ConfigError(f"distill.teacher is required when method is {cfg.method!r} (a run folder or a "
+                          "registered model name)")
+    return spec
+
+
+add_check(check_config)
+
+
+def build_method(cfg: Config, model: nn.Module, task=None, teacher: dict | None = None, input_norm=None) -> nn.Module:
+    """The training method wrapping ``model``.  ``task``: the run's task (default: ``cfg.task``'s);
+    ``teacher`` comes from the engine, which knows run folders; ``input_norm`` is the (mean, std) the
+    batches are normalised with.  Methods that define ``evaluate`` replace the loop's per-epoch
+    validation (self-supervised: kNN accuracy)."""
+    from ..tasks import get_task
+    spec = method_spec(cfg.method)
+    task = task if task is not None else get_task(cfg)
+    if spec.teacher and teacher is None:
+        raise ConfigError(f"method {cfg.method!r} needs a teacher (distill.teacher)")
+    return spec.build(cfg, model, task, teacher=teacher, input_norm=input_norm)
+
+
+def trains_head(cfg: Config) -> bool:
+    """Did this run train its task head?  False for self-supervised pretraining runs, which predict,
+    export, serve, prune and attack refuse (there is nothing trained to judge)."""
+    return method_spec(cfg.method).trains_head

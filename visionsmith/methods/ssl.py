@@ -17,11 +17,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..config import SSL_METHODS, SSLConfig
+from ..config import SSLConfig
 from ..data import BatchTransform, ImageDataset
 from ..tasks.classification import compute_metrics
 
-__all__ = ["SSL_METHODS", "SSLMethod", "extract_features", "knn_bank", "knn_logits", "knn_votes"]
+__all__ = ["SSLMethod", "extract_features", "knn_bank", "knn_logits", "knn_votes"]
 
 BANK_SEED = 0  # the memory bank is the same subset of train in every epoch and every run
 

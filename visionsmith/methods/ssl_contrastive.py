@@ -19,6 +19,7 @@ import torch.nn.functional as F
 
 from ..config import AugmentConfig, SSLConfig
 from ..data import BatchTransform
+from .registry import register_method
 from .ssl import SSLMethod, pooled_features
 
 _LUMA = (0.299, 0.587, 0.114)
@@ -137,3 +138,9 @@ class SimCLR(SSLMethod):
         else:
             loss = nt_xent(z1, z2, self.cfg.temperature)
         return {"loss": loss, "output": h}
+
+
+@register_method("simclr", labels=False, trains_head=False)
+def build(cfg, model, task, teacher=None, input_norm=None):
+    """SimCLR contrastive pretraining of the backbone."""
+    return SimCLR(model, cfg.ssl, input_norm)

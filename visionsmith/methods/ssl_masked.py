@@ -22,6 +22,8 @@ import torch
 import torch.nn as nn
 
 from ..config import SSLConfig
+from ..errors import UserError
+from .registry import register_method
 from .ssl import SSLMethod
 
 
@@ -55,7 +57,7 @@ class MaskedImageModeling(SSLMethod):
         super().__init__(model, cfg, frozen=head if isinstance(head, nn.Module) else model.get_classifier())
         s, p = image_size, cfg.mask_patch
         if s % p:
-            raise ValueError(f"method=mim: data.image_size={s} is not a multiple of ssl.mask_patch={p}")
+            raise UserError(f"method=mim: data.image_size={s} is not a multiple of ssl.mask_patch={p}")
         self.tokens = self._is_token_model(model, in_chans, s)
         with torch.no_grad():
             was = model.training
@@ -64,7 +66,7 @@ class MaskedImageModeling(SSLMethod):
             model.train(was)
         c, h, w = fmap.shape[1:]
         if h != w or s % h:
-            raise ValueError(f"method=mim: the {h}x{w} feature map of {type(model).__name__} does not tile the "
+            raise UserError(f"method=mim: the {h}x{w} feature map of {type(model).__name__} does not tile the "
                              f"{s}x{s} input; choose data.image_size as a multiple of the model's stride")
         self.grid, self.patch, self.stride, self.in_chans = s // p, p, s // h, in_chans
         self.mask_token = nn.Parameter(torch.zeros(1, in_chans, 1, 1))
@@ -82,7 +84,7 @@ class MaskedImageModeling(SSLMethod):
             return False
         if hasattr(getattr(model, "backbone", None), "embeddings"):
             return True
-        raise ValueError(f"method=mim needs a spatial feature map (a CNN) or a ViT's patch tokens; "
+        raise UserError(f"method=mim needs a spatial feature map (a CNN) or a ViT's patch tokens; "
                          f"{type(model).__name__}.forward_features returns pooled features only")
 
     def feature_map(self, x: torch.Tensor) -> torch.Tensor:
@@ -92,7 +94,7 @@ class MaskedImageModeling(SSLMethod):
         t = self.model.backbone(pixel_values=x).last_hidden_state  # [B, 1 + h*w, D]
         side = int(round((t.shape[1] - 1) ** 0.5))
         if side * side != t.shape[1] - 1:
-            raise ValueError(f"method=mim: {t.shape[1]} tokens are not a CLS token + a square grid")
+            raise UserError(f"method=mim: {t.shape[1]} tokens are not a CLS token + a square grid")
         return t[:, 1:].transpose(1, 2).reshape(t.shape[0], t.shape[2], side, side)
 
     def pixel_mask(self, batch: int, device: torch.device) -> torch.Tensor:
@@ -109,3 +111,9 @@ class MaskedImageModeling(SSLMethod):
             x_in = x_in.contiguous(memory_format=torch.channels_last)
         pred = self.decoder(self.feature_map(x_in)).float()  # [B, C, S, S]
         return {"loss": masked_l1(pred, x.float(), m), "output": pred}
+
+
+@register_method("mim", labels=False, trains_head=False)
+def build(cfg, model, task, teacher=None, input_norm=None):
+    """SimMIM masked-image-modelling pretraining of the backbone."""
+    return MaskedImageModeling(model, cfg.ssl, cfg.model.in_chans, cfg.data.image_size)

@@ -1,25 +1,30 @@
-"""Plain supervised training: cross-entropy on the model's logits."""
+"""Plain supervised training: the task's loss on the model's output."""
 from __future__ import annotations
 
 import torch
 import torch.nn as nn
 
-from ..tasks.classification import ClassificationTask
+from .registry import register_method
 
 
 class Supervised(nn.Module):
-    """``forward({'image': [B,C,H,W] float, 'label': [B] int64}) -> {'loss': [], 'output': [B,K]}``.
+    """``forward({'image': [B,C,H,W] float, <task target>}) -> {'loss': [], 'output': model output}``.
 
-    The model is held as ``self.model`` so checkpoints and EMA see the plain model's keys.
+    The model is held as ``self.model`` so checkpoints and EMA see the plain model's keys; the
+    loss is the task's (cross-entropy for classification, per-pixel for segmentation, ...).
     """
 
-    def __init__(self, model: nn.Module, label_smoothing: float = 0.0):
+    def __init__(self, model: nn.Module, task):
         super().__init__()
         self.model = model
-        self.task = ClassificationTask()
-        self.label_smoothing = label_smoothing
+        self.task = task
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        logits = self.model(batch["image"])
-        loss = self.task.loss(logits.float(), batch["label"], self.label_smoothing)
-        return {"loss": loss, "output": logits}
+        out = self.model(batch["image"])
+        return {"loss": self.task.loss(out.float(), batch), "output": out}
+
+
+@register_method("supervised", tasks=("classification", "segmentation"))
+def build(cfg, model, task, teacher=None, input_norm=None):
+    """The task's own loss on labelled data."""
+    return Supervised(model, task)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import torch.nn as nn
 
 from ..config import AdaptConfig
+from ..errors import UserError
 
 PEFT_MODES = ("lora", "loha", "lokr", "ia3", "prompt")
 
@@ -26,7 +27,7 @@ def classifier_prefix(model: nn.Module) -> str:
     for name, mod in model.named_modules():
         if mod is clf:
             return name
-    raise ValueError(f"{type(model).__name__} has no classifier to keep trainable; transfer modes need "
+    raise UserError(f"{type(model).__name__} has no classifier to keep trainable; transfer modes need "
                      "a model with the backbone interface (get_classifier / reset_classifier)")
 
 
@@ -90,7 +91,7 @@ def adapt_model(model: nn.Module, cfg: AdaptConfig) -> nn.Module:
         if cfg.mode == "partial":
             blocks = param_blocks(model)
             if cfg.blocks > len(blocks):
-                raise ValueError(f"adapt.blocks={cfg.blocks} but {type(model).__name__} has only {len(blocks)} "
+                raise UserError(f"adapt.blocks={cfg.blocks} but {type(model).__name__} has only {len(blocks)} "
                                  f"blocks; use at most {len(blocks)} (or adapt.mode=full)")
             keep = {n for b in blocks[-cfg.blocks:] for n in b}
         elif cfg.mode == "bitfit":  # BitFit (Ben Zaken et al., 2022): bias terms only

@@ -7,8 +7,33 @@ A model is an ``nn.Module`` with:
   - ``forward_head(feats, pre_logits=False) -> [B, num_classes]`` (or ``[B, num_features]``);
   - ``reset_classifier(num_classes)``: a fresh head for a new class count;
   - ``pretrained_cfg``: ``{"mean", "std", "input_size", "weights"}`` used for normalisation.
+
+Multi-scale features (for dense heads: FPN, DeepLabV3+, detection necks), after timm's
+``feature_info`` / ``forward_intermediates``:
+  - ``feature_info``: a list of dicts, shallow to deep, one per pyramid level,
+    ``{"num_chs": C_i, "reduction": s_i, "module": "<module path>"}``.  For a CNN a level is the
+    last layer at each stride (typically 2, 4, 8, 16, 32), the deepest being the output of
+    ``forward_features``; for a ViT it is the patch tokens of a few evenly spaced blocks (through
+    the final LayerNorm), all at ``reduction`` = patch size.  ``module`` names the submodule
+    whose output the level is (read after the activation that follows it, where that activation
+    is a shared module), so it is also a valid ``model.get_submodule`` path (a hook target).  It
+    is plain data (safe to deepcopy, pickle, log), set at construction from the architecture,
+    and stays right after peft adapters are injected (in place: module paths do not change).
+  - ``forward_intermediates(x [B, C, H, W], indices=None) -> list[Tensor]``: the level maps
+    ``[B, C_i, H/s_i, W/s_i]`` (sides divisible by ``s_i``; otherwise as the layers round) for the
+    levels in ``indices``, shallow to deep.  ``x`` is what ``forward_features`` takes (normalised
+    images).  ``indices``: None = every level; a sequence of level numbers (negative ones count
+    from the deepest, like Python); an int ``n`` = the deepest ``n`` levels (timm's convention).
+    The network runs only as far as the deepest requested level.  Adds no parameters, buffers or
+    submodules: state dicts, LoRA target names, random init and ``forward`` are unchanged.
+
+Families implement it with ``FeatureMixin`` below: ``feature_info`` from ``feature_info_from_plan``
+and a ``_feature_steps()`` method; timm models (``timm_models.py``) delegate to timm's own.
 """
 from __future__ import annotations
+
+import numbers
+from typing import Callable, Sequence
 
 import torch
 import torch.nn as nn
@@ -71,3 +96,103 @@ def adapt_first_conv(weight: torch.Tensor, in_chans: int) -> torch.Tensor:
         return weight.sum(dim=1, keepdim=True)
     reps = -(-in_chans // weight.shape[1])
     return weight.repeat(1, reps, 1, 1)[:, :in_chans] * (weight.shape[1] / in_chans)
+
+
+# ---------------------------------------------------------------------------------------------
+# Multi-scale features: feature_info + forward_intermediates (see the module docstring).
+
+FeatureStep = tuple[str, Callable[[torch.Tensor], torch.Tensor]]
+
+
+def feature_info_from_plan(plan: Sequence[tuple[str, int, int]]) -> list[dict]:
+    """The pyramid of a network run as a chain of steps: ``plan`` holds ``(module, out_chs, stride)``
+    per step, shallow to deep (``stride``: that step's own down-sampling, 1 when it keeps the
+    resolution).  A level is the last step at each cumulative reduction.
+
+    >>> feature_info_from_plan([("stem", 32, 2), ("b0", 16, 1), ("b1", 24, 2)])
+    [{'num_chs': 16, 'reduction': 2, 'module': 'b0'}, {'num_chs': 24, 'reduction': 4, 'module': 'b1'}]
+    """
+    info: list[dict] = []
+    reduction = 1
+    for module, chs, stride in plan:
+        reduction *= int(stride)
+        level = {"num_chs": int(chs), "reduction": reduction, "module": module}
+        if info and info[-1]["reduction"] == reduction:
+            info[-1] = level
+        else:
+            info.append(level)
+    return info
+
+
+def resolve_feature_indices(indices: int | Sequence[int] | None, num_levels: int) -> list[int]:
+    """``indices`` as ``forward_intermediates`` takes it -> sorted, unique, non-negative level numbers.
+
+    None -> all levels; an int ``n`` -> the deepest ``n`` levels; a sequence -> those levels
+    (``-1`` is the deepest).  Out-of-range values are an ``IndexError`` naming the valid range."""
+    if indices is None:
+        return list(range(num_levels))
+    ok = isinstance(indices, (numbers.Integral, Sequence)) or torch.is_tensor(indices)
+    if isinstance(indices, bool) or not ok:
+        raise TypeError(f"indices must be None, an int (the deepest n levels) or a list of level numbers, "
+                        f"not {type(indices).__name__}")
+    if isinstance(indices, numbers.Integral):
+        indices = int(indices)
+        if not 1 <= indices <= num_levels:
+            raise IndexError(f"indices={indices} asks for the deepest {indices} levels; the model has "
+                             f"{num_levels} (see model.feature_info)")
+        return list(range(num_levels - indices, num_levels))
+    out = set()
+    for i in (indices.tolist() if torch.is_tensor(indices) else indices):
+        i = int(i)
+        if not -num_levels <= i < num_levels:
+            raise IndexError(f"feature level {i} out of range: the model has {num_levels} levels "
+                             f"(0..{num_levels - 1}, or -{num_levels}..-1; see model.feature_info)")
+        out.add(i % num_levels)
+    return sorted(out)
+
+
+class FeatureMixin:
+    """``forward_intermediates`` for a backbone that is a chain of steps.
+
+    A family sets ``self.feature_info`` in ``__init__`` (usually ``feature_info_from_plan``) and
+    defines ``_feature_steps() -> [(module path, fn), ...]``: the network up to its deepest level
+    as a chain ``x -> fn_0(x) -> fn_1(...) ...`` whose composition is ``forward_features`` (for
+    CNNs).  Every level's ``module`` must be the name of one step; the tensor after that step is
+    the level, passed through ``_feature_readout`` (identity for CNNs; a ViT turns tokens into a
+    map there).  Steps are rebuilt on each call from the live submodules, so nothing holding a
+    reference to the model is stored (deepcopy and pickle stay plain), and adapters that peft
+    injected are run too.
+    """
+
+    feature_info: list[dict]
+
+    def _feature_steps(self) -> list[FeatureStep]:
+        raise NotImplementedError(f"{type(self).__name__} does not define its feature steps")
+
+    def _feature_readout(self, x: torch.Tensor, input_size: tuple[int, int]) -> torch.Tensor:
+        """The level tensor as a map ``[B, C, h, w]``; ``input_size`` is the input's ``(H, W)``."""
+        return x
+
+    def forward_intermediates(self, x: torch.Tensor, indices: int | Sequence[int] | None = None
+                              ) -> list[torch.Tensor]:
+        """``x`` [B, in_chans, H, W] (normalised, as ``forward_features`` takes it) -> the maps
+        ``[B, feature_info[i]["num_chs"], H / reduction_i, W / reduction_i]`` for the levels ``i`` in
+        ``indices`` (None: all; int n: the deepest n; list: those, negatives from the end), shallow to
+        deep.  Stops after the deepest requested level."""
+        levels = [f["module"] for f in self.feature_info]
+        take = resolve_feature_indices(indices, len(levels))
+        if not take:
+            return []
+        input_size = (int(x.shape[-2]), int(x.shape[-1]))
+        out: list[torch.Tensor] = []
+        level = 0
+        for name, fn in self._feature_steps():
+            x = fn(x)
+            if name == levels[level]:
+                if level in take:
+                    out.append(self._feature_readout(x, input_size))
+                if level == take[-1]:
+                    return out
+                level += 1
+        raise RuntimeError(f"{type(self).__name__}: feature level {level} ({levels[level]!r}) is not one of its "
+                           "feature steps; feature_info and _feature_steps disagree")

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from ._base import BackboneMixin, _param_device
+from ._base import BackboneMixin, FeatureMixin, _param_device, feature_info_from_plan
 from .registry import register_model
 from .weights import WeightLoadError, load_pretrained
 
@@ -44,8 +44,11 @@ class MLPHead(nn.Module):
         return x if pre_logits else self.fc(x)
 
 
-class SimpleCNN(BackboneMixin, nn.Module):
-    """``forward_features``: [B, in_chans, H, W] -> [B, widths[-1], H / 2**len(widths), W / 2**len(widths)]."""
+class SimpleCNN(BackboneMixin, FeatureMixin, nn.Module):
+    """``forward_features``: [B, in_chans, H, W] -> [B, widths[-1], H / 2**len(widths), W / 2**len(widths)].
+
+    ``feature_info``: one level per conv block, ``features.i`` at reduction ``2**(i+1)`` with
+    ``widths[i]`` channels (32 @ 2, 64 @ 4 for ``simple_cnn``)."""
 
     def __init__(self, num_classes: int = 10, in_chans: int = 1, widths=(32, 64), pool_size: int = 4,
                  drop_rate: float = 0.25, input_size: int = 28):
@@ -61,9 +64,13 @@ class SimpleCNN(BackboneMixin, nn.Module):
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        self.feature_info = feature_info_from_plan([(f"features.{i}", w, 2) for i, w in enumerate(widths)])
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.features(x)
+
+    def _feature_steps(self):
+        return [(f"features.{i}", block) for i, block in enumerate(self.features)]
 
     def reset_classifier(self, num_classes: int) -> None:
         """A new ``head.fc`` only: the hidden dense layer is part of the learned representation."""

@@ -22,7 +22,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ._base import BackboneMixin, ClassifierHead, adapt_first_conv
+from ._base import BackboneMixin, ClassifierHead, FeatureMixin, adapt_first_conv, feature_info_from_plan
 from .registry import register_model
 from .weights import load_pretrained
 
@@ -115,9 +115,14 @@ _LITE0_STAGES = [(1, 3, 1, 16, 1), (6, 3, 2, 24, 2), (6, 5, 2, 40, 2), (6, 3, 2,
                  (6, 5, 1, 112, 3), (6, 5, 2, 192, 4), (6, 3, 1, 320, 1)]
 
 
-class EfficientNetLite(BackboneMixin, nn.Module):
+class EfficientNetLite(BackboneMixin, FeatureMixin, nn.Module):
     """EfficientNet-Lite backbone.  ``forward_features``: [B, in_chans, H, W] -> [B, 1280, H/32, W/32]
     (H/16 with ``stem_stride=1``, for 32-64 px inputs).
+
+    ``feature_info`` (Lite0, stem stride 2): ``_blocks.0`` 16 @ 2, ``_blocks.2`` 24 @ 4,
+    ``_blocks.4`` 40 @ 8, ``_blocks.10`` 112 @ 16, ``_bn1`` 1280 @ 32 (the head conv + BN, read
+    after the shared ReLU6 ``act``: the output of ``forward_features``).  Spatial sizes follow
+    TF "SAME" padding: ``ceil(H / reduction)``.
 
     ``drop_path_rate`` is the stochastic-depth rate of the last block, scaled linearly with depth
     (0.2 in the paper's ImageNet recipe).
@@ -132,10 +137,12 @@ class EfficientNetLite(BackboneMixin, nn.Module):
         self._bn0 = _bn(32)
         n_blocks = sum(n for *_, n in stages)
         blocks: list[nn.Module] = []
+        plan = [("_bn0", 32, stem_stride)]  # (module, out channels, stride) per step, for feature_info
         cin = 32
         for e, k, s, c, n in stages:
             for i in range(n):
                 rate = drop_path_rate * len(blocks) / n_blocks
+                plan.append((f"_blocks.{len(blocks)}", c, s if i == 0 else 1))
                 blocks.append(MBConvBlock(cin, c, k, s if i == 0 else 1, e, rate))
                 cin = c
         self._blocks = nn.ModuleList(blocks)
@@ -144,6 +151,7 @@ class EfficientNetLite(BackboneMixin, nn.Module):
         self.act = nn.ReLU6(inplace=True)
         self.head = ClassifierHead(self.num_features, num_classes, drop_rate)
         self.pretrained_cfg = {"mean": LITE_MEAN, "std": LITE_STD, "input_size": (in_chans, 224, 224)}
+        self.feature_info = feature_info_from_plan(plan + [("_bn1", self.num_features, 1)])
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out")
@@ -156,6 +164,11 @@ class EfficientNetLite(BackboneMixin, nn.Module):
         for block in self._blocks:
             x = block(x)
         return self.act(self._bn1(self._conv_head(x)))
+
+    def _feature_steps(self):
+        steps = [("_bn0", lambda x: self.act(self._bn0(self._conv_stem(x))))]
+        steps += [(f"_blocks.{i}", block) for i, block in enumerate(self._blocks)]
+        return steps + [("_bn1", lambda x: self.act(self._bn1(self._conv_head(x))))]
 
 
 def _remap_lukemelas(sd: dict[str, torch.Tensor], in_chans: int) -> dict[str, torch.Tensor]:

@@ -16,22 +16,43 @@ Sources, never a model hub (nothing here may resolve a repo id):
 ``forward_features`` returns the pooled features [B, num_features]: ``pooler_output`` when the
 model has a pooler (ConvNeXt, ResNet, Swin, DINOv2, CLIP vision, BEiT), else the CLS token of
 ``last_hidden_state`` [B, T, D] (ViT without pooler) or the spatial mean of a [B, C, h, w] map.
+
+Multi-scale features (``feature_info`` / ``forward_intermediates``, see ``_base.py``):
+  - plain token ViTs (``model_type`` vit, deit, dinov2, dinov2_with_registers): the patch tokens
+    after 4 evenly spaced blocks (all blocks when fewer; ViT-S/14's 12: blocks 2, 5, 8, 11), each
+    through the model's final LayerNorm (as ``Dinov2Backbone`` and DPT read them) and reshaped to
+    ``[B, hidden_size, H/p, W/p]``; reduction = patch size.  The blocks are run one by one and the
+    walk stops after the deepest requested one; the deepest level is the patch part of
+    ``last_hidden_state``.  CLS, distillation, register and visual-prompt tokens are dropped.
+  - any other model whose ``hidden_states`` (or Swin's ``reshaped_hidden_states``) are maps
+    ``[B, C, h, w]`` (ConvNeXt, ResNet, Swin, ...): the last hidden state at each stride, measured
+    with one dummy forward at build time; ``forward_intermediates`` then runs the whole model
+    (``output_hidden_states=True``), as transformers offers no way to stop early.
+  - others (BEiT, CLIP vision, ...): ``feature_info`` is empty and ``forward_intermediates``
+    raises ``NotImplementedError``.
 """
 from __future__ import annotations
 
 import copy
 import json
+import math
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 
-from ._base import BackboneMixin, ClassifierHead, adapt_first_conv
+from ._base import BackboneMixin, ClassifierHead, FeatureMixin, adapt_first_conv, resolve_feature_indices
 from .registry import register_model
 from .weights import WeightLoadError
 
 _POOLS = ("auto", "pooler", "cls", "mean")
 _NEUTRAL = (0.5, 0.5, 0.5)
+# transformers models whose forward is embeddings -> blocks -> final LayerNorm over the tokens
+# [CLS (+ distillation / register tokens), patches], blocks called as block(hidden_states): these
+# can be walked block by block for forward_intermediates (others, e.g. BEiT's relative position
+# bias or ViT-MAE's random masking, need more than that).
+_TOKEN_VITS = ("vit", "deit", "dinov2", "dinov2_with_registers")
+_FEATURE_LEVELS = 4  # ViT pyramid: this many evenly spaced blocks
 
 
 def _no_hub(what: str, value) -> Path:
@@ -122,12 +143,36 @@ def _read_preprocessor(folder) -> dict:
         return {}
 
 
-class HFVisionModel(BackboneMixin, nn.Module):
+def _token_blocks(backbone: nn.Module) -> tuple[str, nn.ModuleList] | None:
+    """(path, blocks) of a plain token ViT (``_TOKEN_VITS``): ``layers`` in transformers 5's ViT,
+    ``encoder.layer`` in DINOv2 and transformers 4; None for any other model."""
+    cfg = backbone.config
+    if getattr(cfg, "model_type", None) not in _TOKEN_VITS or not hasattr(backbone, "embeddings"):
+        return None
+    for path in ("layers", "encoder.layer", "encoder.layers"):
+        try:
+            blocks = backbone.get_submodule(path)
+        except AttributeError:
+            continue
+        if isinstance(blocks, nn.ModuleList) and len(blocks) == cfg.num_hidden_layers:
+            return path, blocks
+    return None
+
+
+def _patch_size(cfg) -> int:
+    p = cfg.patch_size
+    return int(p[0] if isinstance(p, (list, tuple)) else p)
+
+
+class HFVisionModel(BackboneMixin, FeatureMixin, nn.Module):
     """A ``transformers`` base model + ``ClassifierHead``.
 
     ``forward_features``: [B, C, H, W] -> [B, num_features] (pooled, see the module docstring).
     ``num_features`` is measured with one dummy forward at build time, so it is right for every
     architecture (``hidden_size``, ``hidden_sizes[-1]``, MobileViT's ``neck_hidden_sizes[-1]``, ...).
+
+    ``feature_info`` / ``forward_intermediates``: see the module docstring (ViT-S/14: 4 levels of
+    384 channels at reduction 14, ``backbone.encoder.layer.{2,5,8,11}``).
     """
 
     def __init__(self, backbone: nn.Module, num_classes: int = 1000, drop_rate: float = 0.0, pool: str = "auto",
@@ -144,6 +189,8 @@ class HFVisionModel(BackboneMixin, nn.Module):
         self.pretrained_cfg = {"mean": tuple(mean), "std": tuple(std), "input_size": (in_chans, *size)}
         self.num_features = self._probe_width(in_chans, size)
         self.head = ClassifierHead(self.num_features, num_classes, drop_rate)
+        self._hidden_state_index: list[int] = []  # hidden_states entry of each level (non-ViT models)
+        self.feature_info = self._vit_feature_info() if _token_blocks(backbone) else self._probe_pyramid(in_chans, size)
 
     @torch.no_grad()
     def _probe_width(self, in_chans: int, size) -> int:
@@ -165,6 +212,102 @@ class HFVisionModel(BackboneMixin, nn.Module):
         if h.dim() == 4:  # conv feature map [B, C, h, w]
             return h.mean((2, 3))
         return h.mean(1) if self.pool == "mean" else h[:, 0]  # tokens [B, T, D]
+
+    # -- multi-scale features ---------------------------------------------------------------------
+
+    def _vit_feature_info(self) -> list[dict]:
+        cfg = self.backbone.config
+        path, blocks = _token_blocks(self.backbone)
+        depth, n = len(blocks), min(_FEATURE_LEVELS, len(blocks))
+        picks = [math.ceil((i + 1) * depth / n) - 1 for i in range(n)]  # evenly spaced, ending at the last
+        return [{"num_chs": int(cfg.hidden_size), "reduction": _patch_size(cfg), "module": f"backbone.{path}.{i}"}
+                for i in picks]
+
+    @torch.no_grad()
+    def _probe_pyramid(self, in_chans: int, size) -> list[dict]:
+        """Levels of a model whose hidden states are maps: one dummy forward (eval mode, so BatchNorm
+        statistics and the random state are untouched)."""
+        was_training = self.backbone.training
+        self.backbone.eval()
+        p = next(self.backbone.parameters())
+        try:
+            maps = self._hidden_maps(torch.zeros(1, in_chans, *size, dtype=p.dtype, device=p.device))
+        except Exception:  # noqa: BLE001 - a model that rejects output_hidden_states: no pyramid, still a classifier
+            maps = []
+        finally:
+            self.backbone.train(was_training)
+        if not maps:
+            return []
+        names = self._hidden_state_modules(len(maps))
+        info: list[dict] = []
+        self._hidden_state_index = []
+        for i, (name, m) in enumerate(zip(names, maps)):
+            level = {"num_chs": int(m.shape[1]), "reduction": max(1, round(size[0] / m.shape[-2])), "module": name}
+            if info and info[-1]["reduction"] == level["reduction"]:  # the last map at each stride
+                info[-1], self._hidden_state_index[-1] = level, i
+            else:
+                info.append(level)
+                self._hidden_state_index.append(i)
+        return info
+
+    def _hidden_maps(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The model's hidden states as maps [B, C, h, w] (empty when they are tokens)."""
+        out = self.backbone(pixel_values=x, output_hidden_states=True)
+        hs = getattr(out, "reshaped_hidden_states", None) or getattr(out, "hidden_states", None)
+        if not hs or any(h.dim() != 4 for h in hs):
+            return []
+        return list(hs)
+
+    def _hidden_state_modules(self, n: int) -> list[str]:
+        """Module paths for ``hidden_states[0..n-1]``: the embedding (stem) module, then the stages
+        of the first ``ModuleList`` of ``n - 1`` entries (``encoder.stages``, ``encoder.layers``)."""
+        bb = self.backbone
+        stem = next((a for a in ("embeddings", "embedder") if hasattr(bb, a)), "embeddings")
+        stages = next((name for name, m in bb.named_modules() if isinstance(m, nn.ModuleList) and len(m) == n - 1),
+                      None)
+        if stages is None:
+            return [f"backbone.{stem}"] + [f"backbone.hidden_states.{i}" for i in range(1, n)]
+        return [f"backbone.{stem}"] + [f"backbone.{stages}.{i}" for i in range(n - 1)]
+
+    def _feature_steps(self):
+        bb = self.backbone
+        path, blocks = _token_blocks(bb)
+        proj = getattr(getattr(bb.embeddings, "patch_embeddings", None), "projection", None)
+        dtype = getattr(proj, "weight", None)
+        dtype = dtype.dtype if isinstance(dtype, torch.Tensor) else None
+
+        def embed(x):  # as ViTModel.forward: input cast to the patch projection's dtype
+            return bb.embeddings(x if dtype is None else x.to(dtype))
+
+        def block_fn(block):
+            def run(h):
+                out = block(h)
+                return out[0] if isinstance(out, tuple) else out  # transformers 4 returns a tuple
+            return run
+
+        return [("backbone.embeddings", embed)] + [(f"backbone.{path}.{i}", block_fn(b)) for i, b in enumerate(blocks)]
+
+    def _feature_readout(self, h: torch.Tensor, input_size: tuple[int, int]) -> torch.Tensor:
+        """Tokens [B, T, D] -> final LayerNorm -> patch tokens as a map [B, D, H/p, W/p]."""
+        norm = getattr(self.backbone, "layernorm", None)
+        if norm is not None:
+            h = norm(h)
+        p = _patch_size(self.backbone.config)
+        gh, gw = input_size[0] // p, input_size[1] // p
+        return h[:, h.shape[1] - gh * gw:].transpose(1, 2).reshape(h.shape[0], h.shape[2], gh, gw).contiguous()
+
+    def forward_intermediates(self, x: torch.Tensor, indices=None) -> list[torch.Tensor]:
+        """``x`` [B, C, H, W] -> level maps ``[B, C_i, H/s_i, W/s_i]`` for ``indices`` (see ``_base.py``)."""
+        if not self.feature_info:
+            raise NotImplementedError(
+                f"{type(self.backbone).__name__} ({self.backbone.config.model_type}) gives no feature maps: "
+                f"multi-scale features need a plain token ViT ({', '.join(_TOKEN_VITS)}) or a model whose "
+                "hidden_states are [B, C, h, w] maps (ConvNeXt, ResNet, Swin, ...)")
+        if _token_blocks(self.backbone):
+            return super().forward_intermediates(x, indices)
+        take = resolve_feature_indices(indices, len(self.feature_info))
+        maps = self._hidden_maps(x) if take else []
+        return [maps[self._hidden_state_index[i]] for i in take]
 
 
 @register_model()

@@ -10,7 +10,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from ._base import IMAGENET_MEAN, IMAGENET_STD, BackboneMixin, ClassifierHead, adapt_first_conv
+from ._base import (IMAGENET_MEAN, IMAGENET_STD, BackboneMixin, ClassifierHead, FeatureMixin, adapt_first_conv,
+                    feature_info_from_plan)
 from .registry import register_model
 from .weights import load_pretrained
 
@@ -48,8 +49,12 @@ class InvertedResidual(nn.Module):
 _SETTINGS = [(1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1)]
 
 
-class MobileNetV2(BackboneMixin, nn.Module):
-    """``stem_stride=1`` keeps 4x more resolution for small inputs (28-64 px) at 4x the compute."""
+class MobileNetV2(BackboneMixin, FeatureMixin, nn.Module):
+    """``stem_stride=1`` keeps 4x more resolution for small inputs (28-64 px) at 4x the compute.
+
+    ``feature_info`` (width 1.0, stem stride 2): ``features.1`` 16 @ 2, ``features.3`` 24 @ 4,
+    ``features.6`` 32 @ 8, ``features.13`` 96 @ 16, ``features.18`` 1280 @ 32 (the last block of
+    each stride; the deepest is ``forward_features``).  ``stem_stride=1`` halves every reduction."""
 
     def __init__(self, num_classes: int = 1000, width_mult: float = 1.0, in_chans: int = 3,
                  drop_rate: float = 0.2, stem_stride: int = 2):
@@ -58,12 +63,16 @@ class MobileNetV2(BackboneMixin, nn.Module):
         self.num_features = _make_divisible(1280 * max(1.0, width_mult))
         self.num_classes = num_classes
         feats: list[nn.Module] = [ConvBNReLU(in_chans, cin, stride=stem_stride)]
+        plan = [(cin, stem_stride)]  # (out channels, stride) of each features.i, for feature_info
         for t, c, n, s in _SETTINGS:
             cout = _make_divisible(c * width_mult)
             for i in range(n):
                 feats.append(InvertedResidual(cin, cout, s if i == 0 else 1, t))
+                plan.append((cout, s if i == 0 else 1))
                 cin = cout
         feats.append(ConvBNReLU(cin, self.num_features, k=1))
+        plan.append((self.num_features, 1))
+        self.feature_info = feature_info_from_plan([(f"features.{i}", c, s) for i, (c, s) in enumerate(plan)])
         self.features = nn.Sequential(*feats)
         self.head = ClassifierHead(self.num_features, num_classes, drop_rate)
         self.pretrained_cfg = {"mean": IMAGENET_MEAN, "std": IMAGENET_STD, "input_size": (3, 224, 224)}
@@ -77,6 +86,9 @@ class MobileNetV2(BackboneMixin, nn.Module):
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """[B, in_chans, H, W] -> [B, 1280, H/32, W/32] (H/16 with stem_stride=1)."""
         return self.features(x)
+
+    def _feature_steps(self):
+        return [(f"features.{i}", m) for i, m in enumerate(self.features)]
 
 
 def _remap_torchvision(sd: dict[str, torch.Tensor], in_chans: int) -> dict[str, torch.Tensor]:

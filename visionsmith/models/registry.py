@@ -12,6 +12,7 @@ from typing import Callable
 
 import torch.nn as nn
 
+from ..errors import UnknownNameError
 from .weights import is_run_folder, load_run_backbone
 
 
@@ -57,8 +58,8 @@ def get_model_entry(name: str) -> ModelEntry:
         import difflib
         near = difflib.get_close_matches(name, list(_REGISTRY), n=3)
         hint = f" Did you mean {', '.join(near)}?" if near else ""
-        raise KeyError(f"unknown model {name!r}.{hint} Known models: {', '.join(sorted(_REGISTRY))} "
-                       "(`visionsmith models` lists them).")
+        raise UnknownNameError(f"unknown model {name!r}.{hint} Known models: {', '.join(sorted(_REGISTRY))} "
+                                "(`visionsmith models` lists them).")
     return _REGISTRY[name]
 
 

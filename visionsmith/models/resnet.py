@@ -14,7 +14,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from ._base import IMAGENET_MEAN, IMAGENET_STD, BackboneMixin, ClassifierHead, adapt_first_conv
+from ._base import (IMAGENET_MEAN, IMAGENET_STD, BackboneMixin, ClassifierHead, FeatureMixin, adapt_first_conv,
+                    feature_info_from_plan)
 from .registry import register_model
 from .weights import WeightLoadError, load_pretrained
 
@@ -44,7 +45,7 @@ class BasicBlock(nn.Module):
         return self.relu(y + identity)
 
 
-class ResNet(BackboneMixin, nn.Module):
+class ResNet(BackboneMixin, FeatureMixin, nn.Module):
     """Configurable basic-block ResNet.
 
     Args:
@@ -55,6 +56,10 @@ class ResNet(BackboneMixin, nn.Module):
 
     ``forward_features``: [B, in_chans, H, W] -> [B, widths[-1], H/s, W/s] with s = 4 * 2**(len-1)
     for the ImageNet stem (32 for ResNet-18) and 2**(len-1) for the small stem (4 for ResNet-20).
+
+    ``feature_info``: ImageNet stem: ``relu`` (the stem, before the max-pool) widths[0] @ 2, then
+    ``layerN`` @ 4, 8, 16, 32 (ResNet-18: 64 @ 2, 64 @ 4, 128 @ 8, 256 @ 16, 512 @ 32); small stem:
+    one level per stage, ``layer1`` @ 1, ``layer2`` @ 2, ``layer3`` @ 4 (ResNet-8/20: 16, 32, 64).
     """
 
     def __init__(self, layers=(2, 2, 2, 2), widths=(64, 128, 256, 512), num_classes: int = 1000,
@@ -77,11 +82,15 @@ class ResNet(BackboneMixin, nn.Module):
         self.relu = nn.ReLU(inplace=True)
         cin = widths[0]
         self.stage_names = []
+        s0 = 2 if stem == "imagenet" else 1  # stride of conv1, and of the max-pool
+        plan = [("relu", widths[0], s0), ("maxpool", widths[0], s0)]  # (module, out channels, stride), for feature_info
         for i, (n, c) in enumerate(zip(layers, widths)):
             blocks = [BasicBlock(cin if j == 0 else c, c, 2 if (i > 0 and j == 0) else 1) for j in range(n)]
             setattr(self, f"layer{i + 1}", nn.Sequential(*blocks))  # torchvision names: layer1..layerN
             self.stage_names.append(f"layer{i + 1}")
+            plan.append((f"layer{i + 1}", c, 2 if i > 0 else 1))
             cin = c
+        self.feature_info = feature_info_from_plan(plan)
         self.head = ClassifierHead(self.num_features, num_classes, drop_rate)
         small = stem == "small"
         self.pretrained_cfg = {"mean": CIFAR_MEAN if small else IMAGENET_MEAN,
@@ -103,6 +112,10 @@ class ResNet(BackboneMixin, nn.Module):
         for name in self.stage_names:
             x = getattr(self, name)(x)
         return x
+
+    def _feature_steps(self):
+        steps = [("relu", lambda x: self.relu(self.bn1(self.conv1(x)))), ("maxpool", self.maxpool)]
+        return steps + [(name, getattr(self, name)) for name in self.stage_names]
 
 
 def _remap_torchvision(sd: dict[str, torch.Tensor], in_chans: int) -> dict[str, torch.Tensor]:

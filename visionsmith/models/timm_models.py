@@ -8,11 +8,21 @@ timm models already follow the backbone contract this package copies (``num_feat
 ``forward_features``, ``forward_head(pre_logits=)``, ``reset_classifier``, ``pretrained_cfg``), so the
 model is returned as timm builds it.  Differences to know: the classifier keeps timm's name
 (``fc``, ``head``, ``classifier``, ``head.fc``... see ``model.get_classifier()``), not always ``head.fc``.
+
+Multi-scale features are timm's own: ``model.feature_info`` is timm's list of
+``{"num_chs", "reduction", "module"}`` (one per stage for CNNs, one per block for ViTs), and
+``model.forward_intermediates(x, indices=None)`` calls timm's with ``intermediates_only=True`` and
+``stop_early=True``, so it returns the list of maps as every visionsmith backbone does (timm's
+default is a ``(final, intermediates)`` tuple).  Unlike the visionsmith ViTs, timm does not apply
+the final norm to ViT intermediates (its ``norm=False``).
 """
 from __future__ import annotations
 
+import functools
+import inspect
 from pathlib import Path
 
+import torch
 import torch.nn as nn
 
 from .registry import register_model
@@ -57,4 +67,21 @@ def timm_model(model_name: str = "resnet18", num_classes: int = 1000, pretrained
     cfg.setdefault("std", (0.229, 0.224, 0.225))
     cfg.setdefault("input_size", (in_chans, 224, 224))
     model.pretrained_cfg = cfg
+    if callable(getattr(type(model), "forward_intermediates", None)):
+        # An instance attribute over timm's method; a partial (not a closure) so that deepcopy and
+        # pickle rebind it to the copy.  No parameter, buffer or submodule is added.
+        model.forward_intermediates = functools.partial(_timm_intermediates, model)
     return model
+
+
+def _timm_intermediates(model: nn.Module, x: torch.Tensor, indices=None) -> list[torch.Tensor]:
+    """timm's ``forward_intermediates`` as the visionsmith interface: ``x`` [B, C, H, W] -> the maps
+    [B, C_i, H/s_i, W/s_i] of the levels in ``indices`` (None: all, int n: the deepest n, list:
+    those), shallow to deep, running no further than the deepest."""
+    fn = type(model).forward_intermediates
+    params = inspect.signature(fn).parameters
+    kw = {k: True for k in ("intermediates_only", "stop_early") if k in params}
+    out = fn(model, x, indices=indices, **kw)
+    if isinstance(out, tuple):  # a timm without intermediates_only: (final, intermediates)
+        out = out[1]
+    return list(out)

@@ -17,9 +17,10 @@ import torch
 import torch.nn as nn
 
 from ..assets import resolve
+from ..errors import UserError
 
 
-class WeightLoadError(RuntimeError):
+class WeightLoadError(UserError, RuntimeError):
     pass
 
 

@@ -38,6 +38,7 @@ from .backends import Backend, is_small_image
 from .batching import Batcher, ServerBusy
 from .metrics import Metrics
 from .uploads import ClientError, parse_topk, read_images, status_for
+from ..errors import UserError
 
 STATIC = Path(__file__).parent / "static"
 # Far below Pillow's ~89 M: a 4096 x 4096 RGB image already decodes to 48 MB, and the server may
@@ -74,13 +75,13 @@ def create_app(backends: list[Backend], opts: ServeOptions | None = None) -> Fas
     lowered to ``opts.max_pixels``."""
     opts = opts or ServeOptions()
     if opts.max_queue < opts.max_images:
-        raise ValueError(f"max_queue ({opts.max_queue}) must be >= max_images ({opts.max_images})")
+        raise UserError(f"max_queue ({opts.max_queue}) must be >= max_images ({opts.max_images})")
     for b in backends:
         b.max_pixels = min(b.max_pixels, opts.max_pixels)
     models = {b.name: b for b in backends}
     if len(models) != len(backends):
         dup = sorted({b.name for b in backends if sum(c.name == b.name for c in backends) > 1})
-        raise ValueError(f"two models are named {', '.join(dup)}; name them with NAME=PATH")
+        raise UserError(f"two models are named {', '.join(dup)}; name them with NAME=PATH")
     metrics = Metrics()
     batchers = {n: Batcher(b, metrics, opts.max_batch, opts.max_wait_ms, opts.max_queue) for n, b in models.items()}
     pools: dict[str, ThreadPoolExecutor] = {}

@@ -24,6 +24,7 @@ from PIL import Image
 
 from ..data import DEFAULT_MAX_PIXELS, BatchTransform, image_to_uint8
 from ..data.images import load_image_bytes
+from ..errors import UserError
 
 
 class Backend:
@@ -88,12 +89,12 @@ class TorchBackend(Backend):
     kind = "pytorch"
 
     def __init__(self, run_dir: str | Path, name: str):
-        from ..config import SSL_METHODS
+        from ..methods import trains_head
         from ..engine.build import build_transforms, load_trained
         from ..models.pixel import PixelModel
         cfg, model, classes, info = load_trained(run_dir)
-        if cfg.method in SSL_METHODS:
-            raise ValueError(f"{run_dir} is a self-supervised pretraining run (method={cfg.method}): its classifier "
+        if not trains_head(cfg):
+            raise UserError(f"{run_dir} is a self-supervised pretraining run (method={cfg.method}): its classifier "
                              "was never trained, so there is nothing to serve; fine-tune a classifier from it first")
         _, eval_tf = build_transforms(cfg, model)
         super().__init__(name, str(run_dir), classes, cfg.data.image_size, cfg.model.in_chans,
@@ -129,7 +130,7 @@ class OnnxBackend(Backend):
             import onnx  # noqa: F401 - the metadata reader needs both
             import onnxruntime  # noqa: F401
         except ImportError:
-            raise ValueError(f"serving {path} needs onnx and onnxruntime: pip install onnx onnxruntime "
+            raise UserError(f"serving {path} needs onnx and onnxruntime: pip install onnx onnxruntime "
                              "(or serve the run folder's checkpoint instead)") from None
         from ..export.runtime import OnnxClassifier
         self.clf = OnnxClassifier(path, threads)  # ValueError naming the file for anything not a visionsmith export
@@ -174,5 +175,5 @@ def load_backend(spec: str, threads: int | None = None) -> Backend:
         return OnnxBackend(path, name, threads)
     if path.is_dir():
         return TorchBackend(path, name)
-    raise ValueError(f"{spec}: not a run folder or an .onnx file (serve takes `visionsmith train` run folders, "
+    raise UserError(f"{spec}: not a run folder or an .onnx file (serve takes `visionsmith train` run folders, "
                      "their export/model.onnx files, or NAME=PATH for either)")

@@ -31,6 +31,7 @@ import torch
 
 from .backends import Backend
 from .metrics import Metrics
+from ..errors import UserError
 
 log = logging.getLogger("visionsmith.serve")
 
@@ -55,9 +56,9 @@ class Batcher:
     def __init__(self, backend: Backend, metrics: Metrics, max_batch: int = 32, max_wait_ms: float = 5.0,
                  max_queue: int = 1024):
         if max_batch < 1:
-            raise ValueError(f"max_batch must be >= 1, got {max_batch}")
+            raise UserError(f"max_batch must be >= 1, got {max_batch}")
         if max_wait_ms < 0:
-            raise ValueError(f"max_wait_ms must be >= 0, got {max_wait_ms}")
+            raise UserError(f"max_wait_ms must be >= 0, got {max_wait_ms}")
         self.backend = backend
         self.max_batch = min(max_batch, backend.max_batch or max_batch)
         self.max_wait = max_wait_ms / 1000.0

@@ -11,6 +11,7 @@ import os
 
 from .app import SERVE_MAX_PIXELS, ServeOptions, create_app
 from .backends import load_backend
+from ..errors import UserError
 
 TOKEN_ENV = "VISIONSMITH_SERVE_TOKEN"
 
@@ -28,10 +29,10 @@ def is_loopback(host: str) -> bool:
 def check_bind(host: str, token: str | None) -> None:
     """Refuse to listen beyond this machine without a token."""
     if token is not None and not token.strip():
-        raise ValueError("--token is empty; give a long random string (e.g. `python -c 'import secrets; "
+        raise UserError("--token is empty; give a long random string (e.g. `python -c 'import secrets; "
                          "print(secrets.token_urlsafe(24))'`)")
     if not is_loopback(host) and not token:
-        raise ValueError(f"refusing to serve on {host}: that is reachable from other machines and there is no token. "
+        raise UserError(f"refusing to serve on {host}: that is reachable from other machines and there is no token. "
                          f"Pass --token T (or set {TOKEN_ENV}) so clients must send 'Authorization: Bearer T', "
                          "or keep the default --host 127.0.0.1")
 
@@ -62,9 +63,9 @@ def serve(specs: list[str], host: str = "127.0.0.1", port: int = 8000, token: st
     token = token if token is not None else (os.environ.get(TOKEN_ENV) or None)  # set but empty = unset
     check_bind(host, token)
     if not specs:
-        raise ValueError("nothing to serve: give at least one run folder or .onnx file")
+        raise UserError("nothing to serve: give at least one run folder or .onnx file")
     if max_batch < 1 or max_wait_ms < 0 or max_upload_mb <= 0 or max_pixels < 1:
-        raise ValueError("--max-batch and --max-pixels must be >= 1, --max-wait-ms >= 0, --max-upload-mb > 0")
+        raise UserError("--max-batch and --max-pixels must be >= 1, --max-wait-ms >= 0, --max-upload-mb > 0")
     threads = threads or default_threads()
     # Inference runs one batch at a time in one thread, with `threads` intra-op threads.  Large
     # uploads decode in a small pool of their own (PIL releases the GIL), overlapping with inference.

@@ -1,4 +1,9 @@
-"""Tasks: head + loss + metrics + postprocess for one kind of output."""
+"""Tasks: the kind of output a model gives -- head, loss, targets, metrics, postprocess.
+
+``get_task(cfg)`` is the entry point; ``base.py`` describes the protocol.  One task per file.
+"""
+from .base import Metric, Task, get_task, register_task, task_class, task_names
 from .classification import ClassificationTask, compute_metrics, confusion_matrix, worst_mistakes
 
-__all__ = ["ClassificationTask", "compute_metrics", "confusion_matrix", "worst_mistakes"]
+__all__ = ["ClassificationTask", "Metric", "Task", "compute_metrics", "confusion_matrix", "get_task",
+           "register_task", "task_class", "task_names", "worst_mistakes"]

@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+import torch.nn as nn
 from torch import Tensor
 
-__all__ = ["ClassificationTask", "compute_metrics", "confusion_matrix", "worst_mistakes"]
+from .base import Task, register_task
+
+__all__ = ["ClassificationMetric", "ClassificationTask", "compute_metrics", "confusion_matrix", "worst_mistakes"]
 
 
 def _check(logits: Tensor, labels: Tensor) -> None:
@@ -118,29 +121,114 @@ def worst_mistakes(logits: Tensor, labels: Tensor, k: int = 16) -> list[dict]:
     ]
 
 
-class ClassificationTask:
-    """Loss and postprocess for single-label classification.
+@register_task
+class ClassificationTask(Task):
+    """One label per image.
 
     Loss: softmax cross-entropy with optional label smoothing (Szegedy et al., "Rethinking the
     Inception Architecture for Computer Vision", CVPR 2016, sec. 7): the target puts
     ``1 - eps`` on the true class and spreads ``eps`` uniformly over all K classes.
+    Model: the backbone's own classifier head (``reset_classifier``), so checkpoint keys and the
+    random initialisation are those of the backbone family.
     """
 
     name = "classification"
+    target_key = "label"
+    headline = "acc"
+    headline_label = "test accuracy"
+    val_keys = ("acc", "top5", "macro_f1", "loss")
+    test_keys = ("acc", "top5", "macro_f1")
+    data_sources = ("fashion_mnist", "digits", "folder", "csv")
 
-    def __init__(self, classes: list[str] | None = None):
+    def __init__(self, cfg=None, classes: list[str] | None = None):
+        super().__init__(cfg)
         self.classes = list(classes) if classes is not None else None
+        self.label_smoothing = cfg.train.label_smoothing if cfg is not None else 0.0
 
-    def loss(self, logits: Tensor, target: Tensor, label_smoothing: float = 0.0) -> Tensor:
-        """Mean cross-entropy. ``logits`` float ``[B, K]``, ``target`` int64 ``[B]`` -> scalar."""
-        return F.cross_entropy(logits, target, label_smoothing=label_smoothing)
+    # -- data and model -----------------------------------------------------------------------
+    def build_datasets(self, seed: int) -> dict:
+        from ..data import build_datasets
+        return build_datasets(self.cfg.data, seed)
+
+    def build_model(self, num_classes: int, pretrained: bool | str | None = None) -> nn.Module:
+        from ..models import create_model
+        m = self.cfg.model
+        return create_model(m.name, num_classes=num_classes, pretrained=m.pretrained if pretrained is None else pretrained,
+                            in_chans=m.in_chans, drop_rate=m.drop_rate, **m.kwargs)
+
+    def make_batch(self, ds, idx: Tensor, transform, generator: torch.Generator | None) -> dict:
+        """``{"image": float [B, C, S, S], "label": int64 [B]}``."""
+        return {"image": transform(ds.images[idx], generator), "label": ds.labels[idx]}
+
+    # -- training -----------------------------------------------------------------------------
+    def loss(self, logits: Tensor, batch, label_smoothing: float | None = None) -> Tensor:
+        """Mean cross-entropy. ``logits`` float ``[B, K]``; ``batch`` a batch dict or int64 ``[B]`` -> scalar."""
+        target = batch[self.target_key] if isinstance(batch, dict) else batch
+        eps = self.label_smoothing if label_smoothing is None else label_smoothing
+        return F.cross_entropy(logits, target, label_smoothing=eps)
 
     @torch.no_grad()
     def postprocess(self, logits: Tensor, k: int = 5) -> tuple[Tensor, Tensor]:
         """Top-k softmax probabilities and class indices, each ``[B, min(k, K)]``, best first."""
         return logits.float().softmax(dim=-1).topk(min(k, logits.shape[-1]), dim=-1)
 
+    # -- evaluation ---------------------------------------------------------------------------
+    def metric(self, classes: list[str]) -> "ClassificationMetric":
+        return ClassificationMetric(classes)
+
     def metrics(self, logits: Tensor, labels: Tensor) -> dict:
         """``compute_metrics`` with this task's class names (``class_0``... when none were given)."""
         classes = self.classes or [f"class_{i}" for i in range(logits.shape[1])]
         return compute_metrics(logits, labels, classes)
+
+    def eval_artifacts(self, run_dir, ds, logits: Tensor, m: dict, worst_k: int = 16) -> dict:
+        """The ``worst_k`` most confident mistakes; for the official evaluation also their images in
+        ``eval_worst.npz`` (the report's mistakes gallery)."""
+        worst = worst_mistakes(logits, ds.labels, k=worst_k)
+        if run_dir is not None:
+            import numpy as np
+            idx = torch.tensor([w["index"] for w in worst], dtype=torch.long)
+            np.savez_compressed(run_dir / "eval_worst.npz", images=ds.images[idx].numpy(),
+                                labels=np.array([w["label"] for w in worst]), preds=np.array([w["pred"] for w in worst]),
+                                confidence=np.array([w["confidence"] for w in worst]))
+        return {"worst": worst}
+
+    def summary(self, m: dict) -> str:
+        return f"accuracy {m['acc']:.4f}  top-5 {m['top5']:.4f}  macro-F1 {m['macro_f1']:.4f}"
+
+    def per_class_lines(self, m: dict) -> list[str]:
+        pc, width = m["per_class"], max(len(c) for c in m["classes"])
+        return [f"{'class':<{width}}  precision  recall   f1     support"] + [
+            f"{c:<{width}}  {pc['precision'][i]:.4f}     {pc['recall'][i]:.4f}   {pc['f1'][i]:.4f} {pc['support'][i]:>7}"
+            for i, c in enumerate(m["classes"])]
+
+
+class ClassificationMetric:
+    """Keeps every logit row and label (top-k, loss and the worst mistakes need them all; a split
+    of 10k images x 10 classes is 400 kB); ``compute`` is ``compute_metrics``.  ``reduce`` gathers
+    the rows of every DDP rank."""
+
+    def __init__(self, classes: list[str]):
+        self.classes = list(classes)
+        self.logits: list[Tensor] = []
+        self.labels: list[Tensor] = []
+
+    def update(self, logits: Tensor, batch: dict) -> None:
+        self.logits.append(logits.detach().float().cpu())
+        self.labels.append(batch["label"].detach().long().cpu())
+
+    def reduce(self) -> None:
+        import torch.distributed as dist
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            parts: list = [None] * dist.get_world_size()
+            dist.all_gather_object(parts, (self._cat(self.logits, len(self.classes)), self._cat(self.labels)))
+            self.logits, self.labels = [p[0] for p in parts], [p[1] for p in parts]
+
+    @staticmethod
+    def _cat(xs: list[Tensor], k: int | None = None) -> Tensor:
+        if xs:
+            return torch.cat(xs)
+        return torch.empty(0, k) if k is not None else torch.empty(0, dtype=torch.long)
+
+    def compute(self) -> dict:
+        return compute_metrics(self._cat(self.logits, len(self.classes)), self._cat(self.labels), self.classes)
