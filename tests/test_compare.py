@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from visionsmith.compare import load_spec, run_comparison
+from visionsmith.workflows.compare import load_spec, run_comparison
 from visionsmith.config import ConfigError
 
 REPO = Path(__file__).resolve().parents[1]

@@ -14,7 +14,7 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.mark.parametrize("recipe", sorted((REPO / "recipes").glob("*.yaml")), ids=lambda p: p.stem)
 def test_every_recipe_loads(recipe):
     if recipe.stem.startswith("compare-"):  # a comparison spec (`visionsmith compare`), not a run recipe
-        from visionsmith.compare import load_spec
+        from visionsmith.workflows.compare import load_spec
         spec, runs = load_spec(recipe)
         for r in runs:  # every run's overrides make a valid config (${run} references: any string will do)
             over = [o.replace("${", "/tmp/").replace("}", "") for o in spec.overrides + r.overrides]

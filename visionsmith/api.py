@@ -12,29 +12,14 @@ from pathlib import Path
 
 import torch
 
-from .config import Config, load_config
+from .config import RECIPES, Config, find_recipe, load_config  # noqa: F401  (re-exported)
 from .engine import distributed as D
 from .engine.evaluate import evaluate_run
 from .engine.loop import fit
 from .engine.runfolder import read_json, write_json
-from .methods import trains_head
-from .methods.transfer import PEFT_MODES
 from .errors import UserError
-
-RECIPES = Path(__file__).resolve().parents[1] / "recipes"
-
-
-def find_recipe(name_or_path: str | Path) -> Path:
-    """A YAML path, or the name of a recipe in ``recipes/`` (``fashion-mnist-quick``)."""
-    p = Path(name_or_path)
-    if p.is_file():
-        return p
-    for cand in (RECIPES / f"{name_or_path}.yaml", RECIPES / str(name_or_path)):
-        if cand.is_file():
-            return cand
-    known = ", ".join(sorted(q.stem for q in RECIPES.glob("*.yaml")))
-    from .config import ConfigError
-    raise ConfigError(f"no config file or recipe named {str(name_or_path)!r}; recipes: {known}")
+from .methods import trains_head
+from .surgery.transfer import PEFT_MODES
 
 
 def _as_config(config: Config | str | Path | None, overrides) -> Config:
@@ -226,7 +211,13 @@ def fewshot(run_or_model: str | Path, ways: int = 5, shots=(1, 5), episodes: int
     """
     import time
 
-    from .engine.fewshot import check_class_counts, check_episode_args, extract_features, fewshot_eval, resolve_source
+    from .workflows.fewshot import (
+        check_class_counts,
+        check_episode_args,
+        extract_features,
+        fewshot_eval,
+        resolve_source,
+    )
     shots = check_episode_args(ways, shots, episodes, queries)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     src = resolve_source(run_or_model, data, split, image_size, pretrained, device,
@@ -246,8 +237,13 @@ def zeroshot(clip_folder: str | Path, data: str | Path | None = None, split: str
     """Zero-shot accuracy of a local CLIP model folder (``save_pretrained`` + tokenizer) on
     ``data`` (as in ``fewshot``; default fashion_mnist test), classes named by their folder or
     dataset class names in ``prompts`` (default ``["a photo of a {}."]``)."""
-    from .engine.fewshot import data_config, load_split
-    from .engine.zeroshot import DEFAULT_PROMPTS, check_prompts, clip_config, zeroshot_eval
+    from .workflows.fewshot import data_config, load_split
+    from .workflows.zeroshot import (
+        DEFAULT_PROMPTS,
+        check_prompts,
+        clip_config,
+        zeroshot_eval,
+    )
     prompts = check_prompts(prompts or DEFAULT_PROMPTS)
     config = clip_config(clip_folder)  # a bad folder fails before any data is read
     dcfg = data_config(data, config.vision_config.image_size)  # folders decode straight to CLIP's size
@@ -276,7 +272,7 @@ def prune(run_dir: str | Path, amount: float = 0.5, kind: str = "structured", fi
 
     ``sweep=[0.25, 0.5, 0.75]``: one pruned run per amount under ``out`` (default
     ``<run>-prune-sweep-<kind>``) plus ``sweep.json/.md/.png/.html``; -> (sweep folder, rows)."""
-    from .engine.prune import prune_run, prune_sweep
+    from .workflows.prune import prune_run, prune_sweep
     if sweep is None:
         run, row = prune_run(run_dir, amount, kind, finetune_epochs, out, importance, scope, overrides, finish)
         report(run)  # again: prune.json (the report's pruning section) is written after the first report
@@ -299,8 +295,8 @@ def robustness(run_dir: str | Path, eps="0,1/255,2/255,4/255,8/255", attack: str
     rewrites the report; -> the curve ({attack, norm, steps, images, points: [{eps, acc}]})."""
     import base64
 
-    from .engine.robustness import robustness_run
     from .report.robustness import read_curves, robustness_plot
+    from .workflows.robustness import robustness_run
     curve = robustness_run(run_dir, eps, attack, norm, steps, step_size, images, split, which)
     png = robustness_plot(read_curves(Path(run_dir)))
     if png:
@@ -311,5 +307,5 @@ def robustness(run_dir: str | Path, eps="0,1/255,2/255,4/255,8/255", attack: str
 
 def compare(spec: str | Path, out: str | Path | None = None, only: list[str] | None = None) -> tuple[Path, list[dict]]:
     """Train every run of a comparison spec (reusing finished ones); -> (folder, table rows)."""
-    from .compare import run_comparison
+    from .workflows.compare import run_comparison
     return run_comparison(spec, out, only)

@@ -9,8 +9,6 @@ A missing asset is an ``AssetError`` that says how to get it; nothing here retri
 """
 from __future__ import annotations
 
-from .errors import UserError
-
 import hashlib
 import json
 import os
@@ -21,6 +19,8 @@ import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
+
+from .errors import UserError
 
 
 class AssetError(UserError, RuntimeError):

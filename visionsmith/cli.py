@@ -216,8 +216,8 @@ def cmd_compare(a) -> int:
 
 def _print_modules(name: str) -> None:
     """The module names a LoRA target pattern can match (adapt.lora.targets)."""
-    from .methods.peft import candidate_modules
     from .models import create_model
+    from .surgery.peft import candidate_modules
     model = create_model(name, num_classes=10)
     mods = dict(model.named_modules())
     for n in candidate_modules(model):

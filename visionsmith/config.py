@@ -125,7 +125,7 @@ class LoraConfig:
 
 @dataclass
 class AdaptConfig:
-    """How much of a pretrained model trains (methods/transfer.py, methods/peft.py)."""
+    """How much of a pretrained model trains (surgery/transfer.py, surgery/peft.py)."""
     # full: everything; linear: the head only (linear probe); partial: the last `blocks` blocks + head;
     # bitfit: biases + head; lora/loha/lokr/ia3: peft adapters + head; prompt: visual prompt tuning (ViT)
     mode: Literal["full", "linear", "partial", "bitfit", "lora", "loha", "lokr", "ia3", "prompt"] = "full"
@@ -167,7 +167,7 @@ class AdversarialConfig:
 
 @dataclass
 class PruneConfig:
-    """Pruning (methods/compress.py, engine/prune.py), written by ``visionsmith prune``: the model is
+    """Pruning (surgery/compress.py, workflows/prune.py), written by ``visionsmith prune``: the model is
     ``source``'s trained model (all its weights, the classifier too) pruned, then fine-tuned with
     this config's train section.  A rebuild repeats the pruning exactly, so resume works."""
     source: str | None = None  # the trained run folder that is pruned; null: not a pruning run
@@ -369,6 +369,21 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
             node = node.setdefault(p, {})
         node[parts[-1]] = parse_value(text.strip())
     return data
+
+
+RECIPES = Path(__file__).resolve().parents[1] / "recipes"
+
+
+def find_recipe(name_or_path: str | Path) -> Path:
+    """A YAML path, or the name of a recipe in ``recipes/`` (``fashion-mnist-quick``)."""
+    p = Path(name_or_path)
+    if p.is_file():
+        return p
+    for cand in (RECIPES / f"{name_or_path}.yaml", RECIPES / str(name_or_path)):
+        if cand.is_file():
+            return cand
+    known = ", ".join(sorted(q.stem for q in RECIPES.glob("*.yaml")))
+    raise ConfigError(f"no config file or recipe named {str(name_or_path)!r}; recipes: {known}")
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Config:

@@ -13,7 +13,7 @@ from visionsmith import api
 from visionsmith.cli import main as cli_main
 from visionsmith.config import DataConfig
 from visionsmith.data import BatchTransform, build_datasets
-from visionsmith.engine.fewshot import extract_features, fewshot_eval
+from visionsmith.workflows.fewshot import extract_features, fewshot_eval
 from visionsmith.models import create_model
 from visionsmith.models.weights import WeightLoadError
 
@@ -174,7 +174,7 @@ def tiny_clip(tmp_path_factory):
 
 
 def test_zeroshot_tiny_clip(tiny_clip, digits):
-    from visionsmith.engine.zeroshot import image_embeddings, load_clip, zeroshot_eval
+    from visionsmith.workflows.zeroshot import image_embeddings, load_clip, zeroshot_eval
     images, labels, classes = digits
     idx = torch.arange(0, len(labels), 60)  # 30 images
     prompts = ["a photo of the digit {}.", "a drawing of a {}"]
@@ -190,7 +190,7 @@ def test_zeroshot_tiny_clip(tiny_clip, digits):
 def test_zeroshot_normalisation_from_the_folder(tiny_clip, tmp_path):
     import shutil
 
-    from visionsmith.engine.zeroshot import CLIP_MEAN, image_mean_std
+    from visionsmith.workflows.zeroshot import CLIP_MEAN, image_mean_std
     assert image_mean_std(tiny_clip) == (CLIP_MEAN, image_mean_std(tiny_clip)[1])  # none saved: CLIP's
     shutil.copytree(tiny_clip, tmp_path / "clip")
     norm = {"image_mean": [0.1, 0.2, 0.3], "image_std": [0.4, 0.5, 0.6]}

@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from visionsmith import api
 from visionsmith.config import ConfigError, load_config
 from visionsmith.engine.build import build_transforms, load_trained
-from visionsmith.engine.robustness import parse_eps, robust_accuracy
+from visionsmith.workflows.robustness import parse_eps, robust_accuracy
 from visionsmith.methods.adversarial import fgsm, pgd, project
 from visionsmith.models.pixel import PixelModel
 

@@ -14,9 +14,9 @@ from visionsmith.api import prune
 from visionsmith.config import ConfigError, load_config
 from visionsmith.engine.build import build_model, load_trained
 from visionsmith.engine.checkpoint import CheckpointError, save_weights
-from visionsmith.engine.prune import prune_config, pruned_from_source
+from visionsmith.workflows.prune import prune_config, pruned_from_source
 from visionsmith.config import save_config
-from visionsmith.methods.compress import (check_amount, count_macs, count_params, fold_masks, make_permanent,
+from visionsmith.surgery.compress import (check_amount, count_macs, count_params, fold_masks, make_permanent,
                                           prunable_layers, prune_structured, prune_unstructured,
                                           recalibrate_batchnorm, reshape_to_state_dict, sparsity)
 from visionsmith.models import create_model

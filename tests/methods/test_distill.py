@@ -10,8 +10,6 @@ import torch.nn.functional as F
 import visionsmith as vs
 from visionsmith.config import load_config
 from visionsmith.data.synthetic import make_image_folder
-from visionsmith.engine.checkpoint import load_checkpoint
-from visionsmith.engine.loop import fit
 from visionsmith.methods.distill import TeacherInput, kd_loss
 
 REPO = Path(__file__).resolve().parents[2]

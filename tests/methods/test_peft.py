@@ -15,8 +15,8 @@ from visionsmith.data import build_datasets
 from visionsmith.engine.adapters import load_adapter, merge_run
 from visionsmith.engine.build import build_transforms, load_trained
 from visionsmith.engine.loop import fit
-from visionsmith.methods.peft import merge_adapters, resolve_targets
-from visionsmith.methods.transfer import adapt_model
+from visionsmith.surgery.peft import merge_adapters, resolve_targets
+from visionsmith.surgery.transfer import adapt_model
 from visionsmith.models import create_model
 
 REPO = Path(__file__).resolve().parents[2]

@@ -18,7 +18,6 @@ from visionsmith.data import DataError, build_datasets
 from visionsmith.data.synthetic import make_image_folder
 from visionsmith.engine.build import build_model, build_transforms
 from visionsmith.engine.checkpoint import load_checkpoint
-from visionsmith.engine.loop import fit
 from visionsmith.methods.ssl import knn_votes
 from visionsmith.methods.ssl_contrastive import ViewAugment, nt_xent
 from visionsmith.methods.ssl_masked import MaskedImageModeling, masked_l1, random_patch_mask
@@ -314,7 +313,7 @@ def test_an_ssl_run_is_scored_by_knn_and_its_report_says_so(ssl_run, capsys):
     with pytest.raises(ValueError, match="its classifier was never trained"):
         vs.predict(ssl_run, [REPO / "README.md"])
     from visionsmith.cli import main
-    from visionsmith.compare import row_of
+    from visionsmith.workflows.compare import row_of
     assert row_of("ssl", ssl_run)["mode"] == "simclr (kNN acc)"  # a comparison table says what the number is
     main(["eval", str(ssl_run)])
     assert "test: kNN accuracy" in capsys.readouterr().out

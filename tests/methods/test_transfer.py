@@ -11,7 +11,7 @@ import torch
 from visionsmith.config import AdaptConfig, load_config
 from visionsmith.engine.build import build_model, build_optimizer
 from visionsmith.methods import build_method
-from visionsmith.methods.transfer import adapt_model, classifier_prefix, lr_scales, param_blocks
+from visionsmith.surgery.transfer import adapt_model, classifier_prefix, lr_scales, param_blocks
 from visionsmith.models import create_model
 
 REPO = Path(__file__).resolve().parents[2]

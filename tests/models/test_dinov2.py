@@ -12,7 +12,7 @@ from visionsmith.assets import AssetError, resolve
 from visionsmith.config import AdaptConfig, LoraConfig, load_config
 from visionsmith.data import build_datasets
 from visionsmith.engine.build import build_transforms
-from visionsmith.methods.transfer import adapt_model, param_summary
+from visionsmith.surgery.transfer import adapt_model, param_summary
 from visionsmith.models import create_model
 from visionsmith.models.dinov2 import ONNX_FEATURES, onnx_backbone_state
 from visionsmith.models.weights import WeightLoadError

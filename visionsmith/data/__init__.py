@@ -13,8 +13,14 @@ raised with ``data.strict``; data that cannot make a classifier is a ``DataError
 from .build import build_datasets
 from .dataset import ImageDataset
 from .errors import BadImageError, DataError
-from .images import (DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, decode_to_tensor, image_to_uint8, images_to_tensor,
-                     load_image)
+from .images import (
+                     DEFAULT_MAX_PIXELS,
+                     IMAGE_EXTENSIONS,
+                     decode_to_tensor,
+                     image_to_uint8,
+                     images_to_tensor,
+                     load_image,
+)
 from .transforms import BatchTransform
 
 __all__ = ["BadImageError", "BatchTransform", "DEFAULT_MAX_PIXELS", "DataError", "IMAGE_EXTENSIONS",

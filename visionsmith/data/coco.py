@@ -19,7 +19,13 @@ import numpy as np
 
 from .errors import DataError
 from .images import DEFAULT_MAX_PIXELS
-from .segmentation import IGNORE_INDEX, SPLIT_NAMES, SegmentationDataset, Target, build_split
+from .segmentation import (
+    IGNORE_INDEX,
+    SPLIT_NAMES,
+    SegmentationDataset,
+    Target,
+    build_split,
+)
 
 BACKGROUND = "background"
 

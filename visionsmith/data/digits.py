@@ -15,7 +15,9 @@ def load() -> ImageDataset:
     The source values are 0..16 (counts of set pixels in 4x4 blocks); they are scaled to 0..255
     so that the images look and normalise like any other 8-bit image.
     """
-    from sklearn.datasets import load_digits  # sklearn import is slow; only pay for it when used
+    from sklearn.datasets import (
+        load_digits,  # sklearn import is slow; only pay for it when used
+    )
 
     d = load_digits()
     images = np.rint(d.images * (255.0 / 16.0)).clip(0, 255).astype(np.uint8)

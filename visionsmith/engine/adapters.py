@@ -17,12 +17,12 @@ import torch
 from safetensors.torch import load_file
 
 from ..config import from_dict, save_config, to_dict
-from ..methods.peft import adapter_state, merge_adapters
-from ..methods.transfer import PEFT_MODES
+from ..errors import UserError
+from ..surgery.peft import adapter_state, merge_adapters
+from ..surgery.transfer import PEFT_MODES
 from .build import build_model, build_transforms, load_trained
 from .checkpoint import CheckpointError, read_meta, save_weights
-from .runfolder import read_json, write_json
-from ..errors import UserError
+from .runfolder import write_json
 
 ADAPTER = Path("adapter") / "adapter.safetensors"
 

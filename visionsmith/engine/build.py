@@ -2,16 +2,27 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import torch
 import torch.nn as nn
+from safetensors.torch import load_file
 
-from ..config import Config
+from ..config import Config, PruneConfig
 from ..data import BatchTransform
-from ..methods.transfer import adapt_model, lr_scales
-from ..models import create_model
-from ..tasks import get_task
 from ..errors import UserError
+from ..models import create_model
+from ..models.weights import load_strict
+from ..surgery.compress import (
+    fold_masks,
+    prune_structured,
+    prune_unstructured,
+    recalibrate_batchnorm,
+    reshape_to_state_dict,
+)
+from ..surgery.transfer import adapt_model, lr_scales
+from ..tasks import get_task
+from .checkpoint import CheckpointError, load_weights, read_meta
 
 
 def build_model(cfg: Config, num_classes: int, pretrained: bool | str | None = None) -> nn.Module:
@@ -19,11 +30,10 @@ def build_model(cfg: Config, num_classes: int, pretrained: bool | str | None = N
     adapted for ``cfg.adapt`` (frozen parts, peft adapters): the same module tree in training and
     whenever the run folder is loaded again.
 
-    A pruning run (``cfg.prune.source``) starts from that run's trained model, pruned (engine/prune.py);
+    A pruning run (``cfg.prune.source``) starts from that run's trained model, pruned (``pruned_from_source`` below);
     with ``pretrained=False`` (reloading a run) it is the unpruned architecture, which ``load_trained``
     narrows to the checkpoint's shapes."""
     if cfg.prune.source and pretrained is not False:
-        from .prune import pruned_from_source
         return pruned_from_source(cfg, num_classes)
     return adapt_model(get_task(cfg).build_model(num_classes, pretrained), cfg.adapt)
 
@@ -87,10 +97,7 @@ def load_trained(run_dir, which: str = "best", device: torch.device | str = "cpu
 
     ``which``: "best" (falls back to "last" when no best was written) or "last".
     """
-    from pathlib import Path
-
     from ..config import ConfigError, load_config
-    from .checkpoint import CheckpointError, load_weights, read_meta
     from .runfolder import read_json
 
     run_dir = Path(run_dir)
@@ -115,7 +122,6 @@ def load_trained(run_dir, which: str = "best", device: torch.device | str = "cpu
         raise CheckpointError(f"{path} does not record its classes; was it written by visionsmith?")
     model = build_model(cfg, len(classes), pretrained=False)
     if cfg.prune.source:  # narrower layers than cfg builds, or pruning masks: no pickled module needed
-        from .prune import load_pruned_weights
         load_pruned_weights(model, path)
     else:
         load_weights(model, path)
@@ -130,8 +136,6 @@ def build_teacher(cfg: Config, classes: list[str], device: torch.device) -> dict
     its ImageNet classes are not the student's, so logit distillation refuses it).
     Returns ``{"model", "mean", "std", "size", "in_chans", "source"}``.
     """
-    from pathlib import Path
-
     from ..models import get_model_entry
     d = cfg.distill
     src = d.teacher
@@ -157,3 +161,52 @@ def build_teacher(cfg: Config, classes: list[str], device: torch.device) -> dict
     model.eval().requires_grad_(False)
     return {"model": model, "mean": tuple(pc.get("mean", (0.5,) * 3)), "std": tuple(pc.get("std", (0.5,) * 3)),
             "size": size, "in_chans": in_chans, "source": src}
+
+
+# ---------------------------------------------------------------------------------------------
+# Pruning runs: the model is another run's trained model, pruned (surgery/compress.py); a rebuild
+# repeats the pruning exactly, so resume works.  The workflow around it lives in workflows/prune.py.
+
+def example_input(cfg: Config) -> torch.Tensor:
+    """One input ``[1, in_chans, S, S]`` to trace (and count) the model with."""
+    return torch.zeros(1, cfg.model.in_chans, cfg.data.image_size, cfg.data.image_size)
+
+
+def apply_pruning(model: nn.Module, pc: PruneConfig, example: torch.Tensor) -> nn.Module:
+    if pc.kind == "structured":
+        return prune_structured(model, pc.amount, example, pc.importance, pc.scope)
+    return prune_unstructured(model, pc.amount, pc.scope)
+
+
+def pruned_from_source(cfg: Config, num_classes: int) -> nn.Module:
+    """``cfg.prune.source``'s best weights, pruned per ``cfg.prune`` (``build_model``'s route for a
+    pruning run).  The source may itself be pruned: ``load_trained`` reshapes it first."""
+    src = Path(cfg.prune.source)
+    try:
+        scfg, model, classes, _ = load_trained(src)
+    except CheckpointError as e:
+        raise CheckpointError(f"prune.source: {e}") from None
+    if (scfg.model.name, scfg.model.in_chans) != (cfg.model.name, cfg.model.in_chans):
+        raise UserError(f"prune.source {src} holds a {scfg.model.name} with {scfg.model.in_chans} input channel(s) "
+                         f"but this config builds a {cfg.model.name} with {cfg.model.in_chans}; keep the model "
+                         "section of the source run")
+    if len(classes) != num_classes:
+        raise UserError(f"prune.source {src} classifies {len(classes)} classes but this run's data has "
+                         f"{num_classes}; prune with the source run's own data")
+    apply_pruning(model, cfg.prune, example_input(cfg))
+    if cfg.prune.recalibrate:
+        # The first images of the training split, without augmentation: the same every rebuild.
+        images = get_task(cfg).build_datasets(cfg.seed)["train"].images[:cfg.prune.recalibrate]
+        _, eval_tf = build_transforms(cfg, model)
+        recalibrate_batchnorm(model, (eval_tf(images[i:i + 256], None) for i in range(0, len(images), 256)))
+    return model.train()
+
+
+def load_pruned_weights(model: nn.Module, path: Path) -> dict:
+    """Load a pruning run's checkpoint into the unpruned ``model`` built from its config: masks
+    folded (``fold_masks``), layers narrowed to the file's shapes, then a strict load."""
+    meta = read_meta(path)
+    sd = fold_masks(load_file(str(path)))
+    reshape_to_state_dict(model, sd)
+    load_strict(model, sd, f"checkpoint {path}")
+    return meta

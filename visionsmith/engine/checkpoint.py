@@ -11,8 +11,6 @@ older state files are removed.  A run killed at any instant leaves a consistent 
 """
 from __future__ import annotations
 
-from ..errors import UserError
-
 import json
 import os
 from pathlib import Path
@@ -21,6 +19,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
+from ..errors import UserError
 from ..models.weights import load_strict
 
 

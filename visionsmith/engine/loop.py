@@ -21,14 +21,29 @@ from tqdm.auto import tqdm
 from ..config import Config, save_config, to_dict
 from ..errors import UserError
 from ..methods import build_method, method_spec
-from ..methods.transfer import param_summary
+from ..surgery.transfer import param_summary
 from ..tasks import get_task
 from . import distributed as D
-from .build import autocast_dtype, build_model, build_optimizer, build_teacher, build_transforms, lr_at
+from .build import (
+    autocast_dtype,
+    build_model,
+    build_optimizer,
+    build_teacher,
+    build_transforms,
+    lr_at,
+)
 from .checkpoint import load_checkpoint, save_checkpoint, save_weights
 from .ema import ModelEMA
-from .runfolder import (MetricsLog, command_line, environment, git_info, new_run_dir, peak_memory_mb,
-                        truncate_metrics, update_run_json)
+from .runfolder import (
+    MetricsLog,
+    command_line,
+    environment,
+    git_info,
+    new_run_dir,
+    peak_memory_mb,
+    truncate_metrics,
+    update_run_json,
+)
 
 
 def _seed_for(*parts: int) -> int:

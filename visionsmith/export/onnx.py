@@ -27,9 +27,18 @@ from pathlib import Path
 
 import torch
 
-from .parity import FP32_ATOL, INT8_MAX_DROP, ExportError, check_fp32, check_int8, compare, ort_logits, torch_logits
-from .runtime import INPUT_NAME, METADATA_KEY, OUTPUT_NAME, OnnxClassifier
 from ..errors import UserError
+from .parity import (
+    FP32_ATOL,
+    INT8_MAX_DROP,
+    ExportError,
+    check_fp32,
+    check_int8,
+    compare,
+    ort_logits,
+    torch_logits,
+)
+from .runtime import INPUT_NAME, METADATA_KEY, OUTPUT_NAME, OnnxClassifier
 
 DEFAULT_OPSET = 20   # torch's own default; ONNX Runtime >= 1.16 runs it
 DEFAULT_CALIB = 256  # calibration images: MinMax ranges stop moving well before this on 10-class data
@@ -47,8 +56,12 @@ def opset_range() -> tuple[int, int]:
     capped by what the installed ``onnx`` knows (``onnx.defs.onnx_opset_version()``)."""
     import onnx.defs
     try:  # onnxscript's version converter is what the dynamo exporter uses to reach the asked opset
-        from onnxscript.version_converter._version_converter import (SUPPORTED_MAX_ONNX_OPSET as hi,
-                                                                     SUPPORTED_MIN_ONNX_OPSET as lo)
+        from onnxscript.version_converter._version_converter import (
+            SUPPORTED_MAX_ONNX_OPSET as hi,
+        )
+        from onnxscript.version_converter._version_converter import (
+            SUPPORTED_MIN_ONNX_OPSET as lo,
+        )
     except ImportError:  # layout changed: the range torch 2.9-2.13 documents
         lo, hi = 18, 23
     return int(lo), int(min(hi, onnx.defs.onnx_opset_version()))
@@ -79,8 +92,8 @@ def export_onnx(run_dir: str | Path, int8: str | None = None, opset: int = DEFAU
     ``atol``: fp32 max |logit difference|.  Records the result in ``RUN/export/export.json``.
     Raises ``CheckpointError`` (no weights), ``ExportError``/``ParityError``/``ValueError``/``DataError``.
     """
-    from ..methods import trains_head
     from ..engine.build import build_transforms, load_trained
+    from ..methods import trains_head
     from ..models.pixel import PixelModel
     from .inputs import calibration_pixels, heldout_pixels
     from .quantize import INT8_MODES, quantize_int8
@@ -144,7 +157,8 @@ def export_onnx(run_dir: str | Path, int8: str | None = None, opset: int = DEFAU
 def _torch_export(pixel_model, eval_tf, opset: int, path: Path, run_dir: Path, cfg) -> None:
     """``torch.onnx.export(dynamo=True)`` of ``pixel_model`` into ``path`` (weights inside the file)."""
     import onnx
-    from ..methods.transfer import PEFT_MODES
+
+    from ..surgery.transfer import PEFT_MODES
     s = eval_tf.image_size
     example = torch.rand(2, eval_tf.in_chans, s, s)  # batch 2: a batch of 1 may be specialised as a constant
     batch = torch.export.Dim("batch", min=1)
@@ -192,6 +206,7 @@ def _record(out: Path, run_dir: Path, meta: dict, quant: dict | None, parity: di
             max_drop: float, secs: float) -> dict:
     import onnx
     import onnxruntime
+
     from .. import __version__
     from .quantize import cpu_flags, has_vnni
     try:

@@ -6,10 +6,10 @@ INT8 is allowed to differ: its bound is the accuracy drop in points, with top-1 
 """
 from __future__ import annotations
 
-from ..errors import UserError
-
 import numpy as np
 import torch
+
+from ..errors import UserError
 
 FP32_ATOL = 1e-3       # on logits of size ~1-10; float32 reordering gives ~1e-6
 INT8_MAX_DROP = 1.0    # accuracy points (percent) INT8 may lose against PyTorch fp32

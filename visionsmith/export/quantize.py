@@ -31,6 +31,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+
 from ..errors import UserError
 
 INT8_MODES = ("static", "dynamic")
@@ -77,8 +78,14 @@ def quantize_int8(fp32_path: Path, out_path: Path, mode: str = "static", calib: 
     ``calib``: float32 pixels ``[N, C, S, S]`` in [0, 1] for ``mode="static"`` (N >= 1).
     ``reduce_range``: None = on exactly when this CPU has no VNNI (see the module docstring).
     """
-    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType,
-                                          quantize_dynamic, quantize_static)
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        CalibrationMethod,
+        QuantFormat,
+        QuantType,
+        quantize_dynamic,
+        quantize_static,
+    )
     from onnxruntime.quantization.shape_inference import quant_pre_process
     if mode not in INT8_MODES:
         raise UserError(f"--int8 must be one of {', '.join(INT8_MODES)}, got {mode!r}")

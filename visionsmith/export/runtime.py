@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
 from ..errors import UserError
 
 METADATA_KEY = "visionsmith"

@@ -12,8 +12,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..config import DistillConfig
-from ..config import ConfigError
+from ..config import ConfigError, DistillConfig
 from .registry import register_method
 
 

@@ -196,3 +196,14 @@ class FeatureMixin:
                 level += 1
         raise RuntimeError(f"{type(self).__name__}: feature level {level} ({levels[level]!r}) is not one of its "
                            "feature steps; feature_info and _feature_steps disagree")
+
+
+def classifier_prefix(model: nn.Module) -> str:
+    """Module path of the classifier, e.g. ``head.fc`` (the new head every mode trains)."""
+    get = getattr(model, "get_classifier", None)
+    clf = get() if get is not None else None
+    for name, mod in model.named_modules():
+        if mod is clf:
+            return name
+    raise ValueError(f"{type(model).__name__} has no classifier to keep trainable; transfer modes need "
+                     "a model with the backbone interface (get_classifier / reset_classifier)")

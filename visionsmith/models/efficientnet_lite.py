@@ -22,7 +22,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ._base import BackboneMixin, ClassifierHead, FeatureMixin, adapt_first_conv, feature_info_from_plan
+from ._base import (
+    BackboneMixin,
+    ClassifierHead,
+    FeatureMixin,
+    adapt_first_conv,
+    feature_info_from_plan,
+)
 from .registry import register_model
 from .weights import load_pretrained
 

@@ -41,7 +41,13 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from ._base import BackboneMixin, ClassifierHead, FeatureMixin, adapt_first_conv, resolve_feature_indices
+from ._base import (
+    BackboneMixin,
+    ClassifierHead,
+    FeatureMixin,
+    adapt_first_conv,
+    resolve_feature_indices,
+)
 from .registry import register_model
 from .weights import WeightLoadError
 

@@ -14,8 +14,15 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from ._base import (IMAGENET_MEAN, IMAGENET_STD, BackboneMixin, ClassifierHead, FeatureMixin, adapt_first_conv,
-                    feature_info_from_plan)
+from ._base import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    BackboneMixin,
+    ClassifierHead,
+    FeatureMixin,
+    adapt_first_conv,
+    feature_info_from_plan,
+)
 from .registry import register_model
 from .weights import WeightLoadError, load_pretrained
 

@@ -1,6 +1,6 @@
 """The table, plot and page of a pruning sweep (``visionsmith prune RUN --sweep ...``).
 
-Rows (``engine/prune.py``) are dicts with: name, kind, amount, acc, acc_before_ft, params, zeros,
+Rows (``workflows/prune.py``) are dicts with: name, kind, amount, acc, acc_before_ft, params, zeros,
 macs, size_bytes, img_per_s, speedup, finetune_s; the first row is the unpruned run.  Writes
 ``sweep.md``, ``sweep.png`` and ``sweep.html`` next to the ``sweep.json`` the engine wrote.
 """

@@ -34,11 +34,11 @@ from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
 
 from ..data import BadImageError
+from ..errors import UserError
 from .backends import Backend, is_small_image
 from .batching import Batcher, ServerBusy
 from .metrics import Metrics
 from .uploads import ClientError, parse_topk, read_images, status_for
-from ..errors import UserError
 
 STATIC = Path(__file__).parent / "static"
 # Far below Pillow's ~89 M: a 4096 x 4096 RGB image already decodes to 48 MB, and the server may

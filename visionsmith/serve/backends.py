@@ -89,8 +89,8 @@ class TorchBackend(Backend):
     kind = "pytorch"
 
     def __init__(self, run_dir: str | Path, name: str):
-        from ..methods import trains_head
         from ..engine.build import build_transforms, load_trained
+        from ..methods import trains_head
         from ..models.pixel import PixelModel
         cfg, model, classes, info = load_trained(run_dir)
         if not trains_head(cfg):

@@ -29,9 +29,9 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..errors import UserError
 from .backends import Backend
 from .metrics import Metrics
-from ..errors import UserError
 
 log = logging.getLogger("visionsmith.serve")
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 import ipaddress
 import os
 
+from ..errors import UserError
 from .app import SERVE_MAX_PIXELS, ServeOptions, create_app
 from .backends import load_backend
-from ..errors import UserError
 
 TOKEN_ENV = "VISIONSMITH_SERVE_TOKEN"
 

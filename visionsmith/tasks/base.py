@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 from ..config import ConfigError, add_check
 from ..errors import UnknownNameError
 
+
 class Metric(Protocol):
     def update(self, outputs: torch.Tensor, batch: dict) -> None: ...
 

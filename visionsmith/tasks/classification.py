@@ -10,8 +10,8 @@ than a metrics library: torchmetrics is not a dependency, and the whole set is a
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 import torch.nn as nn
+import torch.nn.functional as F
 from torch import Tensor
 
 from .base import Task, register_task

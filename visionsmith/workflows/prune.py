@@ -2,7 +2,7 @@
 
 A pruning run is an ordinary run whose config has a ``prune`` section (``source``, ``kind``,
 ``amount``, ...).  ``build_model`` then builds the model as: the source run's trained model
-(``load_trained``), pruned (``methods/compress.py``), its BatchNorm statistics re-estimated on the
+(``load_trained``), pruned (``surgery/compress.py``), its BatchNorm statistics re-estimated on the
 first ``prune.recalibrate`` training images.  Rebuilding repeats the pruning exactly
 (magnitude ranking of the same weights), so the training loop, its checkpoints and exact resume
 work unchanged.  Reloading the finished run never needs the source: ``load_trained`` builds the
@@ -24,67 +24,42 @@ import torch
 import torch.nn as nn
 from safetensors.torch import load_file
 
-from ..config import Config, PruneConfig, apply_overrides, from_dict, load_config, save_config, to_dict
+from ..config import (
+    Config,
+    apply_overrides,
+    from_dict,
+    load_config,
+    save_config,
+    to_dict,
+)
 from ..data import build_datasets
-from ..methods.compress import (KINDS, check_amount, count_macs, count_params, fold_masks, make_permanent,
-                                prune_structured, prune_unstructured, recalibrate_batchnorm, reshape_to_state_dict,
-                                sparsity)
-from ..methods.transfer import PEFT_MODES
-from ..models.weights import load_strict
-from ..tasks.classification import compute_metrics
-from .build import build_model, build_transforms, load_trained
-from .checkpoint import CheckpointError, read_meta, save_weights
-from .evaluate import predict_logits
-from ..methods import trains_head
-from .runfolder import new_run_dir, read_json, update_run_json, write_json
+from ..engine.build import (  # noqa: F401
+    apply_pruning,
+    build_model,
+    build_transforms,
+    example_input,
+    load_pruned_weights,
+    load_trained,
+    pruned_from_source,
+)
+from ..engine.checkpoint import read_meta, save_weights
+from ..engine.evaluate import predict_logits
+from ..engine.runfolder import new_run_dir, read_json, update_run_json, write_json
 from ..errors import UserError
+from ..methods import trains_head
+from ..models.weights import load_strict
+from ..surgery.compress import (
+    KINDS,
+    check_amount,
+    count_macs,
+    count_params,
+    make_permanent,
+    sparsity,
+)
+from ..surgery.transfer import PEFT_MODES
+from ..tasks.classification import compute_metrics
 
 Finish = Callable[[Path], dict]  # api.finish: test evaluation, report, model card
-
-
-def example_input(cfg: Config) -> torch.Tensor:
-    """One input ``[1, in_chans, S, S]`` to trace (and count) the model with."""
-    return torch.zeros(1, cfg.model.in_chans, cfg.data.image_size, cfg.data.image_size)
-
-
-def apply_pruning(model: nn.Module, pc: PruneConfig, example: torch.Tensor) -> nn.Module:
-    if pc.kind == "structured":
-        return prune_structured(model, pc.amount, example, pc.importance, pc.scope)
-    return prune_unstructured(model, pc.amount, pc.scope)
-
-
-def pruned_from_source(cfg: Config, num_classes: int) -> nn.Module:
-    """``cfg.prune.source``'s best weights, pruned per ``cfg.prune`` (``build_model``'s route for a
-    pruning run).  The source may itself be pruned: ``load_trained`` reshapes it first."""
-    src = Path(cfg.prune.source)
-    try:
-        scfg, model, classes, _ = load_trained(src)
-    except CheckpointError as e:
-        raise CheckpointError(f"prune.source: {e}") from None
-    if (scfg.model.name, scfg.model.in_chans) != (cfg.model.name, cfg.model.in_chans):
-        raise UserError(f"prune.source {src} holds a {scfg.model.name} with {scfg.model.in_chans} input channel(s) "
-                         f"but this config builds a {cfg.model.name} with {cfg.model.in_chans}; keep the model "
-                         "section of the source run")
-    if len(classes) != num_classes:
-        raise UserError(f"prune.source {src} classifies {len(classes)} classes but this run's data has "
-                         f"{num_classes}; prune with the source run's own data")
-    apply_pruning(model, cfg.prune, example_input(cfg))
-    if cfg.prune.recalibrate:
-        # The first images of the training split, without augmentation: the same every rebuild.
-        images = build_datasets(cfg.data, cfg.seed)["train"].images[:cfg.prune.recalibrate]
-        _, eval_tf = build_transforms(cfg, model)
-        recalibrate_batchnorm(model, (eval_tf(images[i:i + 256], None) for i in range(0, len(images), 256)))
-    return model.train()
-
-
-def load_pruned_weights(model: nn.Module, path: Path) -> dict:
-    """Load a pruning run's checkpoint into the unpruned ``model`` built from its config: masks
-    folded (``fold_masks``), layers narrowed to the file's shapes, then a strict load."""
-    meta = read_meta(path)
-    sd = fold_masks(load_file(str(path)))
-    reshape_to_state_dict(model, sd)
-    load_strict(model, sd, f"checkpoint {path}")
-    return meta
 
 
 def prune_config(src_cfg: Config, src: Path, amount: float, kind: str, finetune_epochs: int, importance: str,
@@ -247,7 +222,7 @@ def prune_run(run_dir: str | Path, amount: float = 0.5, kind: str = "structured"
     zeros = sparsity(pruned)
 
     if finetune_epochs:
-        from .loop import fit
+        from ..engine.loop import fit
         resume = out if reuse and (out / "checkpoints" / "last.safetensors").is_file() else None
         run = fit(cfg, out=None if resume else out, resume=resume)
         if kind == "unstructured":  # masks -> plain weights in the file every other command reads

@@ -12,9 +12,9 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from ..errors import UserError
 from ..methods.adversarial import attack, check_eps
 from ..models.pixel import PixelModel
-from ..errors import UserError
 
 DEFAULT_EPS = "0,1/255,2/255,4/255,8/255"
 
@@ -63,9 +63,9 @@ def robustness_run(run_dir, eps=DEFAULT_EPS, name: str = "pgd", norm: str = "lin
     ``images``: how many images of ``split`` to attack (the first ones, in dataset order); <= 0
     means all.  Returns the curve dict stored under its key in ``robustness.json``.
     """
+    from ..engine.evaluate import run_and_split
+    from ..engine.runfolder import read_json, write_json
     from ..methods import trains_head
-    from .evaluate import run_and_split
-    from .runfolder import read_json, write_json
 
     eps_list = parse_eps(eps)
     if name not in ("pgd", "fgsm"):

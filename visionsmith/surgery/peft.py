@@ -15,8 +15,8 @@ import torch
 import torch.nn as nn
 
 from ..config import AdaptConfig
-from .transfer import classifier_prefix
 from ..errors import UserError
+from ..models._base import classifier_prefix
 
 NORM_LAYERS = (nn.modules.batchnorm._BatchNorm, nn.LayerNorm, nn.GroupNorm)
 

@@ -16,19 +16,10 @@ import torch.nn as nn
 
 from ..config import AdaptConfig
 from ..errors import UserError
+from ..models._base import classifier_prefix
+from .peft import inject_adapters
 
 PEFT_MODES = ("lora", "loha", "lokr", "ia3", "prompt")
-
-
-def classifier_prefix(model: nn.Module) -> str:
-    """Module path of the classifier, e.g. ``head.fc`` (the new head every mode trains)."""
-    get = getattr(model, "get_classifier", None)
-    clf = get() if get is not None else None
-    for name, mod in model.named_modules():
-        if mod is clf:
-            return name
-    raise UserError(f"{type(model).__name__} has no classifier to keep trainable; transfer modes need "
-                     "a model with the backbone interface (get_classifier / reset_classifier)")
 
 
 def _in(name: str, prefix: str) -> bool:
@@ -83,7 +74,6 @@ def adapt_model(model: nn.Module, cfg: AdaptConfig) -> nn.Module:
     if cfg.mode == "full":
         return model
     if cfg.mode in PEFT_MODES:
-        from .peft import inject_adapters
         inject_adapters(model, cfg)
     else:
         head = classifier_prefix(model)

@@ -26,8 +26,8 @@ from pathlib import Path
 
 import yaml
 
-from .config import ConfigError, _build
-from .engine.runfolder import read_json
+from ..config import ConfigError, _build
+from ..engine.runfolder import read_json
 
 
 @dataclass
@@ -75,7 +75,7 @@ def row_of(name: str, run_dir: Path) -> dict:
     mode = info.get("adapt", "full")
     if info.get("method", "supervised") != "supervised":
         mode = info["method"] if mode == "full" else f"{info['method']}+{mode}"
-    from .config import load_config
+    from ..config import load_config
     cfg = load_config(run_dir / "config.yaml")
     if not cfg.model.pretrained and mode == "full":
         mode = "scratch"
@@ -106,7 +106,7 @@ def _check_same_config(run_dir: Path, base: Path, over: list[str]) -> None:
     spec must not leave stale rows in the table."""
     if not (run_dir / "config.yaml").is_file():
         return
-    from .config import load_config, to_dict
+    from ..config import load_config, to_dict
     keys = _changed_keys(to_dict(load_config(base, over)), to_dict(load_config(run_dir / "config.yaml")))
     if keys:
         raise ConfigError(f"{run_dir} was trained with another configuration than the spec now gives "
@@ -115,8 +115,8 @@ def _check_same_config(run_dir: Path, base: Path, over: list[str]) -> None:
 
 def run_comparison(spec_path: str | Path, out: str | Path | None = None, only: list[str] | None = None) -> tuple[Path, list[dict]]:
     """Train (or reuse) every run of the spec under ``out`` and write the comparison; -> (folder, rows)."""
-    from .api import find_recipe
-    from .report.compare import write_comparison
+    from ..config import find_recipe
+    from ..report.compare import write_comparison
     spec, runs = load_spec(spec_path)
     folder = Path(out) if out is not None else Path("runs") / spec.name
     folder.mkdir(parents=True, exist_ok=True)

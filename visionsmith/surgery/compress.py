@@ -31,8 +31,8 @@ import torch
 import torch.nn as nn
 import torch.nn.utils.prune as tprune
 
-from .transfer import classifier_prefix
 from ..errors import UserError
+from ..models._base import classifier_prefix
 
 KINDS = ("structured", "unstructured")
 

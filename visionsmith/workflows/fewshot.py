@@ -231,13 +231,13 @@ def resolve_source(run_or_model: str | Path, data: str | Path | None = None, spl
     ``check(dataset)`` runs after the images are loaded and before the model is built, so bad
     arguments fail before the expensive part.
     """
+    from ..engine.build import build_transforms, load_trained
     from ..models import create_model, get_model_entry
-    from .build import build_transforms, load_trained
 
     p = Path(run_or_model)
     if (p / "config.yaml").is_file():
         from ..config import ConfigError
-        from .checkpoint import CheckpointError
+        from ..engine.checkpoint import CheckpointError
         try:
             run_cfg = load_config(p / "config.yaml")
         except ConfigError as e:

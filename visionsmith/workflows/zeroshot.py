@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 
 from ..data import BatchTransform
-from ..models.weights import WeightLoadError
 from ..errors import UserError
+from ..models.weights import WeightLoadError
 
 # openai/clip-vit-* preprocessor_config.json values, used when the folder has none
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
