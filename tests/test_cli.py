@@ -151,3 +151,19 @@ def test_training_on_a_folder_skips_bad_files_or_stops_with_strict(cli, tmp_path
     res = cli(*args, "--strict", "--out", tmp_path / "strict", check=False)
     assert res.returncode == 2 and "Traceback" not in res.stderr
     assert any(bad[c].name in res.stderr for c in ("zero_byte", "truncated", "not_image", "bomb"))
+
+
+def test_only_user_errors_are_one_line_and_bugs_keep_their_traceback():
+    from visionsmith.cli import _is_user_error
+    from visionsmith.config import ConfigError
+    from visionsmith.data import DataError
+    from visionsmith.engine.checkpoint import CheckpointError
+    from visionsmith.errors import UnknownNameError, UserError
+    from visionsmith.models.weights import WeightLoadError
+    for e in (ConfigError("x"), DataError("x"), CheckpointError("x"), UnknownNameError("x"), WeightLoadError("x"),
+              UserError("x"), FileNotFoundError("x")):
+        assert _is_user_error(e), type(e)
+    # a bare ValueError or KeyError is an internal bug: "error: acc" would hide it
+    for e in (ValueError("x"), KeyError("acc"), TypeError("x"), RuntimeError("x")):
+        assert not _is_user_error(e), type(e)
+    assert str(UnknownNameError("unknown model 'x'")) == "unknown model 'x'"  # not KeyError's quoted repr

@@ -243,12 +243,20 @@ def cmd_models(a) -> int:
 
 
 def cmd_datasets(a) -> int:
-    rows = [("fashion_mnist", "Fashion-MNIST 60k+10k 28x28 grayscale, 10 classes (Debian dataset-fashion-mnist)"),
-            ("digits", "scikit-learn 8x8 digits, 1,797 images, 10 classes (ships with scikit-learn)"),
-            ("folder", "your images: data.root=ROOT with ROOT/<class>/*.png|jpg|... (or ROOT/train, ROOT/test)"),
-            ("csv", "your images: data.csv=FILE.csv with path,label rows (data.root for relative paths)")]
-    for name, desc in rows:
-        print(f"{name:<15} {desc}")
+    from .data.scenes import describe
+    rows = [("classification", "fashion_mnist", "Fashion-MNIST 60k+10k 28x28 grayscale, 10 classes (Debian dataset-fashion-mnist)"),
+            ("classification", "digits", "scikit-learn 8x8 digits, 1,797 images, 10 classes (ships with scikit-learn)"),
+            ("classification", "folder", "your images: data.root=ROOT with ROOT/<class>/*.png|jpg|... (or ROOT/train, ROOT/test)"),
+            ("classification", "csv", "your images: data.csv=FILE.csv with path,label rows (data.root for relative paths)"),
+            ("segmentation", "scenes", describe().split(": ", 1)[1]),
+            ("segmentation", "masks", "your images: data.root=ROOT with ROOT/images/* + ROOT/masks/*.png (class indices or a "
+             "palette) and ROOT/classes.txt"),
+            ("segmentation", "voc", "Pascal VOC layout: data.root=ROOT with JPEGImages/, SegmentationClass/, ImageSets/Segmentation/"),
+            ("segmentation", "coco", "COCO JSON: data.root=ROOT with annotations/{train,val,test}.json + images/{train,val,test}/ "
+             "(polygons or RLE)")]
+    print(f"{'task':<15} {'data.name':<14} description")
+    for task, name, desc in rows:
+        print(f"{task:<15} {name:<14} {desc}")
     return 0
 
 

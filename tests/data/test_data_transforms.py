@@ -105,3 +105,37 @@ def test_large_inputs_are_shrunk_before_warping():
     t = BatchTransform(True, 16, MEAN, STD, 3, AugmentConfig(scale=(0.25, 1.0)))
     out = t(images(4, c=3, s=128), gen(0))
     assert out.shape == (4, 3, 16, 16)
+
+
+def test_boxes_move_with_the_pixels_and_degenerate_ones_are_dropped():
+    # A white rectangle on black: after a random crop/flip/shift the transformed box must bound the
+    # white pixels of the warped image (to within the bilinear edge), or be dropped when cropped away.
+    from visionsmith.config import AugmentConfig
+    from visionsmith.data import BatchTransform
+    g = torch.Generator().manual_seed(3)
+    n, size = 16, 64
+    images = torch.zeros(n, 1, size, size, dtype=torch.uint8)
+    boxes = []
+    for i in range(n):
+        x1, y1 = torch.randint(0, 40, (2,), generator=g).tolist()
+        w, h = torch.randint(8, 24, (2,), generator=g).tolist()
+        images[i, 0, y1:y1 + h, x1:x1 + w] = 255
+        boxes.append(torch.tensor([[x1, y1, x1 + w, y1 + h]], dtype=torch.float32))
+    tf = BatchTransform(True, 48, (0.0,) * 3, (1.0,) * 3, 1, AugmentConfig(hflip=True, scale=(0.4, 1.0), translate=0.2))
+    out = tf.apply(images, torch.Generator().manual_seed(4), boxes=boxes)
+    checked = dropped = 0
+    for i in range(n):
+        white = out["image"][i, 0] > 0.5
+        if not out["keep"][i].any():
+            assert white.sum() < 48 * 2  # at most a sliver of the rectangle is left
+            dropped += 1
+            continue
+        ys, xs = white.nonzero(as_tuple=True)
+        x1, y1, x2, y2 = out["boxes"][i][0].tolist()
+        assert abs(xs.min() - x1) <= 1.5 and abs(ys.min() - y1) <= 1.5
+        assert abs(xs.max() + 1 - x2) <= 1.5 and abs(ys.max() + 1 - y2) <= 1.5
+        checked += 1
+    assert checked >= 10
+    # eval: a plain resize scales the boxes
+    ev = BatchTransform(False, 32, (0.0,) * 3, (1.0,) * 3, 1).apply(images, boxes=boxes)
+    assert torch.allclose(ev["boxes"][0], boxes[0] / 2)

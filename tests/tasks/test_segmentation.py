@@ -119,8 +119,45 @@ def test_distillation_per_pixel(scenes_root, tmp_path):
     assert rows and all(np.isfinite(r["loss_kd"]) and r["loss_kd"] >= 0 for r in rows)
 
 
+def test_methods_declare_the_tasks_they_support():
+    from visionsmith.methods import list_methods, method_spec
+    assert {"classification", "segmentation"} <= set(method_spec("supervised").tasks)
+    assert not method_spec("simclr").labels and not method_spec("simclr").trains_head
+    assert method_spec("distill").teacher
+    assert {m.name for m in list_methods()} >= {"supervised", "distill", "adversarial", "simclr", "mim"}
+    with pytest.raises(ConfigError, match="method=adversarial is written for task classification, not segmentation"):
+        load_config(REPO / "recipes" / "scenes-seg.yaml", ["method=adversarial"])
+    with pytest.raises(ConfigError, match="distill.kind=feature: task segmentation distils per-pixel logits only"):
+        from visionsmith.methods import build_method
+        cfg = load_config(REPO / "recipes" / "scenes-seg.yaml", ["method=distill", "distill.teacher=x",
+                                                                  "distill.kind=feature"])
+        build_method(cfg, torch.nn.Identity(), teacher={})
+
+
 def test_data_source_must_fit_the_task(scenes_root):
     with pytest.raises(ConfigError, match="not a segmentation dataset"):
         load_config(REPO / "recipes" / "scenes-seg.yaml", ["data.name=fashion_mnist"])
     with pytest.raises(ConfigError, match="not a classification dataset"):
         load_config(None, ["data.name=scenes"])
+
+
+def test_segmentation_under_ddp_matches_its_resume(scenes_root, tmp_path, torchrun_available):
+    # Two gloo processes train a segmentation run; a crash after step 5 and `resume` give the same weights.
+    import os
+    import subprocess
+    args = ["train", str(REPO / "recipes" / "scenes-seg.yaml"), *_over(scenes_root, "train.max_steps=8",
+            "train.checkpoint_every=3", "train.batch_size=8"), "--no-report"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+
+    def torchrun(*a, extra=None):
+        res = subprocess.run([torchrun_available, "--standalone", "--nproc_per_node", "2", "-m", "visionsmith", *a],
+                             capture_output=True, text=True, env={**env, **(extra or {})}, timeout=600)
+        assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+
+    torchrun(*args, "--out", str(tmp_path / "full"))
+    info = json.loads((tmp_path / "full" / "run.json").read_text())
+    assert info["env"]["world_size"] == 2 and info["status"] == "done" and info["task"] == "segmentation"
+    torchrun(*args, "--out", str(tmp_path / "part"), extra={"VISIONSMITH_STOP_AFTER_STEPS": "5"})
+    torchrun("resume", str(tmp_path / "part"), "--no-report")
+    a, b = _weights(tmp_path / "full"), _weights(tmp_path / "part")
+    assert all(torch.equal(a[k], b[k]) for k in a)

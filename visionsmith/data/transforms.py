@@ -60,12 +60,28 @@ class BatchTransform:
 
         ``generator`` feeds every random choice in training mode (None: the global RNG, which
         makes the batch unreproducible on resume); eval mode uses no randomness at all.
-        ``masks``: uint8/int64 ``[B, h, w]`` class maps moved with the pixels (the same matrix per
-        sample, nearest neighbour so labels are never blended; pixels warped in from outside the
-        image get ``IGNORE``); then the return value is ``(images, masks int64 [B, S, S])``.
+        ``masks``: uint8/int64 ``[B, h, w]`` class maps moved with the pixels; then the return value
+        is ``(images, masks int64 [B, S, S])`` (see ``apply``).
+        """
+        out = self.apply(images, generator, masks=masks)
+        return out["image"] if masks is None else (out["image"], out["mask"])
+
+    def apply(self, images: torch.Tensor, generator: torch.Generator | None = None,
+              masks: torch.Tensor | None = None, boxes: list[torch.Tensor] | None = None,
+              min_side: float = 1.0) -> dict:
+        """The images and their targets moved by the same per-sample matrix.
+
+        -> ``{"image": float32 [B, in_chans, S, S]}`` plus, when given,
+        ``"mask"``: int64 ``[B, S, S]`` from ``masks`` ``[B, h, w]`` (nearest neighbour, so labels are
+        never blended; pixels warped in from outside the image get ``IGNORE``), and
+        ``"boxes"`` / ``"keep"``: from ``boxes`` (per image float ``[M_i, 4]`` x1, y1, x2, y2 in input
+        pixels): each box's corners mapped into the output, clipped to ``[0, S]``; ``keep[i]`` (bool
+        ``[M_i]``) is False for a box left narrower or lower than ``min_side`` pixels (cropped away),
+        and ``boxes[i]`` holds only the kept ones.
         """
         if images.dim() != 4:
             raise ValueError(f"expected images [B, C, H, W], got shape {tuple(images.shape)}")
+        in_hw = images.shape[-2:]
         x = images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
         c = x.shape[1]
         if c == 3 and self.in_chans == 1:  # reduce before warping: a third of the work
@@ -80,9 +96,37 @@ class BatchTransform:
             x = self._resize(x)
         if x.shape[1] != self.in_chans:  # 1 -> 3 after warping: the warp ran on one channel
             x = x.expand(-1, self.in_chans, -1, -1)
-        if masks is None:
-            return self.normalize(x)
-        return self.normalize(x), self._masks(masks, theta)
+        out = {"image": self.normalize(x)}
+        if masks is not None:
+            out["mask"] = self._masks(masks, theta)
+        if boxes is not None:
+            out["boxes"], out["keep"] = self._boxes(boxes, theta, in_hw, min_side)
+        return out
+
+    def _boxes(self, boxes: list[torch.Tensor], theta: torch.Tensor | None, in_hw, min_side: float):
+        """Per image ``[M, 4]`` xyxy input pixels -> (kept boxes ``[M', 4]`` in output pixels, keep ``[M]``).
+
+        ``theta`` maps output to input coordinates in [-1, 1] units (``align_corners=False``: -1 and 1
+        are the outer pixel edges), ``u = A u' + t``; a corner goes the other way, ``u' = A^-1 (u - t)``.
+        The four corners are mapped and their bounding box taken, so a mirrored box stays x1 < x2."""
+        s, (h, w) = self.image_size, (int(in_hw[0]), int(in_hw[1]))
+        outs, keeps = [], []
+        for i, b in enumerate(boxes):
+            b = b.float().reshape(-1, 4)
+            if theta is None:  # eval: a plain resize
+                o = b * b.new_tensor([s / w, s / h, s / w, s / h])
+            else:
+                xs, ys = b[:, [0, 2, 0, 2]], b[:, [1, 1, 3, 3]]  # [M, 4] corners
+                u = torch.stack([2 * xs / w - 1, 2 * ys / h - 1], -1)  # [M, 4, 2] input units
+                a, t = theta[i, :, :2].to(b), theta[i, :, 2].to(b)
+                uo = (u - t) @ torch.linalg.inv(a).T  # [M, 4, 2] output units
+                po = (uo + 1) / 2 * s
+                o = torch.cat([po.amin(1), po.amax(1)], 1)  # [M, 4] x1, y1, x2, y2
+            o = o.clamp(0, s)
+            keep = ((o[:, 2] - o[:, 0]) >= min_side) & ((o[:, 3] - o[:, 1]) >= min_side)
+            outs.append(o[keep])
+            keeps.append(keep)
+        return outs, keeps
 
     def _masks(self, masks: torch.Tensor, theta: torch.Tensor | None) -> torch.Tensor:
         """``[B, h, w]`` class maps -> int64 ``[B, S, S]``: warped by ``theta`` (train) or resized (eval),

@@ -28,6 +28,7 @@ import yaml
 
 from ..config import ConfigError, _build
 from ..engine.runfolder import read_json
+from ..tasks import get_task
 
 
 @dataclass
@@ -81,8 +82,10 @@ def row_of(name: str, run_dir: Path) -> dict:
         mode = "scratch"
     if ev.get("monitor") == "knn":
         mode += " (kNN acc)"  # self-supervised: scored by a kNN vote on frozen features, not a classifier
+    task = get_task(cfg)  # runs of different tasks compare on their own headline metric
     return {"name": name, "folder": str(run_dir), "model": cfg.model.name, "mode": mode, "adapt": info.get("adapt"),
-            "method": info.get("method"), "acc": ev.get("acc"), "macro_f1": ev.get("macro_f1"),
+            "method": info.get("method"), "task": task.name, "metric": task.headline, "score": ev.get(task.headline),
+            "acc": ev.get("acc"), "macro_f1": ev.get("macro_f1"),
             "trainable": params.get("trainable"), "total": params.get("total"),
             "trainable_pct": params.get("trainable_pct"), "train_s": timing.get("train_s"),
             "train_img_per_s": timing.get("train_img_per_s"), "eval_img_per_s": timing.get("eval_img_per_s"),
