@@ -1,6 +1,7 @@
 """Training-loop overhead: visionsmith's ``fit`` vs a hand-written PyTorch loop vs ``transformers.Trainer``.
 
     python benchmarks/loop_overhead.py                 # MobileNetV2 (pretrained), Fashion-MNIST, 32 px
+    python benchmarks/loop_overhead.py --task segmentation   # MobileNetV2 + FPN, fashion-mnist scenes, 96 px
     python benchmarks/loop_overhead.py --quick         # smoke run: simple_cnn, a few steps
 
 All three contenders train the same thing, in the same process, with the same torch threads:
@@ -9,7 +10,10 @@ from the same seed, channels-last), the same training images (Fashion-MNIST trai
 ``build_datasets``, uint8, in memory), the same per-batch augmentation (``BatchTransform``, one
 affine warp per image), the same loss (cross-entropy with the recipe's label smoothing, dropout on),
 the same optimizer (``torch.optim.AdamW(fused=True)``, the kernel visionsmith uses), batch size
-and number of steps.  The base config is ``recipes/fashion-mnist-quick.yaml``.
+and number of steps.  The base config is ``recipes/fashion-mnist-quick.yaml`` (``--task segmentation``:
+``recipes/scenes-seg.yaml``: the task's model -- backbone + FPN decoder --, its batches -- masks moved
+by the same affine warp -- and its loss, per-pixel cross-entropy, all taken from the task, as ``fit``
+takes them).
 
 What is timed, identically for each contender: the wall-clock time of N optimizer steps that
 follow W warm-up steps, i.e. from the end of step W to the end of step W+N.  One step's time
@@ -70,11 +74,11 @@ os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
 
 import torch  # noqa: E402
 import torch.nn as nn  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
 from common import cpu_model, loadavg, write_result  # noqa: E402  (benchmarks/common.py)
 
 ROOT = Path(__file__).resolve().parents[1]
-RECIPE = ROOT / "recipes" / "fashion-mnist-quick.yaml"
+RECIPES = {"classification": ROOT / "recipes" / "fashion-mnist-quick.yaml",
+           "segmentation": ROOT / "recipes" / "scenes-seg.yaml"}
 CONTENDERS = ("plain", "visionsmith", "trainer")
 
 
@@ -89,17 +93,21 @@ def make_config(args):
                  f"train.threads={args.threads}", f"train.max_steps={args.warmup + args.steps}",
                  "train.epochs=1", "train.log_every=1",
                  "train.checkpoint_every=0", "train.ema=false"]
-    return load_config(RECIPE, overrides)
+    return load_config(RECIPES[args.task], overrides)
 
 
 def make_model(cfg, num_classes: int) -> nn.Module:
-    """The model as ``fit`` builds it: same factory arguments, head initialised from the seed."""
-    from visionsmith.models import create_model
+    """The model as ``fit`` builds it: the task's model (same factory arguments), head initialised from the seed."""
+    from visionsmith.tasks import get_task
     torch.manual_seed(cfg.seed)
-    m = cfg.model
-    model = create_model(m.name, num_classes=num_classes, pretrained=m.pretrained, in_chans=m.in_chans,
-                         drop_rate=m.drop_rate, **m.kwargs)
+    model = get_task(cfg).build_model(num_classes)
     return model.to(memory_format=torch.channels_last) if cfg.train.channels_last else model
+
+
+def make_batch(task, train, idx, tf, gen) -> tuple[torch.Tensor, dict]:
+    """(channels-last images, the task's batch dict): what every contender feeds its model and loss."""
+    batch = task.make_batch(train, idx, tf, gen)
+    return batch["image"].contiguous(memory_format=torch.channels_last), batch
 
 
 def make_transform(cfg, model):
@@ -132,9 +140,10 @@ def rates(stamps: dict[int, float], warmup: int, steps: int, batch: int) -> dict
 
 def plain_loop(cfg, train, args) -> dict:
     t = cfg.train
+    from visionsmith.tasks import get_task
+    task = get_task(cfg)
     model = make_model(cfg, len(train.classes))
     tf = make_transform(cfg, model)
-    images, labels = train.images, train.labels
     B, total = t.batch_size, args.warmup + args.steps
     opt = torch.optim.AdamW(model.parameters(), lr=t.lr, weight_decay=t.weight_decay, fused=True)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, cosine_lambda(cfg, total, len(train) // B))
@@ -144,9 +153,8 @@ def plain_loop(cfg, train, args) -> dict:
     stamps = {0: time.perf_counter()}
     for step in range(total):
         idx = perm[step * B:(step + 1) * B]
-        x = tf(images[idx], gen).contiguous(memory_format=torch.channels_last)
-        y = labels[idx]
-        loss = F.cross_entropy(model(x).float(), y, label_smoothing=t.label_smoothing)
+        x, batch = make_batch(task, train, idx, tf, gen)
+        loss = task.loss(model(x).float(), batch)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -197,24 +205,22 @@ class _Indices(torch.utils.data.Dataset):
 class _Collate:
     """Indices -> the same augmented, normalised, channels-last batch the other loops build."""
 
-    def __init__(self, images, labels, tf, gen):
-        self.images, self.labels, self.tf, self.gen = images, labels, tf, gen
+    def __init__(self, task, train, tf, gen):
+        self.task, self.train, self.tf, self.gen = task, train, tf, gen
 
     def __call__(self, idxs):
-        idx = torch.as_tensor(idxs)
-        x = self.tf(self.images[idx], self.gen).contiguous(memory_format=torch.channels_last)
-        return {"pixel_values": x, "labels": self.labels[idx]}
+        x, batch = make_batch(self.task, self.train, torch.as_tensor(idxs), self.tf, self.gen)
+        return {"pixel_values": x, "labels": batch[self.task.target_key]}
 
 
 class _HFWrap(nn.Module):
-    def __init__(self, model: nn.Module, label_smoothing: float):
+    def __init__(self, model: nn.Module, task):
         super().__init__()
-        self.model, self.label_smoothing = model, label_smoothing
+        self.model, self.task = model, task
 
     def forward(self, pixel_values, labels=None):
         logits = self.model(pixel_values)
-        loss = None if labels is None else F.cross_entropy(logits.float(), labels,
-                                                           label_smoothing=self.label_smoothing)
+        loss = None if labels is None else self.task.loss(logits.float(), {self.task.target_key: labels})
         return {"loss": loss, "logits": logits}
 
 
@@ -230,6 +236,8 @@ def trainer_loop(cfg, train, args, tmp: Path, r: int) -> dict:
         def on_step_end(self, a, state, control, **kw):
             stamps[state.global_step] = time.perf_counter()
 
+    from visionsmith.tasks import get_task
+    task = get_task(cfg)
     model = make_model(cfg, len(train.classes))
     tf = make_transform(cfg, model)
     steps_per_epoch = len(train) // t.batch_size
@@ -240,8 +248,8 @@ def trainer_loop(cfg, train, args, tmp: Path, r: int) -> dict:
         max_grad_norm=0.0, logging_strategy="no", save_strategy="no", eval_strategy="no", report_to=[],
         dataloader_num_workers=0, dataloader_drop_last=True, disable_tqdm=True, remove_unused_columns=False,
         seed=cfg.seed)
-    trainer = Trainer(model=_HFWrap(model, t.label_smoothing), args=targs, train_dataset=_Indices(len(train)),
-                      data_collator=_Collate(train.images, train.labels, tf, torch.Generator().manual_seed(cfg.seed)),
+    trainer = Trainer(model=_HFWrap(model, task), args=targs, train_dataset=_Indices(len(train)),
+                      data_collator=_Collate(task, train, tf, torch.Generator().manual_seed(cfg.seed)),
                       callbacks=[Stamp()])
     trainer.train()
     del trainer
@@ -261,19 +269,24 @@ def parse_args(argv=None):
     p.add_argument("--warmup", type=int, default=None, help="untimed steps first, >= 1 (default 5; 2 with --quick)")
     p.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 3; 2 with --quick)")
     p.add_argument("--threads", type=int, default=2, help="torch intra-op threads for every contender")
-    p.add_argument("--image-size", type=int, default=32)
+    p.add_argument("--task", choices=sorted(RECIPES), default="classification",
+                   help="classification (fashion-mnist-quick) or segmentation (scenes-seg: MobileNetV2 + FPN, 96 px)")
+    p.add_argument("--image-size", type=int, default=None, help="default 32 (96 for segmentation)")
     p.add_argument("--trainer-optim", default="adamw_torch_fused",
                    help="the Trainer's optim (default adamw_torch_fused: the same fused AdamW as the other two)")
     p.add_argument("--quick", action="store_true", help="smoke run: simple_cnn, few steps")
     p.add_argument("--out", type=Path, default=None, help="JSON result (default benchmarks/results/loop_overhead.json)")
     args = p.parse_args(argv)
-    defaults = dict(model="simple_cnn", batch_size=64, steps=6, warmup=2, rounds=2) if args.quick else \
-        dict(model="mobilenetv2", batch_size=128, steps=30, warmup=5, rounds=3)
+    seg = args.task == "segmentation"
+    defaults = dict(model="simple_cnn" if not seg else "mobilenetv2", batch_size=64 if not seg else 8, steps=6,
+                    warmup=2, rounds=2, image_size=32 if not seg else 64) if args.quick else \
+        dict(model="mobilenetv2", batch_size=128 if not seg else 32, steps=30 if not seg else 15, warmup=5 if not seg else 3,
+             rounds=3, image_size=32 if not seg else 96)
     for k, v in defaults.items():
         if getattr(args, k) is None:
             setattr(args, k, v)
     if args.out is None:
-        name = "loop_overhead-quick.json" if args.quick else "loop_overhead.json"
+        name = "loop_overhead" + ("-segmentation" if seg else "") + ("-quick" if args.quick else "") + ".json"
         args.out = ROOT / "benchmarks" / "results" / name
     if args.warmup < 1 or args.steps < 1 or args.rounds < 1:
         p.error("--warmup, --steps and --rounds must be >= 1")
@@ -286,13 +299,13 @@ def main(argv=None) -> dict:
     import transformers
 
     import visionsmith
-    from visionsmith.data import build_datasets
+    from visionsmith.tasks import get_task
     cfg = make_config(args)
-    train = build_datasets(cfg.data, cfg.seed)["train"]
+    train = get_task(cfg).build_datasets(cfg.seed)["train"]
     if len(train) < (args.warmup + args.steps) * args.batch_size:
         sys.exit(f"{len(train)} training images are fewer than (warmup + steps) x batch; lower --steps")
     load_before = loadavg()
-    print(f"loop_overhead: {args.model}, batch {args.batch_size}, {args.image_size}px, {args.threads} threads, "
+    print(f"loop_overhead: {args.task}, {args.model}, batch {args.batch_size}, {args.image_size}px, {args.threads} threads, "
           f"{args.warmup} warm-up + {args.steps} timed steps, {args.rounds} rounds; load average {load_before}",
           flush=True)
 
@@ -358,10 +371,11 @@ def main(argv=None) -> dict:
         "command": " ".join(["python benchmarks/loop_overhead.py", *(sys.argv[1:] if argv is None else argv)]),
         "what": "wall-clock images/s over N optimizer steps after W warm-up steps (data indexing, augmentation, "
                 "forward, backward, optimizer step, loop bookkeeping); see the script's docstring",
-        "settings": {"model": args.model, "pretrained": cfg.model.pretrained, "batch_size": args.batch_size,
+        "settings": {"task": args.task, "model": args.model, "pretrained": cfg.model.pretrained, "batch_size": args.batch_size,
                      "steps": args.steps, "warmup": args.warmup, "rounds": args.rounds, "threads": args.threads,
                      "image_size": args.image_size, "data": train.name, "train_images": len(train),
                      "channels_last": cfg.train.channels_last, "label_smoothing": cfg.train.label_smoothing,
+                     "recipe": str(RECIPES[args.task].relative_to(ROOT)),
                      "log_every": cfg.train.log_every, "trainer_optim": args.trainer_optim, "quick": args.quick},
         "timed_window": window,
         "median_step": step,

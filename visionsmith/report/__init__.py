@@ -1,5 +1,9 @@
 """Run report (self-contained HTML with plots) and model card, read from a run folder.
 
+The run's task picks the headline, the key numbers, the validation curves and its own sections:
+one file per task here (``classification.py``, ``segmentation.py``) registers them with
+``sections.register_report``; the common sections are in ``html.py``.
+
     write_report(run_dir) -> run_dir/report.html
     write_model_card(run_dir) -> run_dir/model_card.md
     published_fashion_mnist() -> the Fashion-MNIST README's benchmark rows

@@ -3,45 +3,24 @@
 Self-contained means it opens from disk, offline, forever: plots are inline base64 PNGs, CSS
 is inline, there is no script and no external URL for anything the page loads.
 
-The page is built from small section functions, each run through ``_safe``: a section that
+The page is built from small section functions (the common ones here, the task's own from its
+file in this folder, chosen by ``sections.report_for``), each run through ``_safe``: a section that
 hits something unexpected in a half-written or hand-edited run folder becomes a visible error
 box in the page, and the rest of the report is still written.
 """
 from __future__ import annotations
 
 import datetime as dt
-import html
 from collections.abc import Callable
 from pathlib import Path
 
 from . import fmt, plots
-from .published import DEFAULT_PICKS
-from .run_folder import FILES, OPTIONAL, RunData, atomic_write, get, headline, load_run
+from .run_folder import RunData, atomic_write, get, headline, load_run
+from .sections import Section, esc, img, kv, section
 from .style import CSS
 
-esc = html.escape
-
-
-# ---------------------------------------------------------------------------------------------
-# small HTML builders
-
-
-def _img(b64: str | None, alt: str, empty: str) -> str:
-    if b64 is None:
-        return f'<div class="empty">{esc(empty)}</div>'
-    return (f'<figure><img alt="{esc(alt)}" width="{plots.css_width(b64)}" '
-            f'src="data:image/png;base64,{b64}"></figure>')
-
-
-def _kv(rows: list[tuple[str, str]]) -> str:
-    """Two-column key/value table; values are already escaped HTML."""
-    body = "".join(f"<tr><td>{esc(k)}</td><td>{v}</td></tr>" for k, v in rows)
-    return f'<table class="kv">{body}</table>'
-
-
-def _section(sid: str, title: str, sub: str, body: str) -> str:
-    sub_html = f'<p class="sub">{sub}</p>' if sub else ""
-    return f'<section class="card" id="{sid}"><h2>{esc(title)}</h2>{sub_html}{body}</section>'
+# The builders task files use too live in sections.py; the short names are kept for this file.
+_img, _kv, _section = img, kv, section
 
 
 def _safe(fn: Callable[[RunData], str], data: RunData, sid: str, title: str) -> str:
@@ -59,7 +38,8 @@ def _safe(fn: Callable[[RunData], str], data: RunData, sid: str, title: str) -> 
 
 
 def _header(data: RunData) -> str:
-    acc, label = headline(data)
+    value, label = headline(data)
+    shown = data.task.metric(data.task.headline).show(value, 2) if data.task.headline else fmt.DASH
     status = data.status
     rev = get(data.run, "git.rev")
     meta = [
@@ -74,30 +54,35 @@ def _header(data: RunData) -> str:
   <div><div class="eyebrow">visionsmith run report</div>
     <h1>{esc(data.name)}<span class="pill {esc(status)}">{esc(status.replace('_', ' '))}</span></h1>
     <div class="meta">{meta_html}</div></div>
-  <div class="headline"><div class="big">{fmt.pct(acc, 2) if acc is not None else fmt.DASH}</div>
+  <div class="headline"><div class="big">{esc(shown)}</div>
     <div class="lbl">{esc(label)}</div></div>
 </div></header>"""
 
 
-def _kpis(data: RunData) -> str:
-    ev, timing = data.eval, data.run.get("timing") if isinstance(data.run.get("timing"), dict) else {}
-    last_train = next((r for r in reversed(data.train) if fmt.is_num(r.get("step"))), {})
-    knn = "kNN " if data.knn else ""
+def _scores(data: RunData) -> list[tuple[str, str, str]]:
+    """The task's score cards: its own ``kpis`` hook, else one card per test metric (the best
+    validation epoch's values while there is no test evaluation)."""
+    t = data.task
+    if t.kpis is not None:
+        return t.kpis(data)
+    ev = data.eval
+    keys = t.test_keys or t.val_keys
     if ev or not data.val:
-        scores = [
-            (f"{knn}test acc", fmt.pct(ev.get("acc")), f"top-5 {fmt.pct(ev.get('top5'))}"),
-            ("macro-F1", fmt.num(ev.get("macro_f1"), 3), "mean over classes"),
-            ("test loss", fmt.num(ev.get("loss"), 3), "kNN vote cross-entropy" if knn else "cross-entropy"),
-        ]
-    else:  # not evaluated yet: lead with the best validation epoch rather than three dashes
-        best = max(data.val, key=lambda r: r.get("acc") if fmt.is_num(r.get("acc")) else -1)
-        scores = [
-            (f"val {knn}acc", fmt.pct(best.get("acc")), f"best epoch {fmt.num(best.get('epoch'))}, "
-                                                   f"top-5 {fmt.pct(best.get('top5'))}"),
-            ("val macro-F1", fmt.num(best.get("macro_f1"), 3), "at the best epoch"),
-            ("val loss", fmt.num(best.get("loss"), 3), "at the best epoch"),
-        ]
-    cards = scores + [
+        return [(f"test {t.metric(k).short}", t.metric(k).show(ev.get(k)), t.metric(k).note) for k in keys]
+    key = t.headline
+    ranked = [r for r in data.val if fmt.is_num(r.get(key))]
+    if not ranked:
+        return [(f"val {t.metric(k).short}", fmt.DASH, "") for k in keys]
+    pick = min if t.direction == "min" else max
+    best = pick(ranked, key=lambda r: r[key])
+    return [(f"val {t.metric(k).short}", t.metric(k).show(best.get(k)),
+             f"best epoch {fmt.num(best.get('epoch'))}" if k == key else "at the best epoch") for k in keys]
+
+
+def _kpis(data: RunData) -> str:
+    timing = data.run.get("timing") if isinstance(data.run.get("timing"), dict) else {}
+    last_train = next((r for r in reversed(data.train) if fmt.is_num(r.get("step"))), {})
+    cards = _scores(data) + [
         ("parameters", fmt.count(get(data.run, "params.total")),
          f"{fmt.count(get(data.run, 'params.trainable'))} trainable ({fmt.num(get(data.run, 'params.trainable_pct'))}%)"
          f"{', ' + str(data.run['adapt']) if data.run.get('adapt', 'full') != 'full' else ''}"
@@ -114,7 +99,8 @@ def _kpis(data: RunData) -> str:
 def _notices(data: RunData) -> str:
     out = ""
     if data.missing:
-        items = "".join(f"<li><code>{esc(f)}</code> is missing: no {esc(FILES[f])}.</li>" for f in data.missing)
+        items = "".join(f"<li><code>{esc(f)}</code> is missing: no {esc(data.files.get(f, 'data'))}.</li>"
+                        for f in data.missing)
         status = f" (status: <b>{esc(data.status)}</b>)" if data.run else ""
         out += (f'<div class="notice warn"><h2>This run folder is incomplete{status}</h2>'
                 f"<ul>{items}</ul></div>")
@@ -132,23 +118,26 @@ def _training(data: RunData) -> str:
     if not data.train and not data.val:
         why = "metrics.jsonl is missing" if not data.present.get("metrics.jsonl") else "metrics.jsonl has no train or val lines"
         return _section("training", "Training", "", f'<div class="empty">No training curves: {why}.</div>')
+    t = data.task
+    series = [(k, t.metric(k).label) for k in t.curve_keys]
     figs = [
         _img(plots.loss_curve(data.train, data.val), "loss curve", "No loss values logged."),
         _img(plots.val_curve(data.val, "kNN monitor per epoch (frozen features)" if data.knn
-                             else "Validation metrics per epoch"), "validation metrics", "No validation lines logged yet."),
+                             else "Validation metrics per epoch", series=series, best=t.direction,
+                             legend=t.curve_legend),
+             "validation metrics", "No validation lines logged yet."),
         _img(plots.lr_curve(data.train), "learning rate", "No learning rate logged."),
         _img(plots.throughput_curve(data.train), "throughput", "No throughput logged."),
     ]
     body = '<div class="grid2">' + "".join(figs) + "</div>"
     if data.val:
         knn = "kNN " if data.knn else ""
-        head = f"<tr><th>epoch</th><th class=num>step</th><th class=num>{knn}acc</th><th class=num>{knn}top-5</th>" \
-               f"<th class=num>{knn}macro-F1</th><th class=num>loss</th></tr>"
+        cols = [(k, t.metric(k)) for k in t.val_keys]
+        head = "<tr><th>epoch</th><th class=num>step</th>" + "".join(
+            f"<th class=num>{esc((knn if m.knn else '') + m.short)}</th>" for _, m in cols) + "</tr>"
         rows = "".join(
             f"<tr><td>{esc(fmt.num(r.get('epoch')))}</td><td class=num>{esc(fmt.num(r.get('step')))}</td>"
-            f"<td class=num>{fmt.pct(r.get('acc'))}</td><td class=num>{fmt.pct(r.get('top5'))}</td>"
-            f"<td class=num>{esc(fmt.num(r.get('macro_f1'), 3))}</td>"
-            f"<td class=num>{esc(fmt.num(r.get('loss'), 3))}</td></tr>" for r in data.val)
+            + "".join(f"<td class=num>{esc(m.show(r.get(k)))}</td>" for k, m in cols) + "</tr>" for r in data.val)
         body += f"<details><summary>Validation per epoch ({len(data.val)})</summary><table>{head}{rows}</table></details>"
     sub = f"{len(data.train)} train log lines, {len(data.val)} validation epochs. " \
           "Train loss is drawn raw (faint) and smoothed."
@@ -157,148 +146,6 @@ def _training(data: RunData) -> str:
                 "kNN monitor, which classifies each val image by a vote of its most similar training images "
                 "in the frozen feature space.")
     return _section("training", "Training", esc(sub), body)
-
-
-def _per_class_table(ev: dict, classes: list[str]) -> str:
-    pc = ev.get("per_class") or {}
-    p, r, f1, sup = (pc.get(k) or [] for k in ("precision", "recall", "f1", "support"))
-    k = min(len(p), len(r), len(f1), len(sup))
-    if not k:
-        return ""
-    worst = min(range(k), key=lambda i: f1[i] if fmt.is_num(f1[i]) else 1)
-    rows = ""
-    for i in range(k):
-        name = classes[i] if i < len(classes) else str(i)
-        w = 100 * f1[i] if fmt.is_num(f1[i]) else 0
-        low = " low" if i == worst else ""
-        rows += (f"<tr><td>{esc(name)}</td><td class=num>{fmt.fixed(p[i])}</td>"
-                 f"<td class=num>{fmt.fixed(r[i])}</td><td class=num>{fmt.fixed(f1[i])}"
-                 f'<span class="bar{low}"><span style="width:{w:.1f}%"></span></span></td>'
-                 f"<td class=num>{esc(fmt.num(sup[i]))}</td></tr>")
-    head = "<tr><th>class</th><th class=num>precision</th><th class=num>recall</th>" \
-           "<th class=num>F1</th><th class=num>support</th></tr>"
-    return f"<h3>Per class</h3><table>{head}{rows}</table>"
-
-
-def _confused_pairs(ev: dict, classes: list[str], top: int = 5) -> str:
-    """The largest off-diagonal cells of the confusion matrix: where the model goes wrong most."""
-    cm = ev.get("confusion")
-    if not isinstance(cm, list) or not cm:
-        return ""
-    k = len(cm)
-    name = lambda i: classes[i] if i < len(classes) else str(i)  # noqa: E731
-    support = [sum(row) for row in cm]
-    cells = sorted(((cm[i][j], i, j) for i in range(k) for j in range(len(cm[i])) if i != j and cm[i][j]),
-                   reverse=True)[:top]
-    if not cells:
-        return ""
-    rows = "".join(f"<tr><td>{esc(name(i))} \u2192 {esc(name(j))}</td><td class=num>{c:,}</td>"
-                   f"<td class=num>{fmt.pct(c / support[i] if support[i] else None, 1)}</td></tr>"
-                   for c, i, j in cells)
-    return ("<h3>Most confused pairs</h3><table><tr><th>true \u2192 predicted</th><th class=num>images</th>"
-            f"<th class=num>of the true class</th></tr>{rows}</table>")
-
-
-def _evaluation(data: RunData) -> str:
-    ev = data.eval
-    if not ev:
-        why = "eval.json is missing" if not data.present.get("eval.json") else "eval.json could not be read"
-        return _section("evaluation", "Test evaluation", "",
-                        f'<div class="empty">No test evaluation: {why}. The run has not been '
-                        f"evaluated on the test split yet; the headline shows validation accuracy instead.</div>")
-    classes = data.classes
-    knn = data.knn
-    table = _kv([
-        ("split", esc(str(ev.get("split", "test")))),
-        ("images", esc(fmt.num(ev.get("n")))),
-        ("kNN accuracy (top-1)" if knn else "accuracy (top-1)", fmt.pct(ev.get("acc"))),
-        ("top-5 accuracy", fmt.pct(ev.get("top5"))),
-        ("macro-F1", esc(fmt.num(ev.get("macro_f1"), 4))),
-        ("loss (kNN vote cross-entropy)" if knn else "loss (cross-entropy)", esc(fmt.num(ev.get("loss"), 4))),
-        ("evaluation speed", esc(fmt.rate(ev.get("eval_img_per_s")))),
-    ] + ([("kNN", esc(f"k={ev.get('knn_k')}, cosine, bank of {fmt.num(ev.get('knn_bank'))} train images"))]
-         if knn else []))
-    cm = _img(plots.confusion(ev.get("confusion") or [], classes), "confusion matrix",
-              "No confusion matrix in eval.json.")
-    bars = _img(plots.per_class_bars(ev.get("per_class") or {}, classes), "precision and recall per class",
-                "No per-class scores in eval.json.")
-    body = (f'<div class="grid2"><div><h3>Headline</h3>{table}{_confused_pairs(ev, classes)}</div><div>{cm}</div>'
-            f"<div>{_per_class_table(ev, classes)}</div><div><h3>&nbsp;</h3>{bars}</div></div>")
-    if knn:
-        return _section("evaluation", "Test evaluation", "A self-supervised backbone has no trained classifier: "
-                        "each test image is classified by a weighted vote of its k most similar training images "
-                        "in the frozen feature space (rows of the confusion matrix are the true class). For a "
-                        "linear probe, train <code>method=supervised adapt.mode=linear "
-                        "model.pretrained=&lt;this run folder&gt;</code>.", body)
-    return _section("evaluation", "Test evaluation", "Metrics on the held-out test split, computed once "
-                    "after training (rows of the confusion matrix are the true class).", body)
-
-
-def _mistakes(data: RunData) -> str:
-    z, classes = data.worst_images, data.classes
-    worst = data.eval.get("worst") if isinstance(data.eval.get("worst"), list) else []
-    if all(k in z for k in ("images", "labels", "preds", "confidence")) and len(z["images"]):
-        body = _img(plots.mistakes_grid(z["images"], z["labels"], z["preds"], z["confidence"], classes),
-                    "worst mistakes", "")
-        return _section("mistakes", "Most confident mistakes",
-                        "Test images the model got wrong with the highest confidence in the wrong class: "
-                        "<b>true \u2192 predicted</b>, with the confidence in the predicted class below each image.", f'<div class="center">{body}</div>')
-    if worst:  # no images, but the list is there: show it as a table
-        name = lambda i: classes[i] if isinstance(i, int) and 0 <= i < len(classes) else str(i)  # noqa: E731
-        rows = "".join(f"<tr><td class=num>{esc(fmt.num(w.get('index')))}</td><td>{esc(name(w.get('label')))}</td>"
-                       f"<td>{esc(name(w.get('pred')))}</td><td class=num>{fmt.num(w.get('confidence'), 3)}</td></tr>"
-                       for w in worst if isinstance(w, dict))
-        note = "eval_worst.npz is missing, so the images cannot be shown" if not data.present.get("eval_worst.npz") \
-            else "eval_worst.npz has no usable images"
-        return _section("mistakes", "Most confident mistakes", esc(note) + ".",
-                        "<table><tr><th class=num>test index</th><th>true</th><th>predicted</th>"
-                        f"<th class=num>confidence</th></tr>{rows}</table>")
-    why = "eval.json is missing" if not data.eval else "no mistakes recorded (eval.json has no 'worst' list and " \
-                                                        "eval_worst.npz is missing)"
-    return _section("mistakes", "Most confident mistakes", "", f'<div class="empty">Nothing to show: {esc(why)}.</div>')
-
-
-def _select_published(rows: list[dict], acc: float, picks=DEFAULT_PICKS, limit: int = 15) -> list[dict]:
-    """A readable subset of a long table: the named picks, the top 4 and the neighbours of ``acc``."""
-    rows = sorted(rows, key=lambda r: -float(r["acc"]))
-    if len(rows) <= limit:
-        return rows
-    keep = {id(r) for r in rows[:4]} | {id(r) for r in rows if r.get("name") in picks}
-    below = [r for r in rows if r["acc"] < acc][:3]
-    above = [r for r in rows if r["acc"] >= acc][-3:]
-    keep |= {id(r) for r in below + above}
-    return [r for r in rows if id(r) in keep]
-
-
-def _published(data: RunData) -> str:
-    if data.knn:
-        return _section("published", "Compared with published results", "",
-                        '<div class="empty">Not compared: published results are trained classifiers, and this '
-                        "self-supervised run's accuracy is a kNN vote on frozen features. Compare its linear probe "
-                        "(<code>adapt.mode=linear model.pretrained=&lt;this run folder&gt;</code>) instead.</div>")
-    acc = data.eval.get("acc")
-    rows = [r for r in data.published if fmt.is_num(r.get("acc"))]
-    if not rows:
-        return _section("published", "Compared with published results", "",
-                        '<div class="empty">No published results to compare with: add a '
-                        "<code>published.json</code> (a list of {name, acc, source}) to the run folder.</div>")
-    if not fmt.is_num(acc):
-        return _section("published", "Compared with published results", "",
-                        '<div class="empty">A comparison needs the test accuracy, and eval.json is missing.</div>')
-    shown = _select_published(rows, acc)
-    chart = _img(plots.published_bars(shown, acc, ours=f"{data.name} (this run)"), "published comparison", "")
-    entries = sorted([(r, False) for r in rows] + [({"name": f"{data.name} (this run)", "acc": acc}, True)],
-                     key=lambda e: -float(e[0]["acc"]))
-    trs = "".join(
-        f'<tr class="{"ours" if ours else ""}"><td>{esc(str(r.get("name")))}</td>'
-        f"<td>{esc(str(r.get('preprocessing', '')))}</td><td>{esc(str(r.get('submitter', '')))}</td>"
-        f"<td class=num>{float(r['acc']):.3f}</td></tr>" for r, ours in entries)
-    table = (f"<details><summary>All {len(rows)} published rows</summary><table><tr><th>model</th>"
-             f"<th>preprocessing</th><th>submitter</th><th class=num>test acc</th></tr>{trs}</table></details>")
-    source = data.published_source or (rows[0].get("source") or "published.json")
-    sub = (f"Test accuracy as reported by the submitters (source: {esc(str(source))}); not re-measured here. "
-           + (f"Showing {len(shown)} of {len(rows)} rows." if len(shown) < len(rows) else ""))
-    return _section("published", "Compared with published results", sub, f'<div class="center">{chart}</div>{table}')
 
 
 def _details(data: RunData) -> str:
@@ -347,13 +194,13 @@ def _config(data: RunData) -> str:
 
 def _files(data: RunData) -> str:
     items = []
-    for fname, what in FILES.items():
-        if fname == "published.json" and not data.present.get(fname) and data.published:
+    for fname, what in data.files.items():
+        if not data.present.get(fname) and fname in data.file_notes:
             mark = '<span class="ok">\u2713</span>'
-            what = f"absent; compared with the {data.published_source} instead"
+            what = data.file_notes[fname]
         elif data.present.get(fname):
             mark = '<span class="ok">\u2713</span>'
-        elif fname in OPTIONAL:
+        elif fname in data.optional:
             mark = '<span class="opt">\u2013</span>'
         else:
             mark = '<span class="no">\u2717</span>'
@@ -377,9 +224,11 @@ def _distillation(data: RunData) -> str:
         except (OSError, ValueError):
             return {}
     t_run, t_eval = (read(tdir / "run.json"), read(tdir / "eval.json")) if tdir.is_dir() else ({}, {})
-    head = "<tr><th></th><th>model</th><th>test acc</th><th>parameters</th><th>eval img/s</th></tr>"
+    key = data.task.headline or ""
+    m = data.task.metric(key)
+    head = f"<tr><th></th><th>model</th><th>test {esc(m.short)}</th><th>parameters</th><th>eval img/s</th></tr>"
     row = lambda who, model, ev, run: (  # noqa: E731
-        f"<tr><td>{esc(who)}</td><td>{esc(str(model))}</td><td>{fmt.pct(ev.get('acc'))}</td>"
+        f"<tr><td>{esc(who)}</td><td>{esc(str(model))}</td><td>{esc(m.show(ev.get(key)))}</td>"
         f"<td>{fmt.count(get(run, 'params.total'))}</td><td>{fmt.rate(get(run, 'timing.eval_img_per_s'))}</td></tr>")
     body = (f'<table>{head}'
             f"{row('teacher', _teacher_model(tdir) or src, t_eval, t_run)}"
@@ -441,18 +290,19 @@ def _teacher_model(tdir: Path) -> str:
         return ""
 
 
-SECTIONS = [
-    ("training", "Training", _training),
-    ("evaluation", "Test evaluation", _evaluation),
-    ("distillation", "Distillation", _distillation),
-    ("robustness", "Robustness", _robustness),
-    ("pruning", "Pruning", _pruning),
-    ("mistakes", "Mistakes", _mistakes),
-    ("published", "Published", _published),
-    ("details", "Run details", _details),
-    ("config", "Config", _config),
-    ("files", "Files", _files),
-]
+# The page: the training curves, the task's sections (``TaskReport.section``; ``late`` ones after
+# the method sections), the method sections (empty unless the run has them), then the run's details.
+FIRST = [Section("training", "Training", _training)]
+METHODS = [Section("distillation", "Distillation", _distillation), Section("robustness", "Robustness", _robustness),
+           Section("pruning", "Pruning", _pruning)]
+LAST = [Section("details", "Run details", _details), Section("config", "Config", _config),
+        Section("files", "Files", _files)]
+
+
+def page_sections(data: RunData) -> list[Section]:
+    """The sections of ``data``'s page, in order."""
+    t = data.task
+    return FIRST + t.early() + METHODS + t.late() + LAST
 
 
 def _version() -> str:
@@ -466,7 +316,7 @@ def _version() -> str:
 
 def render_report(data: RunData) -> str:
     """The full HTML page for ``data`` as a string."""
-    built = [(sid, title, _safe(fn, data, sid, title)) for sid, title, fn in SECTIONS]
+    built = [(s.sid, s.title, _safe(s.fn, data, s.sid, s.title)) for s in page_sections(data)]
     sections = "".join(html for _, _, html in built)
     # Header, KPIs and notices come after the sections are built so that problems found while
     # drawing a section are listed in the notice at the top too.

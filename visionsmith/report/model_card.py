@@ -11,8 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from . import fmt
-from .published import DEFAULT_PICKS, compare_line
-from .run_folder import FILES, RunData, atomic_write, get, headline, load_run
+from .run_folder import RunData, atomic_write, get, headline, load_run
 
 # What we know about each built-in dataset: a description, the intended use and the limits.
 DATASETS = {
@@ -64,25 +63,32 @@ def _table(head: list[str], rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
+def _capital(label: str) -> str:
+    """"test accuracy" -> "Test accuracy"; "mIoU" stays "mIoU"."""
+    return label[:1].upper() + label[1:] if label[1:2].islower() else label
+
+
 def _intro(data: RunData, ds_name: str) -> list[str]:
-    ev, classes = data.eval, data.classes
+    ev, classes, t = data.eval, data.classes, data.task
     acc, _ = headline(data)
-    summary = (f"A `{data.cfg('model.name', 'unknown')}` image classifier for {len(classes) or 'an unknown number of'} "
+    key = t.headline or ""
+    shown = t.metric(key).show(acc) if acc is not None else fmt.DASH
+    summary = (f"A `{data.cfg('model.name', 'unknown')}` {t.noun} for {len(classes) or 'an unknown number of'} "
                f"classes, trained with visionsmith on {ds_name}.")
     if str(data.cfg("method")) in ("simclr", "mim"):
         summary = (f"A `{data.cfg('model.name', 'unknown')}` backbone pretrained without labels "
                    f"(`{data.cfg('method')}`) with visionsmith on {ds_name}; its classifier is untrained. Start a "
                    "recipe from it with `model.pretrained=<this run folder>`.")
-    if fmt.is_num(ev.get("acc")) and data.knn:
-        summary += f" kNN test accuracy of its frozen features **{fmt.pct(acc)}** on {fmt.num(ev.get('n'))} images."
-    elif fmt.is_num(ev.get("acc")):
-        summary += f" Test accuracy **{fmt.pct(acc)}** on {fmt.num(ev.get('n'))} images."
+    if fmt.is_num(ev.get(key)) and data.knn:
+        summary += f" kNN {t.headline_label} of its frozen features **{shown}** on {fmt.num(ev.get('n'))} images."
+    elif fmt.is_num(ev.get(key)):
+        summary += f" {_capital(t.headline_label)} **{shown}** on {fmt.num(ev.get('n'))} images."
     elif acc is not None:
-        summary += f" Not evaluated on the test split yet; best validation accuracy {fmt.pct(acc)}."
+        summary += f" Not evaluated on the test split yet; best validation {t.metric(key).label} {shown}."
     out = [f"# Model card: {data.name}", "", summary, ""]
     if data.missing:
         out += [f"> Incomplete run folder (status: {data.status}): missing "
-                + ", ".join(f"`{f}` ({FILES[f]})" for f in data.missing) + ".", ""]
+                + ", ".join(f"`{f}` ({data.files.get(f, 'data')})" for f in data.missing) + ".", ""]
     return out
 
 
@@ -94,7 +100,7 @@ def _model(data: RunData) -> list[str]:
         ["parameters", f"{fmt.num(get(run, 'params.total'))} ({fmt.num(get(run, 'params.trainable'))} trainable)"],
         ["input", f"{c('data.image_size', '?')} x {c('data.image_size', '?')} pixels, "
                   f"{c('model.in_chans', '?')} channel(s)"],
-        ["output", f"{len(classes)} class logits" if classes else "class logits"],
+        ["output", f"{len(classes)} {data.task.output}" if classes else data.task.output],
         ["classes", ", ".join(classes) or fmt.DASH],
     ]), ""]
 
@@ -128,34 +134,17 @@ def _recipe(data: RunData) -> list[str]:
 
 
 def _metrics(data: RunData) -> list[str]:
-    ev, classes = data.eval, data.classes
+    ev, t = data.eval, data.task
     out = ["## Metrics", ""]
     if not ev:
-        acc, _ = headline(data)
-        return out + ["No test evaluation in this run folder (`eval.json` is missing)." +
-                      (f" Best validation accuracy: {fmt.pct(acc)}." if acc is not None else ""), ""]
-    knn = "kNN " if data.knn else ""
-    out += [_table(["metric", "value"], [
-        [f"{knn}accuracy (top-1)", fmt.pct(ev.get("acc"))],
-        [f"{knn}top-5 accuracy", fmt.pct(ev.get("top5"))],
-        [f"{knn}macro-F1", fmt.num(ev.get("macro_f1"), 4)],
-        ["loss (kNN vote cross-entropy)" if knn else "loss (cross-entropy)", fmt.num(ev.get("loss"), 4)],
-        ["test images", fmt.num(ev.get("n"))],
-    ]), ""]
-    pc = ev.get("per_class") or {}
-    p, r, f1, sup = (pc.get(k) or [] for k in ("precision", "recall", "f1", "support"))
-    k = min(len(p), len(r), len(f1), len(sup))
-    if k:
-        rows = [[classes[i] if i < len(classes) else str(i), fmt.fixed(p[i]), fmt.fixed(r[i]),
-                 fmt.fixed(f1[i]), fmt.num(sup[i])] for i in range(k)]
-        out += ["### Per class (test)", "", _table(["class", "precision", "recall", "F1", "support"], rows), ""]
-    if data.published and fmt.is_num(ev.get("acc")) and not data.knn:
-        # The README table is long: name a few well-known rows. A run's own published.json
-        # was chosen for this run, so list all of it.
-        picks = None if data.published_source == "published.json" else DEFAULT_PICKS
-        out += ["### Compared with published results", "", "```",
-                compare_line(ev["acc"], data.published, picks=picks, ours=data.name), "```", ""]
-    return out
+        value, _ = headline(data)
+        best = (f" Best validation {t.metric(t.headline).label}: {t.metric(t.headline).show(value)}."
+                if value is not None and t.headline else "")
+        return out + ["No test evaluation in this run folder (`eval.json` is missing)." + best, ""]
+    if t.card is not None:  # the task's own: per-class tables, comparisons
+        return out + t.card(data)
+    rows = [[t.metric(k).label, t.metric(k).show(ev.get(k))] for k in t.test_keys]
+    return out + [_table(["metric", "value"], rows + [["test images", fmt.num(ev.get("n"))]]), ""]
 
 
 def _use(ds: dict) -> list[str]:

@@ -123,12 +123,18 @@ def loss_curve(train: list[dict], val: list[dict]) -> str | None:
         return _png(fig)
 
 
-def val_curve(val: list[dict], title: str = "Validation metrics per epoch") -> str | None:
-    """Validation accuracy and macro-F1 per epoch (top-5 is in the table under the plots)."""
-    series = [(k, c, lbl) for k, c, lbl in
-              [("acc", TEAL, "accuracy"), ("macro_f1", ACCENT, "macro-F1"),  # top-5 (near 1) would flatten these
-               ("robust_acc", ROSE, "robust accuracy (PGD)")]  # adversarial training's monitor
-              if len(_series(val, "epoch", k)[0])]
+CURVE_COLORS = [TEAL, ACCENT, ROSE, AMBER, SLATE]
+CLASSIFICATION_CURVE = [("acc", "accuracy"), ("macro_f1", "macro-F1"), ("robust_acc", "robust accuracy (PGD)")]
+
+
+def val_curve(val: list[dict], title: str = "Validation metrics per epoch",
+              series: Sequence[tuple[str, str]] | None = None, best: str = "max",
+              legend: str = "lower right") -> str | None:
+    """Validation metrics per epoch: ``series`` is ``[(key, legend label)]``, coloured in order, the
+    first one (the task's headline) labelled at its best epoch (``best``: "max" or "min").  Default:
+    classification's accuracy, macro-F1 and robust accuracy (top-5 is in the table under the plots)."""
+    wanted = list(series or CLASSIFICATION_CURVE)
+    series = [(k, c, lbl) for (k, lbl), c in zip(wanted, CURVE_COLORS * 3) if len(_series(val, "epoch", k)[0])]
     if not series:
         return None
     with rc_context(STYLE):
@@ -137,16 +143,17 @@ def val_curve(val: list[dict], title: str = "Validation metrics per epoch") -> s
         for key, color, label in series:
             x, y = _series(val, "epoch", key)
             ax.plot(x, y, color=color, lw=2, marker="o", ms=5, label=label)
-        x, y = _series(val, "epoch", "acc")
-        if len(y):  # label the best epoch: the number a reader looks for first
-            i = int(np.argmax(y))
+        key, color, _ = series[0]
+        x, y = _series(val, "epoch", key)
+        if key == wanted[0][0]:  # label the best epoch: the number a reader looks for first
+            i = int(np.argmin(y) if best == "min" else np.argmax(y))
             ax.annotate(f"{y[i]:.3f}", (x[i], y[i]), textcoords="offset points", xytext=(0, 8),
-                        ha="center", color=TEAL, fontweight="bold")
+                        ha="center", color=color, fontweight="bold")
         ax.margins(y=0.15)  # room above the best-epoch label
         ax.set_title(title)
         ax.set_xlabel("epoch")
         ax.xaxis.get_major_locator().set_params(integer=True)
-        ax.legend(loc="lower right")
+        ax.legend(loc=legend)
         return _png(fig)
 
 
@@ -193,8 +200,10 @@ def throughput_curve(train: list[dict]) -> str | None:
         return _png(fig)
 
 
-def confusion(cm: Sequence[Sequence[int]], classes: list[str]) -> str | None:
-    """Heatmap of the confusion matrix: colour = row-normalised rate, text = raw count."""
+def confusion(cm: Sequence[Sequence[int]], classes: list[str], text: str = "count",
+              title: str = "Confusion matrix (test; colour = share of the true class)") -> str | None:
+    """Heatmap of the confusion matrix: colour = row-normalised rate, text = raw count (``text="rate"``:
+    the rate as a percentage, for pixel counts too long to read)."""
     cm = np.asarray(cm, dtype=float)
     if cm.ndim != 2 or cm.shape[0] != cm.shape[1] or cm.shape[0] == 0:
         return None
@@ -210,8 +219,9 @@ def confusion(cm: Sequence[Sequence[int]], classes: list[str]) -> str | None:
             fs = 8 if k <= 12 else 6
             for i in range(k):
                 for j in range(k):
-                    if cm[i, j]:
-                        ax.text(j, i, f"{int(cm[i, j])}", ha="center", va="center", fontsize=fs,
+                    if cm[i, j] and (text == "count" or rates[i, j] >= 0.005):
+                        label = f"{int(cm[i, j])}" if text == "count" else f"{100 * rates[i, j]:.0f}"
+                        ax.text(j, i, label, ha="center", va="center", fontsize=fs,
                                 color="white" if rates[i, j] > 0.5 else INK)
         ax.set_xticks(range(k), names, rotation=45, ha="right")
         ax.set_yticks(range(k), names)
@@ -220,7 +230,7 @@ def confusion(cm: Sequence[Sequence[int]], classes: list[str]) -> str | None:
         ax.tick_params(length=0)
         for s in ax.spines.values():
             s.set_visible(False)
-        ax.set_title("Confusion matrix (test; colour = share of the true class)")
+        ax.set_title(title)
         cb = fig.colorbar(im, ax=ax, fraction=0.04, pad=0.02)
         cb.outline.set_visible(False)
         return _png(fig)

@@ -45,7 +45,7 @@ nav.toc .wrap { display: flex; gap: 22px; overflow-x: auto; }
 nav.toc a { color: var(--muted); text-decoration: none; font-size: 13.5px; font-weight: 600; padding: 11px 0; white-space: nowrap; }
 nav.toc a:hover { color: var(--accent); }
 main { padding: 26px 0 40px; }
-.kpis { display: grid; grid-template-columns: repeat(auto-fit, minmax(150px, 1fr)); gap: 14px; margin-bottom: 22px; }
+.kpis { display: grid; grid-template-columns: repeat(auto-fit, minmax(140px, 1fr)); gap: 14px; margin-bottom: 22px; }
 .kpi { background: var(--card); border: 1px solid var(--line); border-radius: 12px; padding: 14px 16px; }
 .kpi .v { font-size: 24px; font-weight: 700; letter-spacing: -.01em; }
 .kpi .k { font-size: 12px; color: var(--muted); text-transform: uppercase; letter-spacing: .06em; font-weight: 600; }
