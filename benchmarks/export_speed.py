@@ -4,6 +4,9 @@
     python benchmarks/export_speed.py                     # trains recipes/fashion-mnist-quick first (~4 min)
     python benchmarks/export_speed.py RUN --pruned PRUNED # adds a pruned run (`visionsmith prune`) as a contender
     python benchmarks/export_speed.py --quick             # smoke run: simple_cnn, a short training, few iterations
+    python benchmarks/export_speed.py SEG_RUN             # a segmentation run folder (the task is read from it)
+    python benchmarks/export_speed.py --segmentation      # trains recipes/scenes-seg.yaml first (long: ~1 h)
+    python benchmarks/export_speed.py --segmentation --quick  # smoke run: 64 px scenes, a few dozen steps
 
 Contenders, all on the same [0, 1] test pixels, with the same thread count
 (``torch.set_num_threads(T)`` and ORT ``intra_op_num_threads=T``, ``inter_op_num_threads=1``).
@@ -35,6 +38,14 @@ on the whole test split (``--eval-images`` to cap it), argmax of the logits.  Si
 or the safetensors checkpoint for eager.  Target (issue 4): ort_int8 >= 2x eager throughput at
 <= 0.5 points accuracy drop.
 Writes ``benchmarks/results/export_speed.json`` (``export_speed-quick.json`` with --quick).
+
+Segmentation (a run whose task is segmentation, or ``--segmentation``): the same contenders on the
+run's test masks, the exports checked per pixel (fp32 argmax agreement >= 99.9%, INT8 mIoU drop
+<= 0.5 points); quality is the task's headline metric (mIoU, from one confusion matrix over the
+test split) instead of accuracy; throughput at batch ``--batch`` (default 8 for segmentation) and
+batch-1 latency, both also given as images/s.  Without RUN it trains ``recipes/scenes-seg.yaml``
+(MobileNetV2 + FPN on 96 px fashion-mnist scenes; ``--quick``: 64 px scenes, 192 training images,
+2 epochs).  Writes ``export_speed-segmentation.json`` (``-segmentation-quick`` with --quick).
 """
 from __future__ import annotations
 
@@ -63,6 +74,9 @@ ROOT = Path(__file__).resolve().parents[1]
 RECIPE = ROOT / "recipes" / "fashion-mnist-quick.yaml"
 QUICK_OVERRIDES = ["model.name=simple_cnn", "model.pretrained=false", "model.in_chans=1", "data.image_size=28",
                    "train.epochs=1", "data.train_limit=6000", "train.ema=false"]
+SEG_RECIPE = ROOT / "recipes" / "scenes-seg.yaml"
+SEG_QUICK_OVERRIDES = ["data.name=coco", "data.image_size=64", "model.pretrained=true", "train.batch_size=16",
+                       "train.epochs=2", "train.eval_batch_size=24", "seg.channels=32"]  # + data.root (64 px scenes)
 FLAGS_OF_INTEREST = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_int8")
 
 
@@ -141,6 +155,28 @@ def accuracy(fn, pixels: np.ndarray, labels: np.ndarray, batch: int = 256) -> fl
     return float((logits.argmax(1) == labels).mean())
 
 
+def headline(fn, pixels: np.ndarray, targets: np.ndarray, run: Path, batch: int = 32) -> float:
+    """The run's task's headline metric (mIoU for segmentation) of ``fn`` on the pixels and their
+    targets, through the task's own metric accumulator (streamed: dense logits need not fit)."""
+    from visionsmith.config import load_config
+    from visionsmith.engine.runfolder import read_json
+    from visionsmith.tasks import get_task
+    task = get_task(load_config(run / "config.yaml"))
+    metric = task.metric(read_json(run / "run.json")["classes"])
+    for i in range(0, len(pixels), batch):
+        metric.update(torch.from_numpy(np.asarray(fn(pixels[i:i + batch]))).float(),
+                      {task.target_key: torch.from_numpy(targets[i:i + batch])})
+    return float(metric.compute()[task.headline])
+
+
+def run_task(run: Path) -> tuple[str, str]:
+    """(task name, its headline metric key) of a run folder."""
+    from visionsmith.config import load_config
+    from visionsmith.tasks import get_task
+    task = get_task(load_config(run / "config.yaml"))
+    return task.name, task.headline
+
+
 def percentile(xs: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(xs), q))
 
@@ -152,6 +188,8 @@ def get_run(args) -> Path:
     if args.run is not None:
         return Path(args.run)
     import visionsmith
+    if args.segmentation:
+        return seg_run(args)
     out = args.train_out or ROOT / "runs" / ("export-bench-quick" if args.quick else "export-bench-fashion-mnist")
     if (out / "checkpoints" / "best.safetensors").is_file():
         print(f"reusing the trained run {out}", flush=True)
@@ -159,6 +197,43 @@ def get_run(args) -> Path:
     over = QUICK_OVERRIDES if args.quick else []
     print(f"no RUN given: training {RECIPE.name} {' '.join(over)} into {out}", flush=True)
     return visionsmith.train(RECIPE, overrides=over + [f"train.threads={args.threads}"], out=out, report=False)
+
+
+def seg_run(args) -> Path:
+    """The segmentation run to measure when none is given: recipes/scenes-seg.yaml (quick: 64 px scenes)."""
+    import visionsmith
+    out = args.train_out or ROOT / "runs" / ("export-bench-seg-quick" if args.quick else "export-bench-scenes-seg")
+    if (out / "checkpoints" / "best.safetensors").is_file():
+        print(f"reusing the trained run {out}", flush=True)
+        return out
+    over = []
+    if args.quick:
+        from visionsmith.data.scenes import ensure_scenes
+        over = SEG_QUICK_OVERRIDES + [f"data.root={ensure_scenes(canvas=64, n_train=192, n_val=24, n_test=24)}"]
+    print(f"no RUN given: training {SEG_RECIPE.name} {' '.join(over)} into {out}", flush=True)
+    return visionsmith.train(SEG_RECIPE, overrides=over + [f"train.threads={args.threads}"], out=out, report=False)
+
+
+def test_targets(run: Path, limit: int | None) -> tuple[np.ndarray, np.ndarray, str]:
+    """The run's test split (val if none) as [0, 1] pixels ``[N, C, S, S]`` and its task's targets
+    (masks ``[N, S, S]`` for segmentation, resized with the pixels), through the task."""
+    from visionsmith.config import load_config
+    from visionsmith.engine.build import build_transforms, load_trained
+    from visionsmith.export.inputs import pixel_transform
+    from visionsmith.tasks import get_task
+    cfg, model, _, _ = load_trained(run)
+    _, tf = build_transforms(cfg, model)
+    task = get_task(load_config(run / "config.yaml"))
+    data = task.build_datasets(cfg.seed)
+    ds = data["test"] if len(data.get("test", ())) else data["val"]
+    n = len(ds) if limit is None else min(limit, len(ds))
+    px, tg = [], []
+    with torch.no_grad():
+        for i in range(0, n, 256):
+            b = task.make_batch(ds, torch.arange(i, min(i + 256, n)), pixel_transform(tf), None)
+            px.append(b["image"])
+            tg.append(b[task.target_key])
+    return np.ascontiguousarray(torch.cat(px).numpy()), torch.cat(tg).numpy(), f"{n} images of {ds.name}"
 
 
 def test_pixels(run: Path, limit: int | None) -> tuple[np.ndarray, np.ndarray, str]:
@@ -196,7 +271,7 @@ def parse_args(argv=None):
     p.add_argument("run", nargs="?", help="a Fashion-MNIST classification run folder (default: train one)")
     p.add_argument("--pruned", metavar="RUN", help="a pruned run folder (`visionsmith prune`) to time as well")
     p.add_argument("--threads", type=int, default=2, help="torch threads and ORT intra-op threads (default 2)")
-    p.add_argument("--batch", type=int, default=32, help="throughput batch size (default 32)")
+    p.add_argument("--batch", type=int, default=None, help="throughput batch size (default 32; 8 for segmentation)")
     p.add_argument("--latency-iters", type=int, default=None, help="batch-1 calls per round (default 500; 30 quick)")
     p.add_argument("--batches", type=int, default=None,
                    help="throughput calls per round, at least (default 30; 5 quick)")
@@ -208,6 +283,8 @@ def parse_args(argv=None):
     p.add_argument("--train-out", type=Path, help="where to train when no RUN is given")
     p.add_argument("--no-spin", action="store_true", help="ORT intra-op threads do not busy-wait (busy machines)")
     p.add_argument("--quick", action="store_true", help="smoke run: simple_cnn, short training, few iterations")
+    p.add_argument("--segmentation", action="store_true",
+                   help="without RUN: train and measure a segmentation run (recipes/scenes-seg.yaml)")
     p.add_argument("--out", type=Path, help="JSON result (default benchmarks/results/export_speed.json)")
     args = p.parse_args(argv)
     defaults = dict(latency_iters=30, batches=5, seconds=0.3, rounds=1, eval_images=1000) if args.quick else \
@@ -216,8 +293,10 @@ def parse_args(argv=None):
         if getattr(args, k) is None:
             setattr(args, k, v)
     if args.out is None:
-        args.out = ROOT / "benchmarks" / "results" / ("export_speed-quick.json" if args.quick else "export_speed.json")
-    if min(args.latency_iters, args.batches, args.rounds, args.threads, args.batch) < 1:
+        seg = "-segmentation" if args.segmentation else ""  # a RUN's task is known only later: see main
+        args.out = ROOT / "benchmarks" / "results" / f"export_speed{seg}{'-quick' if args.quick else ''}.json"
+        args.default_out = True
+    if min(args.latency_iters, args.batches, args.rounds, args.threads, args.batch or 1) < 1:
         p.error("--latency-iters, --batches, --rounds, --threads and --batch must be >= 1")
     return args
 
@@ -234,7 +313,10 @@ def worker(spec: dict) -> dict:
     pixels, labels = np.load(spec["pixels"]), np.load(spec["labels"])
     out = {"size_mb": fn.file.stat().st_size / 1e6, "threads_seen": torch.get_num_threads()}
     if spec["accuracy"]:
-        out["acc"] = accuracy(fn, pixels, labels)
+        if spec.get("task", "classification") == "classification":
+            out["acc"] = accuracy(fn, pixels, labels)
+        else:  # the task's headline metric (mIoU) from its own accumulator, on the dense targets
+            out[spec["metric"]] = headline(fn, pixels, labels, Path(spec["run"]))
     lat = latency_ms(fn, pixels, spec["latency_iters"])
     out.update(p50_ms=statistics.median(lat), p99_ms=percentile(lat, 99),
                **throughput(fn, pixels, spec["batch"], spec["batches"], spec["seconds"]))
@@ -265,7 +347,13 @@ def main(argv=None) -> dict:
     import visionsmith
     from visionsmith.export import export_onnx
     run = get_run(args)
-    print(f"export_speed: {run}, {args.threads} threads; per round and contender batch 1 x {args.latency_iters}, "
+    task, metric = run_task(run)
+    seg = task != "classification"
+    if args.batch is None:
+        args.batch = 8 if seg else 32
+    if seg and getattr(args, "default_out", False) and not args.segmentation:
+        args.out = args.out.with_name(args.out.name.replace("export_speed", "export_speed-segmentation"))
+    print(f"export_speed ({task}): {run}, {args.threads} threads; per round and contender batch 1 x {args.latency_iters}, "
           f"batch {args.batch} for >= {args.batches} calls and >= {args.seconds} s; {args.rounds} rounds; "
           f"load average {loadavg()}", flush=True)
     t0 = time.perf_counter()
@@ -281,7 +369,7 @@ def main(argv=None) -> dict:
     if args.pruned:
         contenders["pruned"] = {"kind": "eager", "path": str(Path(args.pruned)), "channels_last": False}
         contenders["pruned_cl"] = {"kind": "eager", "path": str(Path(args.pruned)), "channels_last": True}
-    pixels, labels, source = test_pixels(run, args.eval_images)
+    pixels, labels, source = (test_targets if seg else test_pixels)(run, args.eval_images)
     gc.collect()
     load_before = loadavg()
     names = list(contenders)
@@ -293,12 +381,12 @@ def main(argv=None) -> dict:
         common = {"threads": args.threads, "pixels": str(Path(tmp) / "pixels.npy"),
                   "labels": str(Path(tmp) / "labels.npy"), "latency_iters": args.latency_iters,
                   "batch": args.batch, "batches": args.batches, "seconds": args.seconds,
-                  "no_spin": args.no_spin}
+                  "no_spin": args.no_spin, "task": task, "metric": metric, "run": str(run)}
         for r in range(args.rounds):
             for name in names[r % len(names):] + names[:r % len(names)]:
                 res = measure({**common, **contenders[name], "name": name, "accuracy": r == 0})
                 if r == 0:
-                    acc[name], size[name] = res.pop("acc"), res["size_mb"]
+                    acc[name], size[name] = res.pop(metric), res["size_mb"]
                 res.update(round=r, load_avg=loadavg())
                 runs[name].append(res)
                 print(f"  round {r + 1}/{args.rounds} {name:<10} b1 p50 {res['p50_ms']:7.3f} ms  "
@@ -309,23 +397,28 @@ def main(argv=None) -> dict:
     base = max(("eager", "eager_cl"), key=lambda n: med[n]["img_per_s"])  # the faster eager layout
     table = {}
     for n in names:
-        table[n] = {**med[n], "acc": acc[n], "acc_drop_points": 100 * (acc[base] - acc[n]), "size_mb": size[n],
+        table[n] = {**med[n], metric: acc[n], f"{metric}_drop_points": 100 * (acc[base] - acc[n]), "size_mb": size[n],
                     "throughput_vs_eager": med[n]["img_per_s"] / med[base]["img_per_s"],
                     "latency_p50_speedup_vs_eager": med[base]["p50_ms"] / med[n]["p50_ms"]}
+        if seg:
+            table[n]["b1_img_per_s"] = 1000 / med[n]["p50_ms"]
     i8 = table["ort_int8"]
-    target = i8["throughput_vs_eager"] >= 2.0 and i8["acc_drop_points"] <= 0.5
+    target = i8["throughput_vs_eager"] >= 2.0 and i8[f"{metric}_drop_points"] <= 0.5
     cpu = cpu_info()
+    label = {"acc": "acc", "miou": "mIoU"}.get(metric, metric)
 
-    print(f"\naccuracy on {source}; medians over {args.rounds} round(s); baseline = {base} (the faster eager layout)")
-    print(f"  {'contender':<11}{'acc':>8}{'drop pts':>9}{'b1 p50 ms':>11}{'b1 p99 ms':>11}"
+    print(f"\n{'accuracy' if metric == 'acc' else label} on {source}; medians over {args.rounds} round(s); baseline = {base} (the faster eager layout)")
+    b1 = f"{'b1 img/s':>10}" if seg else ""
+    print(f"  {'contender':<11}{label:>8}{'drop pts':>9}{'b1 p50 ms':>11}{'b1 p99 ms':>11}{b1}"
           f"{'b' + str(args.batch) + ' img/s':>12}{'vs eager':>10}{'size MB':>9}")
     for n in names:
         t = table[n]
-        print(f"  {n:<11}{t['acc']:>8.4f}{t['acc_drop_points']:>9.2f}{t['p50_ms']:>11.3f}{t['p99_ms']:>11.3f}"
+        b1 = f"{t['b1_img_per_s']:>10.1f}" if seg else ""
+        print(f"  {n:<11}{t[metric]:>8.4f}{t[f'{metric}_drop_points']:>9.2f}{t['p50_ms']:>11.3f}{t['p99_ms']:>11.3f}{b1}"
               f"{t['img_per_s']:>12.1f}{t['throughput_vs_eager']:>9.2f}x{t['size_mb']:>9.2f}")
     print(f"  ort_int8 / ort_fp32 throughput: {i8['img_per_s'] / table['ort_fp32']['img_per_s']:.2f}x")
     print(f"target ort_int8 >= 2x eager throughput at <= 0.5 points drop: {'met' if target else 'NOT met'} "
-          f"({i8['throughput_vs_eager']:.2f}x, {i8['acc_drop_points']:+.2f} points)")
+          f"({i8['throughput_vs_eager']:.2f}x, {i8[f'{metric}_drop_points']:+.2f} {label + ' ' if seg else ''}points)")
     vnni = cpu["flags"]["avx512_vnni"] or cpu["flags"]["avx_vnni"]
     kernels = ("VNNI (VPDPBUSD: u8 x s8 summed straight into int32)" if vnni else
                "AVX2 VPMADDUBSW (u8 x s8 pairs summed into saturating int16; exported with reduce_range)")
@@ -338,8 +431,8 @@ def main(argv=None) -> dict:
         "benchmark": "export_speed",
         "command": " ".join(["python benchmarks/export_speed.py", *argv]),
         "what": "eager PyTorch fp32 vs ONNX Runtime fp32 vs ONNX Runtime INT8 (static QDQ): batch-1 latency and "
-                "batch-N throughput, accuracy and size; each measurement in a fresh process; see the docstring",
-        "run": str(run), "pruned": args.pruned, "baseline": base, "eval": source,
+                f"batch-N throughput, {'accuracy' if metric == 'acc' else label} and size; each measurement in a fresh process; see the docstring",
+        "run": str(run), "task": task, "metric": metric, "pruned": args.pruned, "baseline": base, "eval": source,
         "settings": {"threads": args.threads, "batch": args.batch, "latency_iters": args.latency_iters,
                      "batches": args.batches, "seconds": args.seconds, "rounds": args.rounds, "calib": args.calib,
                      "quick": args.quick, "ort_spinning": not args.no_spin},

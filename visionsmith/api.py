@@ -19,6 +19,7 @@ from .engine.loop import fit
 from .engine.runfolder import read_json, write_json
 from .errors import UserError
 from .methods import trains_head
+from .outputs import MaskPrediction, Prediction  # noqa: F401  (re-exported: what predict returns)
 from .surgery.transfer import PEFT_MODES
 
 
@@ -79,15 +80,14 @@ def evaluate(run_dir: str | Path, split: str = "test", which: str = "best") -> d
 
 
 @dataclass
-class Prediction:
-    path: str
-    topk: list[tuple[str, float]]  # (class, probability), best first
-
-
-@dataclass
 class PredictResult:
-    predictions: list[Prediction] = field(default_factory=list)
+    """``predictions``: one per good file, in input order (``Prediction``: top-k classes, or
+    ``MaskPrediction``: a segmentation mask's summary and its files); ``bad``: (path, reason) per file
+    that could not be read; ``task``; ``out``: the folder the files went to (segmentation)."""
+    predictions: list = field(default_factory=list)
     bad: list[tuple[str, str]] = field(default_factory=list)  # (path, reason)
+    task: str = "classification"
+    out: Path | None = None
 
 
 def _expand(inputs) -> list[Path]:
@@ -102,69 +102,102 @@ def _expand(inputs) -> list[Path]:
     return files
 
 
-def _decode_all(inputs, decode) -> tuple[PredictResult, list[Path], list[torch.Tensor]]:
-    """``decode(path) -> uint8 [C, H, W]`` on every input file: (result holding the bad files with
-    their reasons, the good files, their tensors).  A bad file is listed, never raised."""
-    from .data import DataError
-    res, good, tensors = PredictResult(), [], []
-    for f in _expand(inputs):
-        if not f.exists():
-            res.bad.append((str(f), "no such file"))
-            continue
-        try:
-            tensors.append(decode(f))
-            good.append(f)
-        except DataError as e:
-            res.bad.append((str(f), getattr(e, "reason", str(e))))
-    return res, good, tensors
+@dataclass
+class _Runner:
+    """A trained model behind one call, for predict: uint8 images ``[N, C, s, s]`` (the decode size)
+    -> float logits (``[N, K]`` or ``[N, K, S, S]``), plus how files are decoded for it."""
+    source: str
+    task: str
+    classes: list[str]
+    decode_size: int
+    grayscale: bool
+    max_pixels: int
+    run: object  # callable: uint8 [N, C, s, s] -> torch float tensor
 
 
-@torch.no_grad()
-def predict(run_dir: str | Path, inputs, topk: int = 5, batch_size: int = 64) -> PredictResult:
-    """Top-k classes for each image file (folders are searched recursively).
-
-    Every good file gets an answer; bad ones (unreadable, not an image, too many pixels) are
-    listed in ``.bad`` with the reason, never raised.
-    """
-    from .data import image_to_uint8, load_image
+def _torch_runner(run_dir) -> _Runner:
     from .engine.build import build_transforms, load_trained
-
-    if str(run_dir).lower().endswith(".onnx"):
-        return _predict_onnx(Path(run_dir), inputs, topk, batch_size)
+    from .tasks import get_task
     cfg, model, classes, info = load_trained(run_dir)
     if not trains_head(cfg):
         raise UserError(f"{run_dir} is a self-supervised pretraining run (method={cfg.method}): its classifier was "
                          "never trained; train one from it first (method=supervised adapt.mode=linear or full, "
                          f"model.pretrained={run_dir}) and predict with that run")
     _, eval_tf = build_transforms(cfg, model)
-    gray = info.get("data", {}).get("channels", 3) == 1
-    size = cfg.data.cache_size or cfg.data.image_size
-    res, good, tensors = _decode_all(
-        inputs, lambda f: image_to_uint8(load_image(f, grayscale=gray, max_pixels=cfg.data.max_pixels), size, gray))
-    k = min(topk, len(classes))
-    for i in range(0, len(tensors), batch_size):
-        x = eval_tf(torch.stack(tensors[i:i + batch_size]), None)
-        probs = model(x).float().softmax(-1)
-        p, idx = probs.topk(k, dim=-1)
-        for f, pr, ix in zip(good[i:i + batch_size], p.tolist(), idx.tolist()):
-            res.predictions.append(Prediction(str(f), [(classes[j], q) for j, q in zip(ix, pr)]))
-    return res
+    return _Runner(str(run_dir), get_task(cfg).name, list(classes), cfg.data.cache_size or cfg.data.image_size,
+                   info.get("data", {}).get("channels", 3) == 1, cfg.data.max_pixels,
+                   lambda u8: model(eval_tf(u8, None)))
 
 
-def _predict_onnx(path: Path, inputs, topk: int, batch_size: int) -> PredictResult:
-    """``predict`` with an exported ONNX file: same decoding and resize as the run, ONNX Runtime."""
+def _onnx_runner(path: Path) -> _Runner:
+    """An exported ONNX file: same decoding and resize as the run, ONNX Runtime."""
     import numpy as np
 
-    from .export import OnnxClassifier
-    clf = OnnxClassifier(path)  # FileNotFoundError / ValueError for a missing or foreign file
-    res, good, tensors = _decode_all(inputs, clf.decode)
-    k = min(topk, len(clf.classes))
-    for i in range(0, len(tensors), batch_size):
-        pixels = clf.preprocess(torch.stack(tensors[i:i + batch_size]))  # [B, C, S, S] in [0, 1]
-        logits = torch.from_numpy(np.asarray(clf.predict_pixels(pixels)))
-        p, idx = logits.float().softmax(-1).topk(k, dim=-1)
-        for f, pr, ix in zip(good[i:i + batch_size], p.tolist(), idx.tolist()):
-            res.predictions.append(Prediction(str(f), [(clf.classes[j], q) for j, q in zip(ix, pr)]))
+    from .data import DEFAULT_MAX_PIXELS
+    from .export import OnnxModel
+    clf = OnnxModel(path)  # FileNotFoundError / ValueError for a missing or foreign file
+    return _Runner(str(path), clf.task, clf.classes, clf.decode_size, clf.grayscale, DEFAULT_MAX_PIXELS,
+                   lambda u8: torch.from_numpy(np.asarray(clf.predict_pixels(clf.preprocess(u8)))))
+
+
+PREDICT_MAX_HELD_PIXELS = 64 * 2**20  # decoded images kept for overlays at once (~200 MB of RGB)
+
+
+@torch.no_grad()
+def predict(run_dir: str | Path, inputs, topk: int = 5, batch_size: int = 64,
+            out: str | Path | None = None) -> PredictResult:
+    """Predictions for each image file (folders are searched recursively), by the run's task.
+
+    ``run_dir``: a run folder or an ONNX file from ``visionsmith export``.  Classification: the
+    top-k classes of each image (``Prediction``).  Segmentation: ``out`` is required; each image
+    gets ``out/NAME.mask.png`` (palette PNG of class indices, the input's size), ``NAME.overlay.png``
+    (class colours over the image, with a legend) and ``NAME.json`` (per-class pixel fractions, mean
+    confidence), ``out/predictions.json`` lists them all (``MaskPrediction``).
+
+    Every good file gets an answer; bad ones (unreadable, not an image, too many pixels) are
+    listed in ``.bad`` with the reason, never raised.
+    """
+    from .data import DataError, load_image
+    from .outputs import output_for
+
+    runner = _onnx_runner(Path(run_dir)) if str(run_dir).lower().endswith(".onnx") else _torch_runner(run_dir)
+    output = output_for(runner.task, runner.classes)
+    writer = output.writer(out, runner.source)  # segmentation: refuses a missing --out before any work
+    res = PredictResult(task=runner.task, out=writer.out)
+    pending: list[tuple[Path, torch.Tensor, object, object]] = []  # (file, windows, ctx, image or None)
+
+    def flush():
+        if not pending:
+            return
+        windows = torch.cat([w for _, w, _, _ in pending])
+        logits = torch.cat([runner.run(windows[i:i + batch_size]) for i in range(0, len(windows), batch_size)])
+        at = 0
+        for f, w, ctx, img in pending:
+            pred, extra = output.predict(str(f), logits[at:at + len(w)], ctx, topk=topk)
+            at += len(w)
+            writer.write(pred, img, extra)  # segmentation: the mask, overlay and JSON files
+            res.predictions.append(pred)
+        pending.clear()
+
+    held_windows = held_pixels = 0
+    for f in _expand(inputs):
+        if not f.exists():
+            res.bad.append((str(f), "no such file"))
+            continue
+        try:
+            img = load_image(f, grayscale=runner.grayscale, max_pixels=runner.max_pixels)
+            windows, ctx = output.prepare(img, runner.decode_size, runner.grayscale)
+        except DataError as e:
+            res.bad.append((str(f), getattr(e, "reason", str(e))))
+            continue
+        pending.append((f, windows, ctx, img if output.keeps_image else None))
+        held_windows += len(windows)
+        held_pixels += img.width * img.height if output.keeps_image else 0
+        if held_windows >= batch_size or held_pixels >= PREDICT_MAX_HELD_PIXELS:
+            flush()
+            held_windows = held_pixels = 0
+    flush()
+    writer.finish(res)
     return res
 
 
@@ -175,13 +208,12 @@ def export(run_dir: str | Path, format: str = "onnx", int8: str | None = None, o
     against PyTorch on held-out images before the file is written; -> ``ExportResult`` (.path, .record)."""
     from .export import export_onnx
     from .export.onnx import DEFAULT_CALIB, DEFAULT_CHECK, DEFAULT_OPSET
-    from .export.parity import INT8_MAX_DROP
     if format != "onnx":
         raise UserError(f"export format {format!r} is not supported; use onnx")
     return export_onnx(run_dir, int8=int8, opset=DEFAULT_OPSET if opset is None else opset, out=out,
                        calib=DEFAULT_CALIB if calib is None else calib, calib_data=calib_data,
                        check=DEFAULT_CHECK if check is None else check,
-                       max_drop=INT8_MAX_DROP if max_drop is None else max_drop)
+                       max_drop=max_drop)  # None: the task's bound (1.0 accuracy points, 0.5 mIoU points)
 
 
 def report(run_dir: str | Path) -> Path:

@@ -104,18 +104,19 @@ def _task_of(run_dir: Path):
 
 def cmd_predict(a) -> int:
     from . import api
-    res = api.predict(a.run, a.inputs, topk=a.topk)
+    # Each prediction words itself (top-k classes, or a mask's classes and area), by the run's task.
+    res = api.predict(a.run, a.inputs, topk=a.topk, out=getattr(a, "out", None))
     if a.json:
-        print(json.dumps({"predictions": [{"path": p.path, "topk": [{"class": c, "prob": q} for c, q in p.topk]}
-                                          for p in res.predictions],
+        print(json.dumps({"predictions": [p.as_json() for p in res.predictions],
                           "bad": [{"path": p, "reason": r} for p, r in res.bad]}, indent=2))
     else:
         width = max([len(p.path) for p in res.predictions] + [4])
         for p in res.predictions:
-            cells = "  ".join(f"{c} {q:.3f}" for c, q in p.topk)
-            print(f"{p.path:<{width}}  {cells}")
+            print(f"{p.path:<{width}}  {p.text()}")
         for path, reason in res.bad:
             print(f"skipped {path}: {reason}", file=sys.stderr)
+        if res.out is not None and res.predictions:
+            print(f"wrote the files of {len(res.predictions)} image(s) to {res.out} (index: {res.out / 'predictions.json'})")
     if not res.predictions and not res.bad:
         print("no image files found in the given inputs", file=sys.stderr)
         return 1
@@ -126,7 +127,9 @@ def cmd_export(a) -> int:
     from . import api
     r = api.export(a.run, a.format, int8=a.int8, opset=a.opset, out=a.out, calib=a.calib, calib_data=a.calib_data,
                    check=a.check, max_drop=a.max_drop)
-    print(_parity_table(r.record))
+    from .outputs import output_for
+    rec = r.record  # the run's task words its own parity check; classification keeps the table below
+    print(output_for(rec.get("task", "classification"), []).parity_table(rec) or _parity_table(rec))
     print(f"wrote {r.path} ({r.record['size_bytes'] / 1e6:.2f} MB); record in {Path(a.run) / 'export' / 'export.json'}")
     print(f"run it: visionsmith predict {r.path} IMAGE...")
     return 0
@@ -380,6 +383,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("inputs", nargs="+", help="image files and/or folders")
     sp.add_argument("--topk", type=int, default=5)
     sp.add_argument("--json", action="store_true", help="machine-readable output")
+    sp.add_argument("--out", metavar="DIR", help="folder for the output files (required for a segmentation run: "
+                    "per image NAME.mask.png, NAME.overlay.png, NAME.json, and predictions.json)")
 
     sp = add("fewshot", cmd_fewshot, "N-way K-shot accuracy (mean, 95 percent interval) of frozen features with "
              "nearest-prototype classification, from a run folder or a registered pretrained model",

@@ -25,3 +25,18 @@ def resnet8_run(tmp_path_factory) -> Path:
     torch.set_num_threads(2)
     return api.train(DIGITS, overrides=["model.name=resnet8", "train.epochs=2"],
                      out=tmp_path_factory.mktemp("export") / "resnet8", report=False)
+
+
+@pytest.fixture(scope="session")
+def seg_run(tmp_path_factory) -> Path:
+    """MobileNetV2 + FPN segmentation on 64 px fashion-mnist scenes (COCO format; 192 train, 24 val,
+    24 test), 24 steps from the embedded ImageNet weights (~10 s on one core; one thread: on a busy
+    2-core machine two threads made the same training 15x slower)."""
+    from visionsmith.data.scenes import ensure_scenes
+    torch.set_num_threads(1)
+    root = ensure_scenes(canvas=64, n_train=192, n_val=24, n_test=24)
+    over = ["data.name=coco", f"data.root={root}", "data.image_size=64", "model.name=mobilenetv2",
+            "model.pretrained=true", "train.batch_size=16", "train.epochs=2", "train.eval_batch_size=24", "train.threads=1",
+            "seg.channels=32"]
+    return api.train(REPO / "recipes" / "scenes-seg.yaml", overrides=over,
+                     out=tmp_path_factory.mktemp("export") / "seg", report=False)

@@ -85,3 +85,37 @@ class LiveServer:
 def live_server():
     """``with live_server(app) as url: ...``"""
     return LiveServer
+
+
+@pytest.fixture(scope="session")
+def seg_run(tmp_path_factory) -> Path:
+    """A segmentation run: MobileNetV2 + FPN on 64 px fashion-mnist scenes (COCO format), 24 steps on one
+    thread (~10 s)."""
+    import torch
+
+    import visionsmith
+    from visionsmith.data.scenes import ensure_scenes
+    torch.set_num_threads(1)
+    root = ensure_scenes(canvas=64, n_train=192, n_val=24, n_test=24)
+    over = ["data.name=coco", f"data.root={root}", "data.image_size=64", "model.name=mobilenetv2",
+            "model.pretrained=true", "train.batch_size=16", "train.epochs=2", "train.eval_batch_size=24",
+            "train.threads=1", "seg.channels=32"]
+    return visionsmith.train(REPO / "recipes" / "scenes-seg.yaml", overrides=over,
+                             out=tmp_path_factory.mktemp("serve") / "seg", report=False)
+
+
+@pytest.fixture(scope="session")
+def scene_pngs(seg_run) -> list[bytes]:
+    """Four held-out scenes of the segmentation run as PNG bytes: 64 x 64, 150 x 90, 40 x 130 gray, 97 x 97."""
+    from visionsmith.config import load_config
+    from visionsmith.tasks import get_task
+    cfg = load_config(seg_run / "config.yaml")
+    test = get_task(cfg).build_datasets(cfg.seed)["test"]
+    a = [test.images[i].permute(1, 2, 0).numpy() for i in range(4)]
+    sizes = [None, (150, 90), (40, 130), (97, 97)]
+    out = []
+    for img, size in zip(a, sizes):
+        im = Image.fromarray(img)
+        im = im.resize(size) if size else im
+        out.append(png(np.asarray(im.convert("L") if size == (40, 130) else im)))
+    return out

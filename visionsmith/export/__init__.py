@@ -1,13 +1,13 @@
 """Ship a trained run: ONNX export (fp32, INT8) checked against PyTorch, and ONNX Runtime inference.
 
     export_onnx(run_dir, int8=None | "static" | "dynamic", opset=20, out=None) -> ExportResult
-    OnnxClassifier(path).predict_pixels(pixels [N, C, S, S] in [0, 1]) -> logits [N, K]
+    OnnxModel(path).predict_pixels(pixels [N, C, S, S] in [0, 1]) -> logits [N, K] (or [N, K, S, S])
 
 Heavy imports (onnx, onnxruntime, onnxscript) happen inside the functions that need them.
 """
 from .onnx import DEFAULT_OPSET, ExportResult, export_onnx, opset_range
 from .parity import ExportError, ParityError
-from .runtime import METADATA_KEY, OnnxClassifier, read_metadata
+from .runtime import METADATA_KEY, OnnxClassifier, OnnxModel, read_metadata
 
-__all__ = ["DEFAULT_OPSET", "ExportError", "ExportResult", "METADATA_KEY", "OnnxClassifier", "ParityError",
-           "export_onnx", "opset_range", "read_metadata"]
+__all__ = ["DEFAULT_OPSET", "METADATA_KEY", "ExportError", "ExportResult", "OnnxClassifier", "OnnxModel",
+           "ParityError", "export_onnx", "opset_range", "read_metadata"]

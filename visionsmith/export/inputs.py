@@ -1,7 +1,9 @@
 """The images an export is calibrated and checked on, as [0, 1] pixels the exported graph takes.
 
 Both are preprocessed exactly as evaluation does (``BatchTransform`` in eval mode: resize, channel
-matching), stopping before normalisation, which the exported graph does itself.
+matching), stopping before normalisation, which the exported graph does itself.  The splits and the
+targets come from the run's task (``task.build_datasets`` / ``task.make_batch``): labels ``[N]`` for
+classification, masks ``[N, S, S]`` (resized nearest with the pixels) for segmentation.
 """
 from __future__ import annotations
 
@@ -16,7 +18,8 @@ from ..errors import UserError
 
 @dataclass
 class Pixels:
-    """``pixels`` float32 ``[N, C, S, S]`` in [0, 1]; ``labels`` int64 ``[N]`` or None; ``source`` in words."""
+    """``pixels`` float32 ``[N, C, S, S]`` in [0, 1]; ``labels``: the task's targets (int64 ``[N]`` labels,
+    ``[N, S, S]`` masks) or None; ``source`` in words."""
     pixels: torch.Tensor
     labels: torch.Tensor | None
     source: str
@@ -35,18 +38,19 @@ def _pick(n_total: int, n: int, seed: int) -> torch.Tensor:
 
 def heldout_pixels(cfg, eval_tf: BatchTransform, n: int, seed: int = 0) -> Pixels:
     """Up to ``n`` images of the run's test split (its val split when there is no test split)."""
-    from ..data import build_datasets
+    from ..tasks import get_task
     if n < 1:
         raise UserError(f"--check must be >= 1 (held-out images to compare PyTorch and ONNX Runtime on), got {n}")
-    data = build_datasets(cfg.data, cfg.seed)
+    task = get_task(cfg)
+    data = task.build_datasets(cfg.seed)
     split = "test" if len(data.get("test", ())) else "val"
     ds = data.get(split)
     if ds is None or not len(ds):
         raise DataError(f"the run's data {cfg.data.name!r} has no test or val images to check the export on")
     idx = _pick(len(ds), n, seed)
     with torch.no_grad():
-        px = pixel_transform(eval_tf)(ds.images[idx], None)
-    return Pixels(px, ds.labels[idx], f"{len(idx)} of {len(ds)} {split} images ({ds.name})")
+        batch = task.make_batch(ds, idx, pixel_transform(eval_tf), None)
+    return Pixels(batch["image"], batch[task.target_key], f"{len(idx)} of {len(ds)} {split} images ({ds.name})")
 
 
 def calibration_pixels(cfg, eval_tf: BatchTransform, n: int, folder: str | Path | None = None,
@@ -60,8 +64,8 @@ def calibration_pixels(cfg, eval_tf: BatchTransform, n: int, folder: str | Path 
         raise UserError(f"--calib must be >= 1 (images to calibrate INT8 activation ranges on), got {n}")
     if folder is not None:
         return _folder_pixels(Path(folder), cfg, eval_tf, n, grayscale, seed)
-    from ..data import build_datasets
-    ds = build_datasets(cfg.data, cfg.seed)["train"]
+    from ..tasks import get_task
+    ds = get_task(cfg).build_datasets(cfg.seed)["train"]
     if not len(ds):
         raise DataError(f"the run's training split ({cfg.data.name}) has no images to calibrate INT8 on; "
                         "pass a folder of representative images with --calib-data, or use --int8 dynamic")

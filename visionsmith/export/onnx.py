@@ -1,14 +1,18 @@
-"""Export a classification run folder to ONNX (fp32 or INT8), checked against PyTorch first.
+"""Export a run folder (classification or segmentation) to ONNX (fp32 or INT8), checked against PyTorch first.
 
     export_onnx("runs/fm")                       # -> runs/fm/export/model.onnx
     export_onnx("runs/fm", int8="static")        # -> runs/fm/export/model.int8.onnx
 
-The graph is ``PixelModel(model)``: [0, 1] pixels in, logits out, normalisation inside (the
-contract is in ``visionsmith.export.runtime``).  Exporter: ``torch.onnx.export(dynamo=True)``,
-the ``torch.export``-based exporter, default since torch 2.9; the TorchScript exporter it replaced
-is deprecated (it warns so in torch 2.13) and stops at opset 20.  The dynamo exporter writes opset
-18 graphs and converts them to the asked opset with onnxscript's version converter, which covers
-18..25; asked for anything else it silently keeps 18, so the opset is checked before and after.
+The graph is ``PixelModel(model)``: [0, 1] pixels in, logits out (``[N, K]`` per image, or
+``[N, K, S, S]`` per pixel for segmentation), normalisation inside (the contract is in
+``visionsmith.export.runtime``).  What is compared, and the INT8 bound, come from the run's task
+(``visionsmith.outputs``): top-1 and accuracy per image, or argmax agreement and mIoU per pixel.
+
+Exporter: ``torch.onnx.export(dynamo=True)``, the ``torch.export``-based exporter, default since
+torch 2.9; the TorchScript exporter it replaced is deprecated (it warns so in torch 2.13) and stops
+at opset 20.  The dynamo exporter writes opset 18 graphs and converts them to the asked opset with
+onnxscript's version converter, which covers 18..25; asked for anything else it silently keeps 18,
+so the opset is checked before and after.
 
 Nothing is left that looks done unless it passed: the model is written under a temporary name,
 run in ONNX Runtime on held-out images, compared with PyTorch (``parity``), and only then renamed.
@@ -28,17 +32,8 @@ from pathlib import Path
 import torch
 
 from ..errors import UserError
-from .parity import (
-    FP32_ATOL,
-    INT8_MAX_DROP,
-    ExportError,
-    check_fp32,
-    check_int8,
-    compare,
-    ort_logits,
-    torch_logits,
-)
-from .runtime import INPUT_NAME, METADATA_KEY, OUTPUT_NAME, OnnxClassifier
+from .parity import FP32_ATOL, ExportError
+from .runtime import INPUT_NAME, METADATA_KEY, OUTPUT_NAME, OnnxModel
 
 DEFAULT_OPSET = 20   # torch's own default; ONNX Runtime >= 1.16 runs it
 DEFAULT_CALIB = 256  # calibration images: MinMax ranges stop moving well before this on 10-class data
@@ -82,19 +77,22 @@ def default_path(run_dir: Path, int8: str | None) -> Path:
 
 def export_onnx(run_dir: str | Path, int8: str | None = None, opset: int = DEFAULT_OPSET,
                 out: str | Path | None = None, calib: int = DEFAULT_CALIB, calib_data: str | Path | None = None,
-                check: int = DEFAULT_CHECK, max_drop: float = INT8_MAX_DROP, atol: float = FP32_ATOL,
+                check: int = DEFAULT_CHECK, max_drop: float | None = None, atol: float = FP32_ATOL,
                 threads: int | None = None, which: str = "best") -> ExportResult:
     """Export the run's ``which`` weights to ONNX; ``int8``: None (fp32), "static" or "dynamic".
 
     ``out``: the file (default ``RUN/export/model.onnx`` or ``model.int8.onnx``).  ``calib``:
     training images for static INT8 (or the images under ``calib_data``).  ``check``: held-out
-    images (test split, else val) for parity.  ``max_drop``: accuracy points INT8 may lose.
+    images (test split, else val) for parity.  ``max_drop``: points of the task's headline metric INT8
+    may lose (None: the task's default, 1.0 accuracy points or 0.5 mIoU points).
     ``atol``: fp32 max |logit difference|.  Records the result in ``RUN/export/export.json``.
     Raises ``CheckpointError`` (no weights), ``ExportError``/``ParityError``/``ValueError``/``DataError``.
     """
     from ..engine.build import build_transforms, load_trained
     from ..methods import trains_head
     from ..models.pixel import PixelModel
+    from ..outputs import output_for
+    from ..tasks import get_task
     from .inputs import calibration_pixels, heldout_pixels
     from .quantize import INT8_MODES, quantize_int8
 
@@ -102,14 +100,17 @@ def export_onnx(run_dir: str | Path, int8: str | None = None, opset: int = DEFAU
     if int8 is not None and int8 not in INT8_MODES:
         raise UserError(f"--int8 must be one of {', '.join(INT8_MODES)}, got {int8!r}")
     check_opset(opset)
-    if max_drop < 0:
-        raise UserError(f"--max-drop must be >= 0 accuracy points, got {max_drop}")
+    if max_drop is not None and max_drop < 0:
+        raise UserError(f"--max-drop must be >= 0 points (of accuracy, or mIoU for segmentation), got {max_drop}")
     if int8 == "static" and calib < 1:
         raise UserError(f"--calib must be >= 1 (images to calibrate INT8 activation ranges on), got {calib}")
     cfg, model, classes, info = load_trained(run_dir, which)
     if not trains_head(cfg):
         raise ExportError(f"{run_dir} is a self-supervised pretraining run (method={cfg.method}): its classifier "
                           "was never trained; fine-tune a classifier from it and export that run")
+    task = get_task(cfg)
+    output = output_for(task.name, classes)  # what the graph returns and how parity is judged
+    max_drop = output.int8_max_drop if max_drop is None else max_drop
     if threads:
         torch.set_num_threads(threads)
     _, eval_tf = build_transforms(cfg, model)
@@ -120,20 +121,20 @@ def export_onnx(run_dir: str | Path, int8: str | None = None, opset: int = DEFAU
 
     t0 = time.perf_counter()
     held = heldout_pixels(cfg, eval_tf, check)
-    ref = torch_logits(pixel_model, held.pixels)
-    labels = held.labels.numpy() if held.labels is not None else None
+    cache: dict = {}  # what the task's comparison keeps between the fp32 and the INT8 check
     meta = {"classes": list(classes), "image_size": eval_tf.image_size, "in_chans": eval_tf.in_chans,
-            "task": "classification", "run": str(run_dir), "int8": bool(int8), "opset": opset,
-            "preprocess": {"decode_size": cfg.data.cache_size or cfg.data.image_size, "grayscale": grayscale},
-            "weights": which}
+            "task": task.name, "output": output.onnx_output, "run": str(run_dir), "int8": bool(int8),
+            "opset": opset, "preprocess": {"decode_size": cfg.data.cache_size or cfg.data.image_size,
+                                           "grayscale": grayscale},
+            "weights": which, **output.describe()}
     tmp_fp32 = out.with_name(f".{out.stem}.fp32-{os.getpid()}.tmp.onnx")
     tmp_int8 = out.with_name(f".{out.stem}.int8-{os.getpid()}.tmp.onnx")
     try:
         _torch_export(pixel_model, eval_tf, opset, tmp_fp32, run_dir, cfg)
         set_metadata(tmp_fp32, {**meta, "int8": False})
         parity = {"images": held.source}
-        parity["fp32"] = compare(ref, ort_logits(OnnxClassifier(tmp_fp32, threads), held.pixels), labels, atol)
-        check_fp32(parity["fp32"], atol)
+        parity["fp32"] = output.compare(pixel_model, OnnxModel(tmp_fp32, threads), held, atol, task, cache)
+        output.check_fp32(parity["fp32"], atol)
         quant = None
         final = tmp_fp32
         if int8:
@@ -142,14 +143,14 @@ def export_onnx(run_dir: str | Path, int8: str | None = None, opset: int = DEFAU
             if cal is not None:
                 quant["calib_source"] = cal.source
             set_metadata(tmp_int8, {**meta, "quantization": quant})
-            parity["int8"] = compare(ref, ort_logits(OnnxClassifier(tmp_int8, threads), held.pixels), labels, atol)
-            check_int8(parity["int8"], max_drop, int8)
+            parity["int8"] = output.compare(pixel_model, OnnxModel(tmp_int8, threads), held, atol, task, cache)
+            output.check_int8(parity["int8"], max_drop, int8)
             final = tmp_int8
         os.replace(final, out)  # the only step that makes the file look done
     finally:
         for p in (tmp_fp32, tmp_int8):
             p.unlink(missing_ok=True)
-    record = _record(out, run_dir, meta, quant, parity, atol, max_drop, time.perf_counter() - t0)
+    record = _record(out, run_dir, meta, quant, parity, output.bounds(atol, max_drop), time.perf_counter() - t0)
     _update_export_json(run_dir, out, record)
     return ExportResult(out, record)
 
@@ -202,8 +203,8 @@ def set_metadata(path: Path, meta: dict) -> None:
     onnx.save_model(model, str(path))
 
 
-def _record(out: Path, run_dir: Path, meta: dict, quant: dict | None, parity: dict, atol: float,
-            max_drop: float, secs: float) -> dict:
+def _record(out: Path, run_dir: Path, meta: dict, quant: dict | None, parity: dict, bounds: dict,
+            secs: float) -> dict:
     import onnx
     import onnxruntime
 
@@ -216,9 +217,10 @@ def _record(out: Path, run_dir: Path, meta: dict, quant: dict | None, parity: di
         osv = None
     flags = cpu_flags()
     return {"file": str(out), "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "opset": meta["opset"],
+            "task": meta["task"], "output": meta["output"],
             "int8": meta["int8"], "quantization": quant, "size_bytes": out.stat().st_size,
             "exporter": "torch.onnx.export(dynamo=True)", "weights": meta["weights"],
-            "parity": parity, "bounds": {"fp32_max_abs_diff": atol, "int8_max_acc_drop_points": max_drop},
+            "parity": parity, "bounds": bounds,
             "export_s": round(secs, 2),
             "env": {"visionsmith": __version__, "torch": torch.__version__, "onnx": onnx.__version__,
                     "onnxruntime": onnxruntime.__version__, "onnxscript": osv, "vnni": has_vnni(flags),

@@ -27,6 +27,8 @@ VNNI (ONNX Runtime's own advice); with VNNI the sum goes straight to int32 and f
 """
 from __future__ import annotations
 
+import contextlib
+import logging
 import tempfile
 from pathlib import Path
 
@@ -52,6 +54,26 @@ def has_vnni(flags: set[str] | None = None) -> bool:
     """True when the CPU has AVX512-VNNI or AVX-VNNI (u8*s8 dot products summed in int32)."""
     flags = cpu_flags() if flags is None else flags
     return bool({"avx512_vnni", "avx_vnni"} & flags)
+
+
+class _AxisNoise(logging.Filter):
+    """ORT's quantizer logs "Axis 1 is out-of-range for weight ..." on the root logger for every 1-D
+    weight it cannot quantize per channel (a GroupNorm scale, exported as InstanceNormalization, in
+    the segmentation heads); it then quantizes that weight per tensor, which is right.  Not news."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = record.getMessage()
+        return not (msg.startswith("Axis ") and "out-of-range for weight" in msg)
+
+
+@contextlib.contextmanager
+def _quiet_axis_warnings():
+    root, f = logging.getLogger(), _AxisNoise()
+    root.addFilter(f)
+    try:
+        yield
+    finally:
+        root.removeFilter(f)
 
 
 class _Batches:
@@ -91,7 +113,7 @@ def quantize_int8(fp32_path: Path, out_path: Path, mode: str = "static", calib: 
         raise UserError(f"--int8 must be one of {', '.join(INT8_MODES)}, got {mode!r}")
     if reduce_range is None:
         reduce_range = not has_vnni()
-    with tempfile.TemporaryDirectory(prefix="vs-quant-", dir=out_path.parent) as tmp:
+    with tempfile.TemporaryDirectory(prefix="vs-quant-", dir=out_path.parent) as tmp, _quiet_axis_warnings():
         # Shape inference + ORT's graph optimisations before quantizing (ORT's recommended first
         # step): ranges are then calibrated on the graph that will actually run.
         pre = Path(tmp) / "pre.onnx"

@@ -1,17 +1,19 @@
-"""Run an exported visionsmith ONNX classifier with ONNX Runtime (``predict``, ``serve``, benchmarks).
+"""Run an exported visionsmith ONNX model with ONNX Runtime (``predict``, ``serve``, benchmarks).
 
 The contract every exported file keeps (``visionsmith export`` writes it, this module reads it):
 
 - one input ``pixels``: float32 ``[N, in_chans, S, S]`` in [0, 1], N dynamic (normalisation is
   inside the graph, see ``visionsmith.models.pixel.PixelModel``);
-- one output ``logits``: float32 ``[N, K]``;
+- one output ``logits``: float32 ``[N, K]`` for classification, ``[N, K, S, S]`` (per-pixel class
+  scores at the input size; argmax over K is the class map) for segmentation;
 - ``metadata_props["visionsmith"]``: JSON with ``classes``, ``image_size`` (S), ``in_chans``,
-  ``task`` ("classification"), ``run``, ``int8``, ``opset``, and ``preprocess``
-  (``decode_size``, ``grayscale``: how the run decodes a file before resizing to S).
+  ``task`` ("classification" or "segmentation"), ``output`` (the logits in words), ``run``, ``int8``,
+  ``opset``, and ``preprocess`` (``decode_size``, ``grayscale``: how the run decodes a file before
+  resizing to S); segmentation adds ``palette`` (class colours) and ``background``.
 
-    clf = OnnxClassifier("runs/fm/export/model.int8.onnx")
+    clf = OnnxModel("runs/fm/export/model.int8.onnx")
     pixels = clf.preprocess(torch.stack([clf.decode(p) for p in paths]))  # float32 [N, C, S, S]
-    logits = clf.predict_pixels(pixels)                                     # float32 [N, K]
+    logits = clf.predict_pixels(pixels)                                     # float32 [N, K] (or [N, K, S, S])
 """
 from __future__ import annotations
 
@@ -54,8 +56,9 @@ def read_metadata(path: str | Path) -> dict:
     missing = [k for k in ("classes", "image_size", "in_chans", "task") if k not in meta]
     if missing:
         raise UserError(f"{path}: its '{METADATA_KEY}' metadata lacks {', '.join(missing)}; re-export it")
-    if meta["task"] != "classification":
-        raise UserError(f"{path} is a {meta['task']!r} export; only classification exports can be run here")
+    from ..outputs import output_tasks
+    if meta["task"] not in output_tasks():
+        raise UserError(f"{path} is a {meta['task']!r} export; only {', '.join(output_tasks())} exports can be run here")
     return meta
 
 
@@ -79,11 +82,11 @@ def session_options(threads: int | None = None, spin: bool | None = None):
     return so
 
 
-class OnnxClassifier:
-    """An exported visionsmith classifier in an ONNX Runtime CPU session.
+class OnnxModel:
+    """An exported visionsmith model (classifier or segmenter) in an ONNX Runtime CPU session.
 
     ``threads``/``spin``: see ``session_options``.
-    Attributes: ``classes`` (list of K names), ``image_size`` (S), ``in_chans`` (C), ``int8``,
+    Attributes: ``classes`` (list of K names), ``task``, ``image_size`` (S), ``in_chans`` (C), ``int8``,
     ``meta`` (the whole metadata dict), ``path``.
     """
 
@@ -92,6 +95,7 @@ class OnnxClassifier:
         self.path = Path(path)
         self.meta = read_metadata(self.path)
         self.classes: list[str] = list(self.meta["classes"])
+        self.task: str = self.meta["task"]
         self.image_size: int = int(self.meta["image_size"])
         self.in_chans: int = int(self.meta["in_chans"])
         self.int8: bool = bool(self.meta.get("int8", False))
@@ -112,8 +116,8 @@ class OnnxClassifier:
         self._resize = BatchTransform(False, self.image_size, (0.0,) * 3, (1.0,) * 3, self.in_chans)
 
     def __repr__(self) -> str:
-        return (f"OnnxClassifier({str(self.path)!r}, classes={len(self.classes)}, image_size={self.image_size}, "
-                f"in_chans={self.in_chans}, int8={self.int8})")
+        return (f"{type(self).__name__}({str(self.path)!r}, task={self.task}, classes={len(self.classes)}, "
+                f"image_size={self.image_size}, in_chans={self.in_chans}, int8={self.int8})")
 
     def decode(self, path: str | Path, max_pixels: int | None = None) -> torch.Tensor:
         """An image file -> uint8 ``[C, decode_size, decode_size]`` exactly as the run decodes it
@@ -128,10 +132,14 @@ class OnnxClassifier:
             return self._resize(images, None).numpy()
 
     def predict_pixels(self, pixels) -> np.ndarray:
-        """float32 pixels ``[N, in_chans, S, S]`` in [0, 1] (numpy or torch) -> logits ``[N, K]`` (numpy)."""
+        """float32 pixels ``[N, in_chans, S, S]`` in [0, 1] (numpy or torch) -> logits ``[N, K]`` or
+        ``[N, K, S, S]`` (numpy)."""
         x = pixels.detach().cpu().numpy() if isinstance(pixels, torch.Tensor) else np.asarray(pixels)
         want = (self.in_chans, self.image_size, self.image_size)
         if x.ndim != 4 or tuple(x.shape[1:]) != want:
             raise UserError(f"expected pixels [N, {want[0]}, {want[1]}, {want[2]}], got shape {tuple(x.shape)}")
         x = np.ascontiguousarray(x, dtype=np.float32)
         return self.session.run([OUTPUT_NAME], {INPUT_NAME: x})[0]
+
+
+OnnxClassifier = OnnxModel  # the name from when every export was a classifier

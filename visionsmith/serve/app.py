@@ -8,7 +8,8 @@ Routes (``/v1/...`` and ``/metrics`` need ``Authorization: Bearer TOKEN`` when a
     GET  /healthz                   {"status": "ok", "models": [...]}, always open (probes)
     GET  /v1/models                 every model: name, kind, task, classes, input size
     GET  /v1/models/{name}          one model
-    POST /v1/models/{name}:predict  top-k classes for one or more images (see uploads.py)
+    POST /v1/models/{name}:predict  per image: top-k classes (classification) or a class mask as a
+                                    palette PNG in base64 with per-class pixel fractions (segmentation)
     GET  /metrics                   Prometheus text format
     GET  /docs, /openapi.json       OpenAPI schema and Swagger UI (served locally, no CDN)
 
@@ -26,7 +27,6 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
@@ -112,7 +112,7 @@ def create_app(backends: list[Backend], opts: ServeOptions | None = None) -> Fas
                 p.shutdown(wait=False, cancel_futures=True)
 
     app = FastAPIOffline(title="visionsmith serve", version="1", lifespan=lifespan,
-                         description="Image classification over HTTP with dynamic batching. "
+                         description="Image classification and segmentation over HTTP with dynamic batching. "
                                      "Send `Authorization: Bearer TOKEN` when the server has a token.")
     app.state.models, app.state.batchers, app.state.metrics, app.state.options = models, batchers, metrics, opts
     app.add_middleware(MetricsMiddleware, metrics=metrics, loopback_only=opts.loopback_only)
@@ -157,23 +157,33 @@ def create_app(backends: list[Backend], opts: ServeOptions | None = None) -> Fas
     async def get_model(name: str):
         return model(name).describe()
 
-    @app.post("/v1/models/{name}:predict", dependencies=[Depends(auth)], summary="Top-k classes for images",
-              openapi_extra=PREDICT_OPENAPI)
+    @app.post("/v1/models/{name}:predict", dependencies=[Depends(auth)],
+              summary="Predictions for images: top-k classes, or a class mask", openapi_extra=PREDICT_OPENAPI)
     async def predict(name: str, request: Request):
         t0 = time.perf_counter()
         backend, batcher = model(name), batchers[name]
         with batcher.arriving():  # a batch being collected may wait for this request
             images, options = await read_images(request, opts.max_upload_bytes, opts.max_images)
             k = parse_topk(options.get("topk", request.query_params.get("topk")), opts.topk, len(backend.classes))
-            pixels = await decode_all(backend, images, pools["decode"])
+            prepared = await decode_all(backend, images, pools["decode"])  # per image: (windows, context)
             try:
-                result = batcher.enqueue(pixels)
+                result = batcher.enqueue(torch.cat([px for px, _ in prepared]))
             except ServerBusy as e:
                 raise ClientError(503, str(e), headers={"Retry-After": "1"}) from None
         logits = await result
         metrics.images.labels(name).inc(len(images))
+        out, at, parts = backend.output, 0, []  # each image's rows (1 per image, or its windows), its context
+        for (n, _), (px, ctx) in zip(images, prepared):
+            parts.append((logits[at:at + len(px)], ctx, n))
+            at += len(px)
+        if out.answer_off_loop:  # a mask answer (stitching, PNG encoding) is real work: off the event loop
+            loop = asyncio.get_running_loop()
+            preds = await asyncio.gather(*(loop.run_in_executor(pools["decode"], out.answer, lg, ctx, n, k)
+                                           for lg, ctx, n in parts))
+        else:
+            preds = [out.answer(lg, ctx, n, k) for lg, ctx, n in parts]
         # A JSONResponse skips FastAPI's generic encoder walk over the result (plain types already).
-        return JSONResponse({"model": name, "predictions": top_k(logits, backend.classes, k, [n for n, _ in images]),
+        return JSONResponse({"model": name, "predictions": list(preds),
                              "latency_ms": round(1000 * (time.perf_counter() - t0), 2)})
 
     @app.get("/metrics", dependencies=[Depends(auth)], summary="Prometheus metrics (text format)")
@@ -184,9 +194,10 @@ def create_app(backends: list[Backend], opts: ServeOptions | None = None) -> Fas
     return app
 
 
-async def decode_all(backend: Backend, images: list[tuple[str, bytes]], pool: ThreadPoolExecutor) -> torch.Tensor:
-    """Decode every image -> float32 ``[n, C, S, S]``; any bad one fails the whole request (4xx
-    naming each bad image), before anything reaches the model.
+async def decode_all(backend: Backend, images: list[tuple[str, bytes]], pool: ThreadPoolExecutor) -> list:
+    """Decode every image -> per image ``backend.prepare``'s (float32 windows ``[n_i, C, S, S]``,
+    context); any bad one fails the whole request (4xx naming each bad image), before anything
+    reaches the model.
 
     Small images (a header that says at most ``INLINE_MAX_PIXELS``) decode right here: well under a
     millisecond, less than the hop to a thread and back.  Larger ones go to ``pool``, so the event
@@ -196,13 +207,13 @@ async def decode_all(backend: Backend, images: list[tuple[str, bytes]], pool: Th
     def inline(n, data):
         fut = loop.create_future()
         try:
-            fut.set_result(backend.decode(data, n))
+            fut.set_result(backend.prepare(data, n))
         except Exception as e:  # noqa: BLE001 - sorted out below, like the pool's exceptions
             fut.set_exception(e)
         return fut
 
     results = await asyncio.gather(*(inline(n, data) if is_small_image(data, INLINE_MAX_PIXELS)
-                                     else loop.run_in_executor(pool, backend.decode, data, n)
+                                     else loop.run_in_executor(pool, backend.prepare, data, n)
                                      for n, data in images), return_exceptions=True)
     bad = [(i, r) for i, r in enumerate(results) if isinstance(r, BaseException)]
     for _, r in bad:
@@ -216,18 +227,7 @@ async def decode_all(backend: Backend, images: list[tuple[str, bytes]], pool: Th
         if code == 413:  # too many pixels: say which limit, and that the server sets it
             msg += f" (this server's limit is {backend.max_pixels} pixels per image, set with --max-pixels)"
         raise ClientError(code, msg, errors=errors)
-    return torch.stack(results)
-
-
-def top_k(logits: np.ndarray, classes: list[str], k: int, names: list[str]) -> list[dict]:
-    """Softmax over ``logits [n, K]`` -> per image ``{"filename", "topk": [{"class", "index", "prob"}]}``."""
-    z = logits.astype(np.float64)
-    p = np.exp(z - z.max(axis=1, keepdims=True))
-    p /= p.sum(axis=1, keepdims=True)
-    order = np.argsort(-p, axis=1, kind="stable")[:, :k]
-    return [{"filename": n, "topk": [{"class": classes[j], "index": int(j), "prob": round(float(row[j]), 6)}
-                                     for j in idx]}
-            for n, row, idx in zip(names, p, order)]
+    return list(results)
 
 
 class MetricsMiddleware:
@@ -293,7 +293,10 @@ PREDICT_OPENAPI = {
         "image/*": {"schema": {"type": "string", "format": "binary"}},
     }},
     "responses": {
-        "200": {"description": "top-k classes per image, in request order, and the server-side latency"},
+        "200": {"description": "per image, in request order: top-k classes (`topk`), or for a segmentation "
+                               "model the class mask (`mask.png_base64`: palette PNG of class indices at the "
+                               "upload's size; `fractions`: each class's share of the pixels; `classes`: the "
+                               "classes found with their colours; `mean_confidence`); and the server-side latency"},
         "400": {"description": "empty body, corrupt image, bad base64 or JSON"},
         "401": {"description": "missing or wrong token"},
         "404": {"description": "unknown model (the answer lists the known ones)"},

@@ -3,7 +3,13 @@
     backend = load_backend("runs/digits")                 # the run's best checkpoint (PyTorch)
     backend = load_backend("runs/digits/export/model.onnx")  # ONNX Runtime
     pixels = backend.decode(png_bytes)                    # float32 [C, S, S] in [0, 1] (BadImageError)
-    logits = backend.run(torch.stack([pixels, ...]))      # numpy float32 [N, K]
+    logits = backend.run(torch.stack([pixels, ...]))      # numpy float32 [N, K] (or [N, K, S, S])
+    pixels, ctx = backend.prepare(png_bytes)              # the task's windows [n, C, S, S] of one upload
+    answer = backend.output.answer(logits_of_them, ctx, "x.png", k)  # its part of the JSON response
+
+What an upload becomes and what the answer holds is the run's task's (``visionsmith.outputs``):
+one centre-cropped window and top-k classes for classification; windows covering the whole image
+and a class mask (PNG) with per-class pixel fractions for segmentation.
 
 Both backends take the same input: [0, 1] pixels at the model's side, normalisation inside the
 model (``PixelModel`` for a checkpoint, inside the graph for ONNX), so the batcher, the page and
@@ -28,11 +34,12 @@ from ..errors import UserError
 
 
 class Backend:
-    """A classifier the server can run.
+    """A model the server can run.
 
     Attributes: ``name`` (URL-safe), ``kind`` ("pytorch" or "onnx"), ``source`` (the path),
-    ``task`` ("classification"), ``classes``, ``image_size`` (S), ``in_chans`` (C),
-    ``grayscale`` (uploads are decoded to one channel first, as the training data was),
+    ``task`` ("classification", "segmentation"), ``output`` (the task's outputs: what an upload
+    becomes and what the answer holds, ``visionsmith.outputs``), ``classes``, ``image_size`` (S),
+    ``in_chans`` (C), ``grayscale`` (uploads are decoded to one channel first, as the training data was),
     ``decode_size`` (side ``image_to_uint8`` decodes to before the final resize, as in training),
     ``max_batch`` (None: any batch size), ``max_pixels`` (per upload, checked from the header before
     decoding; the run's own ``data.max_pixels``, which ``create_app`` lowers to the server's limit).
@@ -40,12 +47,15 @@ class Backend:
     """
 
     kind = "?"
-    task = "classification"
     max_batch: int | None = None
 
     def __init__(self, name: str, source: str, classes: list[str], image_size: int, in_chans: int,
-                 grayscale: bool, decode_size: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS):
+                 grayscale: bool, decode_size: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
+                 task: str = "classification"):
+        from ..outputs import output_for
         self.name, self.source, self.classes = name, source, list(classes)
+        self.task = task
+        self.output = output_for(task, self.classes)
         self.image_size, self.in_chans, self.grayscale = int(image_size), int(in_chans), bool(grayscale)
         self.decode_size = int(decode_size or image_size)
         self.max_pixels = int(max_pixels)
@@ -59,15 +69,23 @@ class Backend:
         u8 = image_to_uint8(img, self.decode_size, self.grayscale)  # uint8 [c, s, s]
         return self._to_pixels(u8.unsqueeze(0))[0]
 
+    def prepare(self, data: bytes, name: str = "upload"):
+        """Image bytes -> (float32 ``[n, C, S, S]`` in [0, 1]: the task's windows of it, the context
+        its answer needs); raises ``BadImageError`` naming ``name``.  Classification: ``decode``'s
+        one window; segmentation: windows covering the whole image (``visionsmith.outputs.tile``)."""
+        img = load_image_bytes(data, name, grayscale=self.grayscale, max_pixels=self.max_pixels)
+        u8, ctx = self.output.prepare(img, self.decode_size, self.grayscale)
+        return self._to_pixels(u8), ctx
+
     def run(self, pixels: torch.Tensor) -> np.ndarray:  # pragma: no cover - interface
-        """float32 ``[N, C, S, S]`` in [0, 1] -> float32 logits ``[N, K]`` (numpy)."""
+        """float32 ``[N, C, S, S]`` in [0, 1] -> float32 logits ``[N, K]`` or ``[N, K, S, S]`` (numpy)."""
         raise NotImplementedError
 
     def describe(self) -> dict:
         """What ``GET /v1/models`` says about this model."""
         return {"name": self.name, "kind": self.kind, "task": self.task, "source": self.source,
                 "classes": self.classes, "image_size": self.image_size, "in_chans": self.in_chans,
-                "grayscale": self.grayscale, "max_batch": self.max_batch}
+                "grayscale": self.grayscale, "max_batch": self.max_batch, **self.output.describe()}
 
 
 def is_small_image(data: bytes, max_pixels: int) -> bool:
@@ -92,6 +110,7 @@ class TorchBackend(Backend):
         from ..engine.build import build_transforms, load_trained
         from ..methods import trains_head
         from ..models.pixel import PixelModel
+        from ..tasks import get_task
         cfg, model, classes, info = load_trained(run_dir)
         if not trains_head(cfg):
             raise UserError(f"{run_dir} is a self-supervised pretraining run (method={cfg.method}): its classifier "
@@ -100,7 +119,7 @@ class TorchBackend(Backend):
         super().__init__(name, str(run_dir), classes, cfg.data.image_size, cfg.model.in_chans,
                          grayscale=info.get("data", {}).get("channels", 3) == 1,
                          decode_size=cfg.data.cache_size or cfg.data.image_size,
-                         max_pixels=cfg.data.max_pixels)
+                         max_pixels=cfg.data.max_pixels, task=get_task(cfg).name)
         self.model = PixelModel(model, eval_tf.mean, eval_tf.std).eval()
         # Runs that train channels-last (the CNN recipes) also infer faster that way on CPU
         # (MobileNetV2 at 32 px, 1 thread: about 25% less time per batch of 1 to 8).
@@ -138,7 +157,7 @@ class OnnxBackend(Backend):
         batch_dim = (self.clf.session.get_inputs()[0].shape or [None])[0]
         self.max_batch = batch_dim if isinstance(batch_dim, int) else None
         super().__init__(name, str(path), self.clf.classes, self.clf.image_size, self.clf.in_chans,
-                         grayscale=self.clf.grayscale, decode_size=self.clf.decode_size)
+                         grayscale=self.clf.grayscale, decode_size=self.clf.decode_size, task=self.clf.task)
 
     def run(self, pixels: torch.Tensor) -> np.ndarray:
         return self.clf.predict_pixels(pixels)

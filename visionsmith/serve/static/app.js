@@ -1,4 +1,5 @@
-// The visionsmith serve page: pick a model, drop or choose images, see top-k bars and latency.
+// The visionsmith serve page: pick a model, drop or choose images, see top-k bars (classification) or
+// the returned class mask drawn over the image with a legend (segmentation), and the latency.
 // Plain JavaScript, no libraries, nothing loaded from other hosts (the page's CSP forbids it).
 "use strict";
 
@@ -43,6 +44,7 @@ async function loadModels() {
 function showModelInfo() {
   const m = models.find((x) => x.name === $("model").value);
   $("model-info").textContent = m ? `${m.task}, ${m.classes.length} classes, input ${m.in_chans}×${m.image_size}×${m.image_size}` : "";
+  $("topk").closest("label").hidden = Boolean(m && m.palette);  // a mask model answers with a mask, not top-k
 }
 
 function card(file) {
@@ -72,6 +74,65 @@ function showBars(node, pred) {
   }));
 }
 
+function rgb(hex) {
+  const n = parseInt(hex.slice(1), 16);
+  return [(n >> 16) & 255, (n >> 8) & 255, n & 255];
+}
+
+function loaded(img) {
+  return img.complete && img.naturalWidth ? Promise.resolve(true)
+    : new Promise((ok) => { img.addEventListener("load", () => ok(true)); img.addEventListener("error", () => ok(false)); });
+}
+
+// A segmentation answer: the mask (a palette PNG, pixel colour = class colour) blended at 50% over the
+// uploaded image on a canvas, the background class left as it is, and a legend of the classes found.
+async function showMask(node, pred, model) {
+  const img = node.querySelector("img");
+  const shown = await loaded(img);  // false when the browser cannot draw the upload (the server could)
+  const mask = new Image();
+  mask.src = "data:image/png;base64," + pred.mask.png_base64;
+  await mask.decode();
+  const scale = Math.min(1, 512 / Math.max(pred.width, pred.height));
+  const w = Math.max(1, Math.round(pred.width * scale)), h = Math.max(1, Math.round(pred.height * scale));
+  const canvas = document.createElement("canvas");
+  canvas.width = w; canvas.height = h; canvas.className = "overlay";
+  const fit = 256 / Math.max(w, h);  // shown at most 256 px on its longer side, small images enlarged
+  canvas.style.width = Math.round(w * fit) + "px"; canvas.style.height = Math.round(h * fit) + "px";
+  const ctx = canvas.getContext("2d");
+  ctx.imageSmoothingEnabled = false;  // class colours are never blended with each other
+  ctx.drawImage(mask, 0, 0, w, h);
+  const m = ctx.getImageData(0, 0, w, h).data;
+  ctx.clearRect(0, 0, w, h);
+  ctx.imageSmoothingEnabled = true;
+  if (shown) ctx.drawImage(img, 0, 0, w, h);
+  const out = ctx.getImageData(0, 0, w, h);
+  const px = out.data;
+  const bg = model && pred.background != null ? rgb(model.palette[pred.background]) : null;
+  for (let i = 0; i < px.length; i += 4) {
+    if (bg && m[i] === bg[0] && m[i + 1] === bg[1] && m[i + 2] === bg[2]) continue;
+    const a = shown ? 0.5 : 1;
+    px[i] = px[i] * (1 - a) + m[i] * a; px[i + 1] = px[i + 1] * (1 - a) + m[i + 1] * a;
+    px[i + 2] = px[i + 2] * (1 - a) + m[i + 2] * a; px[i + 3] = 255;
+  }
+  ctx.putImageData(out, 0, 0);
+  img.hidden = true;
+  img.after(canvas);
+  const ul = node.querySelector(".legend");
+  ul.hidden = false;
+  ul.replaceChildren(...pred.classes.map((c) => {
+    const li = document.createElement("li");
+    const sw = document.createElement("span"); sw.className = "swatch";
+    if (c.index === pred.background) sw.classList.add("background"); else sw.style.background = c.color;  // CSSOM: allowed by the CSP
+    const label = document.createElement("span"); label.className = "label";
+    label.textContent = c["class"] + (c.index === pred.background ? " (not coloured)" : "");
+    const pct = document.createElement("span"); pct.className = "pct";
+    pct.textContent = c.fraction >= 0.0005 ? (100 * c.fraction).toFixed(1) + "%" : "<0.1%";
+    li.append(sw, label, pct);
+    return li;
+  }));
+  node.classList.add("segmentation");
+}
+
 async function predictOne(file) {
   const node = card(file);
   const body = new FormData();
@@ -94,9 +155,15 @@ async function predictOne(file) {
     return false;
   }
   const out = await resp.json();
-  showBars(node, out.predictions[0]);
+  const pred = out.predictions[0];
+  if (pred.mask) {  // a class mask (segmentation): overlay and legend instead of bars
+    await showMask(node, pred, models.find((x) => x.name === out.model));
+    node.dataset.top = pred.classes.length ? pred.classes[0]["class"] : "";
+  } else {
+    showBars(node, pred);
+    node.dataset.top = pred.topk[0]["class"];
+  }
   node.querySelector(".latency").textContent = `server ${out.latency_ms.toFixed(1)} ms · round trip ${rtt.toFixed(1)} ms · model ${out.model}`;
-  node.dataset.top = out.predictions[0].topk[0]["class"];
   return true;
 }
 

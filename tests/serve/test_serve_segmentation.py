@@ -1,0 +1,119 @@
+"""Serving a segmentation run: the answer carries the class mask (palette PNG, base64, the upload's
+size) and per-class pixel fractions, equal to what `visionsmith predict` writes; the page draws the
+mask over the upload with a legend."""
+from __future__ import annotations
+
+import base64
+import io
+import os
+import shutil
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from visionsmith.serve import ServeOptions, TorchBackend, create_app, load_backend
+
+PREDICT = "/v1/models/seg:predict"
+
+
+@pytest.fixture(scope="module")
+def client(seg_run):
+    app = create_app([load_backend(f"seg={seg_run}")], ServeOptions(max_images=4))
+    with TestClient(app) as c:
+        yield c
+
+
+def _mask(pred) -> Image.Image:
+    return Image.open(io.BytesIO(base64.b64decode(pred["mask"]["png_base64"])))
+
+
+def test_model_description(client, seg_run):
+    (m,) = client.get("/v1/models").json()["models"]
+    assert m["task"] == "segmentation" and m["kind"] == "pytorch" and m["classes"][0] == "background"
+    assert m["background"] == 0 and len(m["palette"]) == len(m["classes"]) and m["palette"][0] == "#000000"
+
+
+def test_answer_is_the_mask_of_the_upload_and_matches_predict(client, seg_run, scene_pngs, tmp_path):
+    import visionsmith
+    files = []
+    for i, data in enumerate(scene_pngs):
+        files.append(tmp_path / f"{i}.png")
+        files[-1].write_bytes(data)
+    want = visionsmith.predict(seg_run, files, out=tmp_path / "out").predictions
+    r = client.post(PREDICT, files=[("file", (f.name, f.read_bytes(), "image/png")) for f in files])
+    assert r.status_code == 200, r.text
+    got = r.json()
+    assert got["model"] == "seg" and got["latency_ms"] > 0 and len(got["predictions"]) == 4
+    classes = client.get("/v1/models/seg").json()["classes"]
+    for f, w, p in zip(files, want, got["predictions"]):
+        assert p["filename"] == f.name
+        mask = _mask(p)
+        assert mask.mode == "P" and mask.size == Image.open(f).size == (p["width"], p["height"])
+        assert np.array_equal(np.asarray(mask), np.asarray(Image.open(w.files["mask"])))
+        assert set(p["fractions"]) == set(classes) and abs(sum(p["fractions"].values()) - 1) < 1e-4
+        assert p["fractions"] == pytest.approx(w.fractions, abs=1e-6)
+        assert p["mean_confidence"] == pytest.approx(w.mean_confidence, abs=1e-5)
+        found = [c["class"] for c in p["classes"]]
+        assert found == sorted(found, key=lambda c: -p["fractions"][c]) and all(p["fractions"][c] > 0 for c in found)
+        assert all(c["color"].startswith("#") and classes[c["index"]] == c["class"] for c in p["classes"])
+
+
+def test_json_body_and_bad_uploads(client, scene_pngs):
+    r = client.post(PREDICT, json={"image": base64.b64encode(scene_pngs[1]).decode()})
+    assert r.status_code == 200 and _mask(r.json()["predictions"][0]).size == (150, 90)
+    r = client.post(PREDICT, files={"file": ("notes.png", b"not an image", "image/png")})
+    assert r.status_code == 415 and "not an image" in r.json()["detail"]
+
+
+def test_classification_answers_keep_their_shape(digits_run, digit_pngs):
+    app = create_app([load_backend(f"digits={digits_run}")])
+    with TestClient(app) as c:
+        p = c.post("/v1/models/digits:predict", files={"file": ("d.png", digit_pngs[0], "image/png")},
+                   params={"topk": 2}).json()["predictions"][0]
+    assert set(p) == {"filename", "topk"} and [set(t) for t in p["topk"]] == [{"class", "index", "prob"}] * 2
+
+
+CHROMIUM = next(filter(None, map(shutil.which, ("chromium", "chromium-browser", "google-chrome"))), None)
+DRIVER = shutil.which("chromedriver")
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.skipif(not (CHROMIUM and DRIVER), reason="needs Chromium and chromedriver (Debian packages chromium "
+                    "and chromium-driver; scripts/setup.sh installs them)")
+def test_page_draws_the_mask_over_the_upload(seg_run, scene_pngs, live_server, tmp_path, artifacts):
+    webdriver = pytest.importorskip("selenium.webdriver")
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as EC
+    from selenium.webdriver.support.ui import WebDriverWait
+    os.environ.setdefault("SE_OFFLINE", "true")
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = CHROMIUM
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
+                "--window-size=1000,800", "--disable-extensions", "--no-first-run"):
+        opts.add_argument(arg)
+    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    img = tmp_path / "scene.png"
+    img.write_bytes(scene_pngs[1])  # 150 x 90
+    driver = webdriver.Chrome(options=opts, service=Service(executable_path=DRIVER))
+    try:
+        with live_server(create_app([TorchBackend(seg_run, "seg")], ServeOptions())) as url:
+            driver.get(url + "/")
+            wait = WebDriverWait(driver, 60)
+            wait.until(lambda d: d.find_element(By.ID, "model-info").text.startswith("segmentation"))
+            driver.find_element(By.ID, "file").send_keys(str(img))
+            card = wait.until(EC.presence_of_element_located((By.CSS_SELECTOR, ".result.segmentation")))
+            canvas = card.find_element(By.CSS_SELECTOR, "canvas.overlay")
+            size = driver.execute_script("return [arguments[0].width, arguments[0].height]", canvas)
+            legend = [e.text for e in card.find_elements(By.CSS_SELECTOR, ".legend li")]
+            top = card.get_attribute("data-top")
+            shot = artifacts / "page-segmentation.png"
+            driver.save_screenshot(str(shot))
+            console = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
+    finally:
+        driver.quit()
+    assert size == [150, 90]  # the canvas has the upload's pixels
+    assert legend and all("%" in t for t in legend) and legend[0].startswith(top)
+    assert not console, console  # no CSP violation, no failed asset
