@@ -369,16 +369,19 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("run")
     sp.add_argument("--no-report", action="store_true")
 
-    sp = add("eval", cmd_eval, "evaluate a run's best weights: accuracy, top-5, macro-F1, per-class table",
+    sp = add("eval", cmd_eval, "evaluate a run's best weights with its task's metrics and per-class table "
+             "(classification: accuracy, top-5, macro-F1; segmentation: mIoU, pixel accuracy, fwIoU, per-class IoU)",
              "visionsmith eval runs/fm --split test")
     sp.add_argument("run")
     sp.add_argument("--split", default="test", choices=["train", "val", "test"])
     sp.add_argument("--weights", default="best", choices=["best", "last"])
     sp.add_argument("--json", action="store_true", help="machine-readable output")
 
-    sp = add("predict", cmd_predict, "top-k classes for image files or folders; bad files are listed, "
-             "good ones always answered", "visionsmith predict runs/fm shoe.png photos/ --topk 3 --json\n"
-             "  visionsmith predict runs/fm/export/model.int8.onnx shoe.png       (an exported model)")
+    sp = add("predict", cmd_predict, "predict image files or folders with a run (or its ONNX export): top-k "
+             "classes, or for a segmentation run a mask, an overlay and a JSON per image (--out DIR); bad files "
+             "are listed, good ones always answered", "visionsmith predict runs/fm shoe.png photos/ --topk 3 --json\n"
+             "  visionsmith predict runs/fm/export/model.int8.onnx shoe.png       (an exported model)\n"
+             "  visionsmith predict runs/scenes-seg scene.png --out preds/         (a segmentation run)")
     sp.add_argument("run", help="a run folder, or an ONNX file written by `visionsmith export`")
     sp.add_argument("inputs", nargs="+", help="image files and/or folders")
     sp.add_argument("--topk", type=int, default=5)
@@ -431,7 +434,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--calib", type=int, help="static INT8: training images to calibrate on (default 256)")
     sp.add_argument("--calib-data", metavar="FOLDER", help="static INT8: calibrate on the images in this folder instead")
     sp.add_argument("--check", type=int, help="held-out images to compare with PyTorch on (default 1000)")
-    sp.add_argument("--max-drop", type=float, help="accuracy points INT8 may lose against PyTorch (default 1.0)")
+    sp.add_argument("--max-drop", type=float, help="headline points INT8 may lose against PyTorch (default: 1.0 "
+                    "accuracy points for classification, 0.5 mIoU points for segmentation)")
 
     sp = add("merge", cmd_merge, "fold a LoRA/LoHa/LoKr/IA3 run's adapters into the base weights and write a plain "
              "run folder; the outputs are checked against the adapter model first", "visionsmith merge runs/lora")

@@ -12,7 +12,7 @@ from PIL import Image
 
 from visionsmith import api
 from visionsmith.errors import UserError
-from visionsmith.outputs import MaskPrediction, palette, stitch, tile
+from visionsmith.outputs.segmentation import MaskPrediction, palette, stitch, tile
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -1,23 +1,5 @@
-"""What a task's predictions look like outside the model: files, JSON, HTTP answers, export checks.
-
-``visionsmith predict``, ``visionsmith serve`` and ``visionsmith export`` run every task the same
-way (decode a file, cut it into model-size windows, run the model, hand the raw outputs back); the
-one part that differs per task is here, in one small class per task, registered by task name
-(the only place outside ``tasks/`` that names a task):
-
-    out = output_for(task.name, classes)
-    windows, ctx = out.prepare(pil_image, decode_size, grayscale)  # uint8 [n, C, s, s] + what to undo
-    pred, extra = out.predict(path, logits_of_those_windows, ctx)  # Prediction / MaskPrediction (+ class map)
-    out.writer(out_dir, source).write(pred, pil_image, extra)      # predict's files (segmentation)
-    answer = out.answer(logits, ctx, filename, k)                  # one image of a REST response
-    out.compare(pixel_model, onnx_model, heldout, atol, task, {})  # the export's parity check
-
-Classification: one window per image (``image_to_uint8``: shorter side scaled, centre crop), top-k
-softmax classes.  Segmentation: the image is scaled so its shorter side is the training decode
-size (as training data was) and covered by square windows of that size along its longer side
-(overlaps averaged on the logits), so the whole image is predicted at the scale the model learned;
-the class map is then resized back to the input's own size with nearest neighbour.
-"""
+"""Segmentation outputs: windows at the training scale, stitched class maps, mask and overlay PNGs,
+per-pixel parity on export."""
 from __future__ import annotations
 
 import io
@@ -26,163 +8,14 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import ClassVar
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
 
-from .errors import UserError
-
-BACKGROUND_NAMES = ("background", "_background_", "__background__", "bg")  # never coloured in overlays
-OVERLAY_ALPHA = 0.5
-MAX_WINDOWS = 8  # a longer side beyond 8x the shorter is squeezed to 8 windows (panoramas, strips)
-
-
-# -- the per-task registry -------------------------------------------------------------------------
-
-_OUTPUTS: dict[str, type[TaskOutput]] = {}
-
-
-def register_output(cls: type[TaskOutput]) -> type[TaskOutput]:
-    """Class decorator: the outputs of the task named ``cls.task``."""
-    _OUTPUTS[cls.task] = cls
-    return cls
-
-
-def output_tasks() -> list[str]:
-    """The tasks that predict, export and serve can handle."""
-    return sorted(_OUTPUTS)
-
-
-def output_for(task: str, classes: list[str]) -> TaskOutput:
-    """The output handler of ``task`` for a model with these ``classes``."""
-    if task not in _OUTPUTS:
-        raise UserError(f"a {task!r} model cannot be run by predict, export or serve yet; "
-                        f"they handle {', '.join(output_tasks())}")
-    return _OUTPUTS[task](classes)
-
-
-class TaskOutput:
-    """The shared shape of a task's outputs; see the module docstring."""
-
-    task: ClassVar[str]
-    keeps_image: ClassVar[bool] = False  # predict keeps the decoded image until its answer (overlays)
-    answer_off_loop: ClassVar[bool] = False  # serve computes ``answer`` in a thread (it is real work)
-    int8_max_drop: ClassVar[float] = 1.0  # headline points INT8 may lose (export's default --max-drop)
-    onnx_output: ClassVar[str] = ""  # what the exported graph's ``logits`` output is, in words
-
-    def __init__(self, classes: list[str]):
-        self.classes = list(classes)
-
-    # predict and serve
-    def prepare(self, img: Image.Image, size: int, grayscale: bool):
-        """A decoded image -> (uint8 windows ``[n, C, size, size]`` for the model, the context that
-        ``predict``/``answer`` need to turn the windows' logits back into one image's answer)."""
-        raise NotImplementedError
-
-    def predict(self, path: str, logits: torch.Tensor, ctx, topk: int = 5):
-        """The logits of one image's windows -> (its prediction, what the writer needs besides: the class
-        map for segmentation, None for classification)."""
-        raise NotImplementedError
-
-    def answer(self, logits: np.ndarray, ctx, filename: str, k: int) -> dict:
-        """One image's entry of the REST response from its windows' logits (numpy)."""
-        raise NotImplementedError
-
-    def describe(self) -> dict:
-        """Extra fields of ``GET /v1/models`` and of the export metadata."""
-        return {}
-
-    def writer(self, out: str | Path | None, source: str) -> Writer:
-        """Where predict puts its files for ``out`` (raises ``UserError`` when this task needs a folder)."""
-        return Writer()
-
-    # export
-    def compare(self, pixel_model, onnx_model, held, atol: float, task, cache: dict) -> dict:
-        raise NotImplementedError
-
-    def check_fp32(self, res: dict, atol: float) -> None:
-        raise NotImplementedError
-
-    def check_int8(self, res: dict, max_drop: float, mode: str) -> None:
-        raise NotImplementedError
-
-    def bounds(self, atol: float, max_drop: float) -> dict:
-        raise NotImplementedError
-
-    def parity_table(self, record: dict) -> str | None:
-        """The CLI's parity table for an export record (None: the CLI's own classification table)."""
-        return None
-
-
-class Writer:
-    """Where predict's per-image files go (nothing by default); ``finish`` after the last image."""
-
-    out: Path | None = None
-
-    def write(self, pred, img: Image.Image | None, extra) -> None:
-        pass
-
-    def finish(self, result) -> None:
-        pass
-
-
-# -- classification --------------------------------------------------------------------------------
-
-@dataclass
-class Prediction:
-    """One image's top-k classes."""
-    path: str
-    topk: list[tuple[str, float]]  # (class, probability), best first
-
-    def text(self) -> str:
-        return "  ".join(f"{c} {q:.3f}" for c, q in self.topk)
-
-    def as_json(self) -> dict:
-        return {"path": self.path, "topk": [{"class": c, "prob": q} for c, q in self.topk]}
-
-
-@register_output
-class ClassOutput(TaskOutput):
-    task = "classification"
-    onnx_output = "logits float32 [N, K]: class scores (softmax gives the probabilities)"
-
-    def prepare(self, img, size, grayscale):
-        from .data import image_to_uint8
-        return image_to_uint8(img, size, grayscale).unsqueeze(0), None
-
-    def predict(self, path, logits, ctx, topk=5):
-        p, idx = logits.float().softmax(-1).topk(min(topk, len(self.classes)), dim=-1)
-        return Prediction(str(path), [(self.classes[j], q) for j, q in zip(idx[0].tolist(), p[0].tolist())]), None
-
-    def answer(self, logits, ctx, filename, k):
-        z = logits.astype(np.float64)
-        p = np.exp(z - z.max(axis=1, keepdims=True))
-        p /= p.sum(axis=1, keepdims=True)
-        row = p[0]
-        order = np.argsort(-row, kind="stable")[:k]
-        return {"filename": filename, "topk": [{"class": self.classes[j], "index": int(j), "prob": round(float(row[j]), 6)}
-                                               for j in order]}
-
-    def compare(self, pixel_model, onnx_model, held, atol, task, cache):
-        from .export.parity import compare, ort_logits, torch_logits
-        if "ref" not in cache:  # PyTorch's logits once, for the fp32 and the INT8 comparison
-            cache["ref"] = torch_logits(pixel_model, held.pixels)
-        labels = held.labels.numpy() if held.labels is not None else None
-        return compare(cache["ref"], ort_logits(onnx_model, held.pixels), labels, atol)
-
-    def check_fp32(self, res, atol):
-        from .export.parity import check_fp32
-        check_fp32(res, atol)
-
-    def check_int8(self, res, max_drop, mode):
-        from .export.parity import check_int8
-        check_int8(res, max_drop, mode)
-
-    def bounds(self, atol, max_drop):
-        return {"fp32_max_abs_diff": atol, "int8_max_acc_drop_points": max_drop}
+from ..errors import UserError
+from .base import BACKGROUND_NAMES, MAX_WINDOWS, OVERLAY_ALPHA, TaskOutput, Writer, register_output
 
 
 # -- segmentation: windows, stitching, masks, overlays --------------------------------------------------
@@ -232,7 +65,7 @@ def tile(img: Image.Image, size: int, grayscale: bool) -> tuple[torch.Tensor, Ti
     gives exactly ``image_to_uint8``'s one window), then ``n = ceil(longer / size)`` windows spread
     evenly from one end to the other (the last overlaps its neighbour); at most ``MAX_WINDOWS``:
     a longer strip is squeezed along its long side to fit."""
-    from .data.images import _RESAMPLE
+    from ..data.images import _RESAMPLE
     mode = "L" if grayscale else "RGB"
     if img.mode != mode:
         img = img.convert(mode)
@@ -492,23 +325,23 @@ class MaskOutput(TaskOutput):
 
     # export: per-pixel parity, streamed (a split's logits [N, K, S, S] need not fit in memory)
     def compare(self, pixel_model, onnx_model, held, atol, task, cache):
-        from .export.parity import compare_dense
+        from ..export.parity import compare_dense
         return compare_dense(pixel_model, onnx_model, held.pixels, held.labels, lambda: task.metric(self.classes),
                              task.target_key, task.headline, atol)
 
     def check_fp32(self, res, atol):
-        from .export.parity import check_fp32_dense
+        from ..export.parity import check_fp32_dense
         check_fp32_dense(res, atol)
 
     def check_int8(self, res, max_drop, mode):
-        from .export.parity import check_int8_dense
+        from ..export.parity import check_int8_dense
         check_int8_dense(res, max_drop, mode)
 
     def bounds(self, atol, max_drop):
-        from .export.parity import MIN_PIXEL_AGREEMENT
+        from ..export.parity import MIN_PIXEL_AGREEMENT
         return {"fp32_max_abs_diff": atol, "fp32_min_pixel_agreement": MIN_PIXEL_AGREEMENT,
                 "int8_max_drop_points": max_drop}
 
     def parity_table(self, record):
-        from .export.parity import dense_table
+        from ..export.parity import dense_table
         return dense_table(record)
