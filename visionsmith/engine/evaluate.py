@@ -77,9 +77,7 @@ def evaluate_run(run_dir, split: str = "test", which: str = "best") -> dict:
     if not method_spec(cfg.method).trains_head:  # a pretrained backbone, its head never trained: kNN
         from ..methods.ssl import knn_logits
         outputs = knn_logits(model, data["train"], ds, eval_tf, cfg.ssl, cfg.train.eval_batch_size, device)
-        metric = task.metric(list(classes))
-        metric.update(outputs, {task.target_key: ds.labels})
-        m = metric.compute()
+        m = task.score(outputs, ds.labels, classes)
         m.update(monitor="knn", knn_k=cfg.ssl.knn_k, knn_bank=min(cfg.ssl.knn_bank, len(data["train"])))
     else:
         m = task.evaluate(model, ds, eval_tf, cfg.train.eval_batch_size, device, cfg.train.channels_last,

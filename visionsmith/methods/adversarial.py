@@ -27,7 +27,6 @@ import torch.nn.functional as F
 
 from ..config import AdversarialConfig
 from ..errors import UserError
-from ..tasks.classification import compute_metrics
 from .registry import register_method
 
 PixelFn = Callable[[torch.Tensor], torch.Tensor]  # pixels [B, C, H, W] in [0, 1] -> logits [B, K]
@@ -198,8 +197,8 @@ class AdversarialTraining(nn.Module):
                 with torch.no_grad():
                     rob_correct += int((f(x_adv).argmax(-1) == y).sum())
         model.train(was_training)
-        m = compute_metrics(torch.cat(logits), val_ds.labels, val_ds.classes)
-        out = {k: m[k] for k in ("acc", "top5", "macro_f1", "loss")}
+        m = self.task.score(torch.cat(logits), val_ds.labels, val_ds.classes)
+        out = {k: m[k] for k in self.task.val_keys}
         out["robust_acc"] = rob_correct / max(n_rob, 1)
         return out
 

@@ -18,8 +18,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..config import SSLConfig
+from ..tasks import task_class
 from ..data import BatchTransform, ImageDataset
-from ..tasks.classification import compute_metrics
 
 __all__ = ["SSLMethod", "extract_features", "knn_bank", "knn_logits", "knn_votes"]
 
@@ -73,7 +73,7 @@ def knn_bank(n: int, size: int) -> torch.Tensor:
 def knn_logits(model: nn.Module, train_ds: ImageDataset, query_ds: ImageDataset, eval_tf: BatchTransform,
                cfg: SSLConfig, batch_size: int, device: torch.device) -> torch.Tensor:
     """kNN class scores of ``query_ds`` against a bank of ``train_ds``, as logits [N, K]: the log of
-    the vote shares, floored at 1e-6 so the cross-entropy ``compute_metrics`` reports stays finite."""
+    the vote shares, floored at 1e-6 so the cross-entropy the task's metric reports stays finite."""
     idx = knn_bank(len(train_ds), cfg.knn_bank)
     bank = extract_features(model, train_ds.images[idx], eval_tf, batch_size, device)
     queries = extract_features(model, query_ds.images, eval_tf, batch_size, device)
@@ -85,10 +85,12 @@ class SSLMethod(nn.Module):
     """Base of the self-supervised methods: holds ``self.model`` (so checkpoints see the model's own
     keys), freezes the parts of it the method does not train, and monitors by kNN accuracy."""
 
-    def __init__(self, model: nn.Module, cfg: SSLConfig, frozen: nn.Module | None = None):
+    def __init__(self, model: nn.Module, cfg: SSLConfig, frozen: nn.Module | None = None, task=None):
         super().__init__()
         self.model = model
         self.cfg = cfg
+        # the task whose metric scores the kNN vote: the one these methods are registered for by default
+        self.task = task if task is not None else task_class("classification")()
         (frozen if frozen is not None else model.get_classifier()).requires_grad_(False)
 
     def evaluate(self, model: nn.Module, train_ds: ImageDataset, val_ds: ImageDataset, eval_tf: BatchTransform,
@@ -96,6 +98,6 @@ class SSLMethod(nn.Module):
         """The val row of an epoch: kNN ``acc``, ``top5`` and ``macro_f1`` of ``model``'s frozen
         features (``monitor: "knn"`` marks them).  No loss: the kNN vote has none worth plotting
         next to the training loss."""
-        m = compute_metrics(knn_logits(model, train_ds, val_ds, eval_tf, self.cfg, batch_size, device),
+        m = self.task.score(knn_logits(model, train_ds, val_ds, eval_tf, self.cfg, batch_size, device),
                             val_ds.labels, val_ds.classes)
         return {"acc": m["acc"], "top5": m["top5"], "macro_f1": m["macro_f1"], "monitor": "knn"}

@@ -121,8 +121,8 @@ class SimCLR(SSLMethod):
     norm sees both.  ``input_norm``: the (mean, std) [1, C, 1, 1] the loop normalised with.
     """
 
-    def __init__(self, model: nn.Module, cfg: SSLConfig, input_norm):
-        super().__init__(model, cfg)
+    def __init__(self, model: nn.Module, cfg: SSLConfig, input_norm, task=None):
+        super().__init__(model, cfg, task=task)
         d = model.num_features
         self.projector = nn.Sequential(nn.Linear(d, cfg.proj_hidden), nn.BatchNorm1d(cfg.proj_hidden),
                                        nn.ReLU(inplace=True), nn.Linear(cfg.proj_hidden, cfg.proj_dim))
@@ -143,4 +143,4 @@ class SimCLR(SSLMethod):
 @register_method("simclr", labels=False, trains_head=False)
 def build(cfg, model, task, teacher=None, input_norm=None):
     """SimCLR contrastive pretraining of the backbone."""
-    return SimCLR(model, cfg.ssl, input_norm)
+    return SimCLR(model, cfg.ssl, input_norm, task)

@@ -52,9 +52,9 @@ class MaskedImageModeling(SSLMethod):
     pretrained; prefer a backbone whose features are its last conv stage, e.g. ``resnet8``).
     """
 
-    def __init__(self, model: nn.Module, cfg: SSLConfig, in_chans: int, image_size: int):
+    def __init__(self, model: nn.Module, cfg: SSLConfig, in_chans: int, image_size: int, task=None):
         head = getattr(model, "head", None)
-        super().__init__(model, cfg, frozen=head if isinstance(head, nn.Module) else model.get_classifier())
+        super().__init__(model, cfg, frozen=head if isinstance(head, nn.Module) else model.get_classifier(), task=task)
         s, p = image_size, cfg.mask_patch
         if s % p:
             raise UserError(f"method=mim: data.image_size={s} is not a multiple of ssl.mask_patch={p}")
@@ -116,4 +116,4 @@ class MaskedImageModeling(SSLMethod):
 @register_method("mim", labels=False, trains_head=False)
 def build(cfg, model, task, teacher=None, input_norm=None):
     """SimMIM masked-image-modelling pretraining of the backbone."""
-    return MaskedImageModeling(model, cfg.ssl, cfg.model.in_chans, cfg.data.image_size)
+    return MaskedImageModeling(model, cfg.ssl, cfg.model.in_chans, cfg.data.image_size, task)

@@ -71,6 +71,13 @@ class Task:
     def metric(self, classes: list[str]) -> Metric:
         raise NotImplementedError
 
+    def score(self, outputs: torch.Tensor, targets, classes: list[str]) -> dict:
+        """The metric dict of a whole split's ``outputs`` against its ``targets``, computed elsewhere
+        (a kNN vote, an attacked model, a pruned model): one ``update`` and ``compute``."""
+        metric = self.metric(list(classes))
+        metric.update(outputs, {self.target_key: targets})
+        return metric.compute()
+
     def better(self, value: float, best: float | None) -> bool:
         """Is ``value`` an improvement on ``best`` (None: nothing yet) in this task's direction?"""
         return best is None or (value > best if self.direction == "max" else value < best)

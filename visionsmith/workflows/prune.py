@@ -57,7 +57,7 @@ from ..surgery.compress import (
     sparsity,
 )
 from ..surgery.transfer import PEFT_MODES
-from ..tasks.classification import compute_metrics
+from ..tasks import get_task
 
 Finish = Callable[[Path], dict]  # api.finish: test evaluation, report, model card
 
@@ -128,9 +128,11 @@ def eval_split(cfg: Config):
 
 
 def accuracy(model: nn.Module, cfg: Config, ds) -> float:
+    """The task's headline metric (accuracy for classification) of ``model`` on ``ds``."""
     _, eval_tf = build_transforms(cfg, model)
     logits = predict_logits(model, ds, eval_tf, cfg.train.eval_batch_size, torch.device("cpu"))
-    return float(compute_metrics(logits, ds.labels, ds.classes)["acc"])
+    task = get_task(cfg)
+    return float(task.score(logits, ds.labels, ds.classes)[task.headline])
 
 
 def measure(model: nn.Module, cfg: Config, ds, weights: Path | None = None, acc: float | None = None) -> dict:
