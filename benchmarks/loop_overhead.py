@@ -111,10 +111,9 @@ def make_batch(task, train, idx, tf, gen) -> tuple[torch.Tensor, dict]:
 
 
 def make_transform(cfg, model):
+    """The training transform ([0, 1] pixels; the model normalises them itself, as in the loop)."""
     from visionsmith.data import BatchTransform
-    pc = getattr(model, "pretrained_cfg", {}) or {}
-    mean, std = tuple(pc.get("mean", (0.5,) * 3)), tuple(pc.get("std", (0.5,) * 3))
-    return BatchTransform(True, cfg.data.image_size, mean, std, cfg.model.in_chans, cfg.data.augment)
+    return BatchTransform(True, cfg.data.image_size, cfg.model.in_chans, cfg.data.augment)
 
 
 def cosine_lambda(cfg, total_steps: int, steps_per_epoch: int):

@@ -167,3 +167,24 @@ def test_only_user_errors_are_one_line_and_bugs_keep_their_traceback():
     for e in (ValueError("x"), KeyError("acc"), TypeError("x"), RuntimeError("x")):
         assert not _is_user_error(e), type(e)
     assert str(UnknownNameError("unknown model 'x'")) == "unknown model 'x'"  # not KeyError's quoted repr
+
+
+@pytest.mark.parametrize("k", ["-3", "0", "2.5"])
+def test_predict_topk_must_be_a_positive_integer(k):
+    import subprocess
+    import sys
+    r = subprocess.run([sys.executable, "-m", "visionsmith", "predict", "no-run", "x.png", "--topk", k],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "--topk" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_eval_of_an_unfinished_run_says_so(tmp_path, cli):
+    from visionsmith.config import load_config
+    from visionsmith.engine.loop import fit
+    cfg = load_config(Path(__file__).resolve().parents[1] / "recipes" / "digits.yaml",
+                      ["train.epochs=2", "train.threads=1", "train.checkpoint_every=5"])
+    part = fit(cfg, out=tmp_path / "part", stop_after_steps=7)  # after the step-5 checkpoint
+    res = cli("eval", part, "--split", "val")
+    assert "this run is unfinished (status" in res.stderr and "step 5 of 40" in res.stderr and "accuracy" in res.stdout
+    js = json.loads(cli("eval", part, "--json").stdout)
+    assert js["run_status"] != "done" and js["run_step"] == 5 and js["run_total_steps"] == 40

@@ -74,3 +74,22 @@ def test_resolved_config_round_trips(tmp_path):
 def test_parse_value():
     assert parse_value("1e-3") == pytest.approx(1e-3)
     assert parse_value("none") is None and parse_value("true") is True and parse_value("abc") == "abc"
+
+
+@pytest.mark.parametrize("override, key", [
+    ("train.checkpoint_every=-1", "train.checkpoint_every"), ("train.warmup_epochs=-5", "train.warmup_epochs"),
+    ("train.max_steps=-1", "train.max_steps"), ("train.max_steps=0", "train.max_steps"),
+    ("train.log_every=0", "train.log_every"), ("train.threads=0", "train.threads"),
+    ("train.grad_clip=-1", "train.grad_clip"), ("name=../../../x", "name="), ("name=/tmp/x", "name="),
+    ("name=..", "name="), ("name=a/b", "name=")])
+def test_values_out_of_range_are_refused_naming_the_key(override, key):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        load_config(None, [override])
+
+
+def test_every_recipe_still_loads():
+    recipes = [p for p in sorted((Path(__file__).resolve().parents[1] / "recipes").glob("*.yaml"))
+               if not p.name.startswith("compare-")]  # compare-*.yaml are `visionsmith compare` specs
+    assert len(recipes) >= 7
+    for recipe in recipes:
+        load_config(recipe)

@@ -113,6 +113,7 @@ class _Runner:
     grayscale: bool
     max_pixels: int
     run: object  # callable: uint8 [N, C, s, s] -> torch float tensor
+    settings: dict = field(default_factory=dict)  # Task.postprocess_settings() of the run
 
 
 def _torch_runner(run_dir) -> _Runner:
@@ -124,9 +125,10 @@ def _torch_runner(run_dir) -> _Runner:
                          "never trained; train one from it first (method=supervised adapt.mode=linear or full, "
                          f"model.pretrained={run_dir}) and predict with that run")
     _, eval_tf = build_transforms(cfg, model)
-    return _Runner(str(run_dir), get_task(cfg).name, list(classes), cfg.data.cache_size or cfg.data.image_size,
+    task = get_task(cfg)
+    return _Runner(str(run_dir), task.name, list(classes), cfg.data.cache_size or cfg.data.image_size,
                    info.get("data", {}).get("channels", 3) == 1, cfg.data.max_pixels,
-                   lambda u8: model(eval_tf(u8, None)))
+                   lambda u8: model(eval_tf(u8, None)), task.postprocess_settings())
 
 
 def _onnx_runner(path: Path) -> _Runner:
@@ -137,7 +139,7 @@ def _onnx_runner(path: Path) -> _Runner:
     from .export import OnnxModel
     clf = OnnxModel(path)  # FileNotFoundError / ValueError for a missing or foreign file
     return _Runner(str(path), clf.task, clf.classes, clf.decode_size, clf.grayscale, DEFAULT_MAX_PIXELS,
-                   lambda u8: torch.from_numpy(np.asarray(clf.predict_pixels(clf.preprocess(u8)))))
+                   lambda u8: torch.from_numpy(np.asarray(clf.predict_pixels(clf.preprocess(u8)))), clf.settings)
 
 
 PREDICT_MAX_HELD_PIXELS = 64 * 2**20  # decoded images kept for overlays at once (~200 MB of RGB)
@@ -161,7 +163,7 @@ def predict(run_dir: str | Path, inputs, topk: int = 5, batch_size: int = 64,
     from .outputs import output_for
 
     runner = _onnx_runner(Path(run_dir)) if str(run_dir).lower().endswith(".onnx") else _torch_runner(run_dir)
-    output = output_for(runner.task, runner.classes)
+    output = output_for(runner.task, runner.classes, runner.settings)
     writer = output.writer(out, runner.source)  # segmentation: refuses a missing --out before any work
     res = PredictResult(task=runner.task, out=writer.out)
     pending: list[tuple[Path, torch.Tensor, object, object]] = []  # (file, windows, ctx, image or None)

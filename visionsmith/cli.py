@@ -27,6 +27,14 @@ def _overrides_help() -> str:
     return "dotted overrides key=value, e.g. train.lr=3e-4 data.augment.hflip=false model.name=resnet20"
 
 
+def _positive_int(text: str) -> int:
+    """argparse type: an integer >= 1 (argparse turns the ValueError into a usage error naming the option)."""
+    k = int(text)
+    if k < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text}")
+    return k
+
+
 def cmd_quickstart(a) -> int:
     from . import api
     from .report import compare_line, published_fashion_mnist
@@ -81,12 +89,29 @@ def _print_summary(run_dir: Path, ev: dict) -> None:
     print(f"run folder: {run_dir}   report: {run_dir / 'report.html'}")
 
 
+def _last_step(run_dir: Path) -> int | None:
+    """The step of the run's last committed checkpoint (None: none yet)."""
+    from .engine.checkpoint import CheckpointError, read_meta
+    last = run_dir / "checkpoints" / "last.safetensors"
+    try:
+        return read_meta(last).get("step") if last.is_file() else None
+    except CheckpointError:
+        return None
+
+
 def cmd_eval(a) -> int:
     from . import api
+    from .engine.runfolder import read_json
     m = api.evaluate(a.run, a.split, a.weights)
+    info = read_json(Path(a.run) / "run.json")
+    status, step = info.get("status", "unknown"), _last_step(Path(a.run))
     if a.json:
-        print(json.dumps({k: v for k, v in m.items() if k != "worst"}, indent=2))
+        print(json.dumps({**{k: v for k, v in m.items() if k != "worst"}, "run_status": status, "run_step": step,
+                          "run_total_steps": info.get("total_steps")}, indent=2))
         return 0
+    if status != "done":  # an interrupted or running run: these are the weights of an unfinished training
+        print(f"note: this run is unfinished (status {status}, step {step} of {info.get('total_steps', '?')}); "
+              f"resume it with `visionsmith resume {a.run}`", file=sys.stderr)
     knn = "kNN " if m.get("monitor") == "knn" else ""  # a self-supervised run: no classifier, a kNN vote
     task = _task_of(Path(a.run))
     loss = f"  loss {m['loss']:.4f}" if "loss" in m else ""
@@ -384,7 +409,7 @@ def build_parser() -> argparse.ArgumentParser:
              "  visionsmith predict runs/scenes-seg scene.png --out preds/         (a segmentation run)")
     sp.add_argument("run", help="a run folder, or an ONNX file written by `visionsmith export`")
     sp.add_argument("inputs", nargs="+", help="image files and/or folders")
-    sp.add_argument("--topk", type=int, default=5)
+    sp.add_argument("--topk", type=_positive_int, default=5, help="classes listed per image (classification)")
     sp.add_argument("--json", action="store_true", help="machine-readable output")
     sp.add_argument("--out", metavar="DIR", help="folder for the output files (required for a segmentation run: "
                     "per image NAME.mask.png, NAME.overlay.png, NAME.json, and predictions.json)")

@@ -42,8 +42,9 @@ class AugmentConfig:
 @dataclass
 class DataConfig:
     # classification: fashion_mnist, digits, folder, csv; segmentation: scenes (fashion-mnist scenes, embedded),
-    # masks (root/images + root/masks PNGs), voc (Pascal VOC layout), coco (root/annotations/<split>.json + images)
-    name: Literal["fashion_mnist", "digits", "folder", "csv", "scenes", "masks", "voc", "coco"] = "fashion_mnist"
+    # masks (root/images + root/masks PNGs), voc (Pascal VOC layout), coco (root/annotations/<split>.json + images);
+    # detection: scenes, coco, voc (Annotations/*.xml), yolo (images/<split> + labels/<split> txt)
+    name: Literal["fashion_mnist", "digits", "folder", "csv", "scenes", "masks", "voc", "coco", "yolo"] = "fashion_mnist"
     root: str | None = None  # folder: root/<class>/*.png; csv: base folder for relative paths; masks/voc/coco: the dataset
     csv: str | None = None  # csv: file with `path,label` rows
     classes: list[str] | None = None  # csv: the class list (default: sorted labels seen)
@@ -208,13 +209,30 @@ class SegConfig:
     channels: int = 128  # decoder width
     min_stride: int = 4  # the finest pyramid level the decoder reads
     dice_weight: float = 0.0  # loss = cross-entropy (255 ignored) + dice_weight x Dice
+    # decoder norm: gn (GroupNorm: independent of the batch size) or bn (BatchNorm: folds into the
+    # convolutions at export, so an INT8 ONNX decoder runs as integer convs end to end)
+    norm: Literal["gn", "bn"] = "gn"
+
+
+@dataclass
+class DetConfig:
+    """Object detection (tasks/detection.py); ``task: detection``.  FCOS on the backbone pyramid."""
+    channels: int = 96  # FPN neck and head width
+    convs: int = 2  # 3x3 conv blocks in each of the head's classification and regression towers
+    min_stride: int = 8  # the finest pyramid level the head reads (levels from it to the deepest)
+    range_scale: float = 4.0  # a level of stride s regresses objects reaching up to range_scale x s
+    radius: float = 1.5  # centre sampling: positives lie within radius x stride of an object's centre
+    score_threshold: float = 0.05  # detections kept before NMS score at least this
+    nms_iou: float = 0.6  # class-aware NMS IoU threshold
+    max_detections: int = 100  # per image, after NMS
+    pre_nms: int = 1000  # top-scoring candidates per image that enter NMS
 
 
 @dataclass
 class Config:
     name: str = "run"
     seed: int = 0
-    task: Literal["classification", "segmentation"] = "classification"  # tasks/<task>.py
+    task: str = "classification"  # a registered task (tasks/<task>.py): classification, segmentation, detection
     method: Literal["supervised", "distill", "simclr", "mim", "adversarial"] = "supervised"
     device: str = "auto"  # auto: cuda when available, else cpu
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -226,6 +244,7 @@ class Config:
     adversarial: AdversarialConfig = field(default_factory=AdversarialConfig)
     prune: PruneConfig = field(default_factory=PruneConfig)
     seg: SegConfig = field(default_factory=SegConfig)
+    det: DetConfig = field(default_factory=DetConfig)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -415,10 +434,25 @@ def add_check(fn) -> None:
     _CHECKS.append(fn)
 
 
+def _one_component(name: str) -> bool:
+    """A run name becomes a folder under runs/: one plain path component, nothing that climbs out."""
+    return bool(name) and name not in (".", "..") and "/" not in name and "\\" not in name and "\0" not in name
+
+
 def validate(cfg: Config) -> None:
     """Range checks that types cannot express, then the registered checks."""
     checks = [
         (cfg.train.epochs >= 1, "train.epochs must be >= 1"),
+        (cfg.train.max_steps is None or cfg.train.max_steps >= 1, "train.max_steps must be >= 1 (or null: no cap)"),
+        (cfg.train.checkpoint_every >= 0, "train.checkpoint_every must be >= 0 (0: checkpoint at epoch ends only)"),
+        (cfg.train.warmup_epochs >= 0, "train.warmup_epochs must be >= 0"),
+        (cfg.train.log_every >= 1, "train.log_every must be >= 1"),
+        (cfg.train.eval_batch_size >= 1, "train.eval_batch_size must be >= 1"),
+        (cfg.train.threads is None or cfg.train.threads >= 1, "train.threads must be >= 1 (or null: torch's choice)"),
+        (cfg.train.grad_clip is None or cfg.train.grad_clip > 0, "train.grad_clip must be > 0 (or null: off)"),
+        (cfg.train.early_stop.patience >= 0, "train.early_stop.patience must be >= 0 (0: off)"),
+        (_one_component(cfg.name), f"name={cfg.name!r} must be one folder name (no '/', '..' or absolute path); "
+         "choose where the run folder goes with --out"),
         (cfg.train.batch_size >= 1, "train.batch_size must be >= 1"),
         (cfg.train.lr > 0, "train.lr must be > 0"),
         (0 <= cfg.data.val_fraction < 1, "data.val_fraction must be in [0, 1)"),
@@ -447,6 +481,12 @@ def validate(cfg: Config) -> None:
         (cfg.adapt.prompt_tokens >= 1, "adapt.prompt_tokens must be >= 1"),
         (cfg.seg.channels >= 1 and cfg.seg.min_stride >= 1, "seg.channels and seg.min_stride must be >= 1"),
         (cfg.seg.dice_weight >= 0, "seg.dice_weight must be >= 0"),
+        (cfg.det.channels >= 1 and cfg.det.convs >= 0 and cfg.det.min_stride >= 1,
+         "det.channels and det.min_stride must be >= 1, det.convs >= 0"),
+        (cfg.det.range_scale > 0 and cfg.det.radius > 0, "det.range_scale and det.radius must be > 0"),
+        (0 <= cfg.det.score_threshold < 1 and 0 < cfg.det.nms_iou <= 1,
+         "det.score_threshold must be in [0, 1) and det.nms_iou in (0, 1]"),
+        (cfg.det.max_detections >= 1 and cfg.det.pre_nms >= 1, "det.max_detections and det.pre_nms must be >= 1"),
         (cfg.distill.temperature > 0, "distill.temperature must be > 0"),
         (0 <= cfg.distill.alpha <= 1, "distill.alpha must be in [0, 1]"),
         (cfg.ssl.temperature > 0, "ssl.temperature must be > 0"),

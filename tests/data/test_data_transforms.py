@@ -8,8 +8,6 @@ import torch.nn.functional as F
 from visionsmith.config import AugmentConfig
 from visionsmith.data import BatchTransform
 
-MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-
 
 def images(b=16, c=1, s=28, seed=0) -> torch.Tensor:
     return torch.randint(0, 256, (b, c, s, s), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed))
@@ -22,14 +20,14 @@ def gen(seed):
 @pytest.mark.parametrize("train", [True, False])
 @pytest.mark.parametrize("c, in_chans", [(1, 1), (1, 3), (3, 3), (3, 1)])
 def test_shape_dtype(train, c, in_chans):
-    t = BatchTransform(train, 32, MEAN, STD, in_chans, AugmentConfig(translate=0.1))
+    t = BatchTransform(train, 32, in_chans, AugmentConfig(translate=0.1))
     out = t(images(c=c), gen(0))
     assert out.shape == (16, in_chans, 32, 32) and out.dtype == torch.float32 and out.is_contiguous()
-    assert torch.isfinite(out).all()
+    assert torch.isfinite(out).all() and out.min() >= 0 and out.max() <= 1  # pixels: the model normalises
 
 
 def test_same_generator_state_gives_identical_batches():
-    t = BatchTransform(True, 32, MEAN, STD, 3, AugmentConfig(scale=(0.5, 1.0), translate=0.1))
+    t = BatchTransform(True, 32, 3, AugmentConfig(scale=(0.5, 1.0), translate=0.1))
     x = images(64)
     a, b = t(x, gen(7)), t(x, gen(7))
     assert torch.equal(a, b)
@@ -47,62 +45,62 @@ def test_same_generator_state_gives_identical_batches():
     assert torch.equal(t(x, g2), nxt)
 
 
-def test_eval_is_deterministic_plain_resize_and_normalise():
-    t = BatchTransform(False, 32, MEAN, STD, 1, AugmentConfig())
+def test_eval_is_deterministic_plain_resize_to_pixels():
+    t = BatchTransform(False, 32, 1, AugmentConfig())
     x = images(8)
     a, b = t(x), t(x, gen(1))
     assert torch.equal(a, b)
-    mean, std = sum(MEAN) / 3, sum(STD) / 3  # one channel: the mean of the RGB statistics
-    ref = (F.interpolate(x.float() / 255, size=(32, 32), mode="bilinear", align_corners=False) - mean) / std
-    assert torch.allclose(a, ref, atol=1e-5)
-    assert t.mean.shape == (1, 1, 1, 1) and abs(t.mean.item() - mean) < 1e-6
-    down = BatchTransform(False, 14, MEAN, STD, 3, AugmentConfig())(images(2, c=3))
+    ref = F.interpolate(x.float() / 255, size=(32, 32), mode="bilinear", align_corners=False)
+    assert torch.equal(a, ref)  # [0, 1] pixels, no normalisation
+    down = BatchTransform(False, 14, 3, AugmentConfig())(images(2, c=3))
     assert down.shape == (2, 3, 14, 14)
 
 
+def test_output_is_a_new_contiguous_tensor():
+    x = torch.rand(2, 1, 28, 28)
+    same = BatchTransform(False, 28, 1)(x)  # nothing to resize: still a copy, never the input itself
+    assert torch.equal(same, x) and same.data_ptr() != x.data_ptr()
+    rgb = BatchTransform(False, 28, 3)(x)  # gray repeated to 3 channels: materialised
+    assert rgb.is_contiguous() and rgb.stride() == (3 * 28 * 28, 28 * 28, 28, 1)
+
+
 def test_gray_to_rgb_repeats_and_rgb_to_gray_uses_luma():
-    t = BatchTransform(False, 28, MEAN, STD, 3, AugmentConfig())
-    px = t.to_pixels(t(images(4)))
+    t = BatchTransform(False, 28, 3, AugmentConfig())
+    px = t(images(4))
     assert torch.allclose(px[:, 0], px[:, 1], atol=1e-6) and torch.allclose(px[:, 1], px[:, 2], atol=1e-6)
     red = torch.zeros(1, 3, 28, 28, dtype=torch.uint8)
     red[:, 0] = 255
-    g = BatchTransform(False, 28, MEAN, STD, 1, AugmentConfig())
-    assert torch.allclose(g.to_pixels(g(red)), torch.full((1, 1, 28, 28), 0.299), atol=1e-5)
-
-
-def test_to_pixels_undoes_normalize():
-    t = BatchTransform(True, 28, MEAN, STD, 3, AugmentConfig())
-    x = torch.rand(2, 3, 28, 28)
-    assert torch.allclose(t.to_pixels(t.normalize(x)), x, atol=1e-6)
+    g = BatchTransform(False, 28, 1, AugmentConfig())
+    assert torch.allclose(g(red), torch.full((1, 1, 28, 28), 0.299), atol=1e-5)
 
 
 def test_flip_flips_about_half_the_time():
     # no crop, no shift, same size: every output is exactly the input or its mirror image
-    t = BatchTransform(True, 28, MEAN, STD, 1, AugmentConfig(hflip=True, scale=(1.0, 1.0), translate=0.0))
+    t = BatchTransform(True, 28, 1, AugmentConfig(hflip=True, scale=(1.0, 1.0), translate=0.0))
     x = images(400)
-    px = t.to_pixels(t(x, gen(0)))
+    px = t(x, gen(0))
     src = x.float() / 255
     same = (px - src).abs().flatten(1).max(1).values < 1e-5
     mirrored = (px - src.flip(-1)).abs().flatten(1).max(1).values < 1e-5
     assert (same ^ mirrored).all()
     assert 0.4 < mirrored.float().mean() < 0.6
-    no_flip = BatchTransform(True, 28, MEAN, STD, 1, AugmentConfig(hflip=False, scale=(1.0, 1.0)))
-    assert torch.allclose(no_flip.to_pixels(no_flip(x, gen(0))), src, atol=1e-5)
+    no_flip = BatchTransform(True, 28, 1, AugmentConfig(hflip=False, scale=(1.0, 1.0)))
+    assert torch.allclose(no_flip(x, gen(0)), src, atol=1e-5)
 
 
 def test_crop_and_translate_change_content():
     x = images(32)
-    crop = BatchTransform(True, 28, MEAN, STD, 1, AugmentConfig(hflip=False, scale=(0.3, 0.3)))
-    px = crop.to_pixels(crop(x, gen(0)))
+    crop = BatchTransform(True, 28, 1, AugmentConfig(hflip=False, scale=(0.3, 0.3)))
+    px = crop(x, gen(0))
     assert (px - x.float() / 255).abs().mean() > 0.1  # zoomed in: not the input
     ones = torch.full((32, 1, 28, 28), 255, dtype=torch.uint8)
-    shift = BatchTransform(True, 28, MEAN, STD, 1, AugmentConfig(hflip=False, scale=(1.0, 1.0), translate=0.2))
-    border = shift.to_pixels(shift(ones, gen(0)))
+    shift = BatchTransform(True, 28, 1, AugmentConfig(hflip=False, scale=(1.0, 1.0), translate=0.2))
+    border = shift(ones, gen(0))
     assert (border < 0.01).flatten(1).any(1).float().mean() > 0.9  # shifted in: black edges
 
 
 def test_large_inputs_are_shrunk_before_warping():
-    t = BatchTransform(True, 16, MEAN, STD, 3, AugmentConfig(scale=(0.25, 1.0)))
+    t = BatchTransform(True, 16, 3, AugmentConfig(scale=(0.25, 1.0)))
     out = t(images(4, c=3, s=128), gen(0))
     assert out.shape == (4, 3, 16, 16)
 
@@ -121,7 +119,7 @@ def test_boxes_move_with_the_pixels_and_degenerate_ones_are_dropped():
         w, h = torch.randint(8, 24, (2,), generator=g).tolist()
         images[i, 0, y1:y1 + h, x1:x1 + w] = 255
         boxes.append(torch.tensor([[x1, y1, x1 + w, y1 + h]], dtype=torch.float32))
-    tf = BatchTransform(True, 48, (0.0,) * 3, (1.0,) * 3, 1, AugmentConfig(hflip=True, scale=(0.4, 1.0), translate=0.2))
+    tf = BatchTransform(True, 48, 1, AugmentConfig(hflip=True, scale=(0.4, 1.0), translate=0.2))
     out = tf.apply(images, torch.Generator().manual_seed(4), boxes=boxes)
     checked = dropped = 0
     for i in range(n):
@@ -137,5 +135,5 @@ def test_boxes_move_with_the_pixels_and_degenerate_ones_are_dropped():
         checked += 1
     assert checked >= 10
     # eval: a plain resize scales the boxes
-    ev = BatchTransform(False, 32, (0.0,) * 3, (1.0,) * 3, 1).apply(images, boxes=boxes)
+    ev = BatchTransform(False, 32, 1).apply(images, boxes=boxes)
     assert torch.allclose(ev["boxes"][0], boxes[0] / 2)

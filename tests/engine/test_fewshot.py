@@ -51,7 +51,7 @@ def test_random_cnn_features_on_digits(digits):
     images, labels, classes = digits
     torch.manual_seed(0)
     model = create_model("simple_cnn", num_classes=0, in_chans=1)
-    tf = BatchTransform(False, 16, (0.5,) * 3, (0.5,) * 3, in_chans=1)
+    tf = BatchTransform(False, 16, in_chans=1)
     feats = extract_features(model, images, tf, batch_size=512)
     assert feats.shape == (len(images), model.num_features)
     # eval mode inside (no dropout, running BN stats: the same features twice), caller's mode after

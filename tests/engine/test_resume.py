@@ -45,10 +45,7 @@ def test_resume_is_bit_exact(tmp_path, stop_at):
     cfg = load_config(REPO / "recipes" / "digits.yaml", OVERRIDES)
     full = fit(cfg, out=tmp_path / "full")
     part = fit(cfg, out=tmp_path / "part", stop_after_steps=stop_at)
-    if stop_at < 7:  # nothing committed yet: resume must say so, and a fresh start is the answer
-        with pytest.raises(CheckpointError, match="no committed checkpoint"):
-            fit(cfg, resume=part)
-        return
+    # before the first checkpoint nothing was committed: resume trains the same folder from step 0
     fit(cfg, resume=part)
     _assert_same(_weights(full), _weights(part))
     _assert_same(_weights(full, "best"), _weights(part, "best"))
@@ -80,3 +77,40 @@ def test_sigkill_mid_epoch_then_resume_from_cli(tmp_path):
     _assert_same(_weights(tmp_path / "full"), _weights(tmp_path / "part"))
     info = json.loads((tmp_path / "part" / "run.json").read_text())  # the command that made the run stays
     assert info["command"].startswith("visionsmith train") and info["resumed_by"].startswith("visionsmith resume")
+
+
+@pytest.mark.parametrize("damage", ["truncate", "zero", "random", "empty"])
+def test_a_damaged_state_file_is_a_one_line_error(tmp_path, damage):
+    torch.set_num_threads(1)
+    cfg = load_config(REPO / "recipes" / "digits.yaml", OVERRIDES)
+    part = fit(cfg, out=tmp_path / "part", stop_after_steps=8)
+    (state,) = (part / "checkpoints").glob("state-*.pt")
+    data = state.read_bytes()
+    state.write_bytes({"truncate": data[: len(data) // 2], "zero": bytes(len(data)),
+                       "random": os.urandom(len(data)), "empty": b""}[damage])
+    with pytest.raises(CheckpointError, match=f"{state.name} is damaged.*cannot resume"):
+        fit(cfg, resume=part)
+
+
+def test_resuming_with_another_architecture_names_the_mismatch(tmp_path):
+    torch.set_num_threads(1)
+    cfg = load_config(REPO / "recipes" / "digits.yaml", OVERRIDES)
+    part = fit(cfg, out=tmp_path / "part", stop_after_steps=8)
+    text = (part / "config.yaml").read_text()
+    assert f"name: {cfg.model.name}" in text
+    (part / "config.yaml").write_text(text.replace(f"name: {cfg.model.name}", "name: resnet18"))
+    import visionsmith as vs
+    from visionsmith.models.weights import WeightLoadError
+    with pytest.raises(WeightLoadError, match="another architecture"):
+        vs.resume(part, report=False)
+
+
+def test_strict_bad_data_leaves_no_empty_run_folder(tmp_path):
+    from visionsmith.data.errors import DataError
+    root = tmp_path / "data" / "a"
+    root.mkdir(parents=True)
+    (root / "bad.png").write_bytes(b"not a png")
+    cfg = load_config(None, ["data.name=folder", f"data.root={tmp_path / 'data'}", "data.strict=true"])
+    with pytest.raises(DataError):
+        fit(cfg, out=tmp_path / "run")
+    assert not (tmp_path / "run").exists()

@@ -12,13 +12,13 @@ import torch
 from visionsmith import api
 from visionsmith.engine.build import build_transforms, load_trained
 from visionsmith.export import OnnxClassifier, export_onnx, read_metadata
-from visionsmith.models.pixel import PixelModel
 
 
 def _pixel_model(run):
+    """The run's model (it takes [0, 1] pixels: the exported graph's input), its eval transform, classes."""
     cfg, model, classes, _ = load_trained(run)
     _, tf = build_transforms(cfg, model)
-    return PixelModel(model, tf.mean, tf.std).eval(), tf, classes
+    return model.eval(), tf, classes
 
 
 @pytest.mark.parametrize("run_fixture", ["digits_run", "resnet8_run"])

@@ -19,7 +19,6 @@ from visionsmith.export import (
     export_onnx,
     read_metadata,
 )
-from visionsmith.models.pixel import PixelModel
 
 
 @pytest.fixture(scope="module")
@@ -45,7 +44,7 @@ def test_fp32_export_keeps_the_dense_contract_and_matches_pytorch(seg_run, seg_o
     assert meta["task"] == "segmentation" and meta["classes"] == classes and meta["image_size"] == 64
     assert meta["background"] == 0 and len(meta["palette"]) == len(classes) and "[N, K, S, S]" in meta["output"]
     m = OnnxModel(res.path)
-    pm = PixelModel(model, tf.mean, tf.std).eval()
+    pm = model.eval()  # takes [0, 1] pixels, like the graph
     x = torch.rand(3, 3, 64, 64)  # a batch size the export never saw
     with torch.no_grad():
         ref = pm(x).numpy()
@@ -112,7 +111,7 @@ def test_dense_parity_bounds(seg_run):
     from visionsmith.tasks import get_task
     cfg, model, classes, _ = load_trained(seg_run)
     _, tf = build_transforms(cfg, model)
-    pm = PixelModel(model, tf.mean, tf.std).eval()
+    pm = model.eval()
     task = get_task(load_config(seg_run / "config.yaml"))
     held = heldout_pixels(cfg, tf, 6)
     assert held.labels.shape == (6, 64, 64) and held.pixels.shape == (6, 3, 64, 64)
@@ -142,10 +141,10 @@ def test_bad_files_and_arguments(seg_run, seg_onnx, tmp_path):
         api.predict(cut, [tmp_path], out=tmp_path / "o")
     m = onnx.load(str(seg_onnx.path))  # a visionsmith export of a task predict cannot run
     prop = next(p for p in m.metadata_props if p.key == "visionsmith")
-    prop.value = json.dumps({**json.loads(prop.value), "task": "detection"})
+    prop.value = json.dumps({**json.loads(prop.value), "task": "depth"})
     other = tmp_path / "other.onnx"
     onnx.save_model(m, str(other))
-    with pytest.raises(ValueError, match="'detection' export; only classification, segmentation exports"):
+    with pytest.raises(ValueError, match="'depth' export; only classification, detection, segmentation exports"):
         OnnxModel(other)
     with pytest.raises(ExportError, match="--opset 7 cannot be written"):
         export_onnx(seg_run, opset=7, out=tmp_path / "op7.onnx")

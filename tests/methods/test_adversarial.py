@@ -15,7 +15,6 @@ from visionsmith.config import ConfigError, load_config
 from visionsmith.engine.build import build_transforms, load_trained
 from visionsmith.workflows.robustness import parse_eps, robust_accuracy
 from visionsmith.methods.adversarial import fgsm, pgd, project
-from visionsmith.models.pixel import PixelModel
 
 REPO = Path(__file__).resolve().parents[2]
 DIGITS = REPO / "recipes" / "digits.yaml"
@@ -30,8 +29,8 @@ def digits_run(tmp_path_factory):
     _, eval_tf = build_transforms(cfg, model)
     from visionsmith.data import build_datasets
     ds = build_datasets(cfg.data, cfg.seed)["test"]
-    pixels = eval_tf.to_pixels(eval_tf(ds.images[:128]))
-    return run, PixelModel(model, eval_tf.mean, eval_tf.std).eval(), pixels, ds.labels[:128]
+    pixels = eval_tf(ds.images[:128])  # [0, 1] pixels: the model normalises them itself
+    return run, model.eval(), pixels, ds.labels[:128]
 
 
 @pytest.mark.parametrize("norm,eps", [("linf", 0.1), ("linf", 8 / 255), ("l2", 0.5)])
@@ -85,12 +84,13 @@ def test_project_l2_and_box():
     assert float(p.min()) >= 0 and float(p.max()) <= 1
 
 
-def test_pixel_model_is_the_normalised_model(digits_run):
+def test_the_model_takes_pixels_and_normalises_them_itself(digits_run):
     run, model, x, _ = digits_run
-    cfg, plain, _, _ = load_trained(run)
-    _, eval_tf = build_transforms(cfg, plain)
-    with torch.no_grad():
-        assert torch.allclose(model(x), plain(eval_tf.normalize(x)), atol=1e-5)
+    norm = model.pixel_norm
+    assert float(x.min()) >= 0 and float(x.max()) <= 1
+    with torch.no_grad():  # the old path: normalised outside, the network without its pixel_norm
+        ref = model.forward_head(model.features((x - norm.mean) / norm.std))
+        assert torch.equal(model(x), ref)
 
 
 def test_bad_eps_is_a_clear_error(tmp_path, cli, digits_run):

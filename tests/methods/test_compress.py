@@ -97,7 +97,7 @@ def test_batchnorm_recalibration_averages_the_given_batches_and_trains_nothing()
     assert recalibrate_batchnorm(model, batches) == 24
     x = torch.cat(batches)
     with torch.no_grad():
-        want = model.conv1(x).mean((0, 2, 3))  # the stem BN sees conv1's output
+        want = model.conv1(model.pixel_norm(x)).mean((0, 2, 3))  # the stem BN sees conv1's output
     assert torch.allclose(model.bn1.running_mean, want, atol=1e-5) and model.bn1.momentum == 0.1
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in weights.items())
 

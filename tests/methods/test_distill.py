@@ -25,14 +25,34 @@ def test_kd_loss_is_zero_for_the_same_logits_and_matches_the_formula():
     assert torch.allclose(kd_loss(s, t, 4.0), manual, atol=1e-5)
 
 
-def test_teacher_input_renormalises_resizes_and_changes_channels():
+def test_teacher_input_resizes_and_changes_channels_and_stays_pixels():
     pix = torch.rand(2, 1, 16, 16)
-    s_mean, s_std = torch.tensor([0.5]).reshape(1, 1, 1, 1), torch.tensor([0.25]).reshape(1, 1, 1, 1)
-    t_mean, t_std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-    out = TeacherInput(s_mean, s_std, t_mean, t_std, 32, 3)((pix - s_mean) / s_std)
-    want = (F.interpolate(pix.expand(-1, 3, -1, -1), size=(32, 32), mode="bilinear", antialias=True)
-            - torch.tensor(t_mean).reshape(1, 3, 1, 1)) / torch.tensor(t_std).reshape(1, 3, 1, 1)
-    assert out.shape == (2, 3, 32, 32) and torch.allclose(out, want, atol=1e-5)
+    out = TeacherInput(32, 3)(pix)
+    want = F.interpolate(pix.expand(-1, 3, -1, -1), size=(32, 32), mode="bilinear", antialias=True)
+    assert out.shape == (2, 3, 32, 32) and torch.allclose(out, want, atol=1e-6)
+    assert TeacherInput(16, 1)(pix) is pix  # same size and channels: the pixels as they are
+    rgb = torch.rand(2, 3, 16, 16)
+    assert torch.allclose(TeacherInput(16, 1)(rgb), rgb.mean(1, keepdim=True))
+
+
+def test_student_and_teacher_each_normalise_the_pixels_with_their_own_statistics():
+    from visionsmith.methods.distill import Distill
+    from visionsmith.models import create_model
+    from visionsmith.tasks import get_task
+    cfg = load_config(DIGITS, ["model.name=resnet8"])
+    student = create_model("resnet8", num_classes=10, in_chans=1).eval()  # CIFAR mean/std, averaged to gray
+    teacher = create_model("simple_cnn", num_classes=10, in_chans=3).eval()  # (0.5, 0.5, 0.5)
+    seen = {}
+    for name, m in (("student", student), ("teacher", teacher)):
+        m.pixel_norm.register_forward_hook(lambda mod, inp, out, name=name: seen.update({name: (inp[0], out)}))
+    d = Distill(student, {"model": teacher, "size": 24, "in_chans": 3}, cfg.distill, get_task(cfg)).eval()
+    x = torch.rand(4, 1, 16, 16)
+    out = d({"image": x, "label": torch.arange(4)})
+    assert torch.equal(seen["student"][0], x)  # the batch's pixels, normalised by the student itself
+    assert torch.equal(seen["student"][1], (x - student.pixel_norm.mean) / student.pixel_norm.std)
+    assert torch.equal(seen["teacher"][0], TeacherInput(24, 3)(x))  # pixels, resized, 3 channels
+    assert torch.equal(seen["teacher"][1], (TeacherInput(24, 3)(x) - 0.5) / 0.5)
+    torch.testing.assert_close(out["output"], student(x))
 
 
 @pytest.fixture(scope="module")

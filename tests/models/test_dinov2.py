@@ -61,7 +61,7 @@ def test_pretrained_features_separate_fashion_mnist_classes_far_better_than_rand
     for pretrained in (True, False):
         torch.manual_seed(0)
         m = create_model("dinov2_small", num_classes=10, pretrained=pretrained).eval()
-        _, eval_tf = build_transforms(cfg, m)  # 28 px gray -> 56 px RGB, the model's mean/std
+        _, eval_tf = build_transforms(cfg, m)  # 28 px gray -> 56 px RGB pixels; the model normalises them
         with torch.no_grad():
             f = torch.nn.functional.normalize(m.forward_features(eval_tf(imgs, None)), dim=1)  # [600, 384]
         protos = torch.stack([f[:300][labels[:300] == c].mean(0) for c in range(10)])

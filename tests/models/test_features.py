@@ -122,7 +122,7 @@ def test_vit_levels_are_normed_hidden_states(case):
     x = torch.randn(2, 3, size, size)
     with torch.no_grad():
         outs = model.forward_intermediates(x)
-        ref = model.backbone(pixel_values=x, output_hidden_states=True)
+        ref = model.backbone(pixel_values=model.pixel_norm(x), output_hidden_states=True)
     g = size // model.feature_info[0]["reduction"]
 
     def as_map(tokens):  # [B, T, D] -> patch tokens [B, D, g, g]
@@ -159,7 +159,7 @@ def test_feature_steps_survive_peft_injection_and_deepcopy():
             outs = model.forward_intermediates(x)
             if case in VITS:
                 g = size // info[-1]["reduction"]
-                last = model.backbone(pixel_values=x).last_hidden_state
+                last = model.backbone(pixel_values=model.pixel_norm(x)).last_hidden_state
                 ref = last[:, -g * g:].transpose(1, 2).reshape(outs[-1].shape)
             else:
                 ref = model.forward_features(x)

@@ -26,7 +26,8 @@ def test_save_pretrained_round_trip(tmp_path):
     model = create_model("hf_vision", pretrained=str(tmp_path), num_classes=7).eval()
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
-        torch.testing.assert_close(model.forward_features(x), vit(pixel_values=x).pooler_output)
+        # our model takes [0, 1] pixels and normalises them itself (neutral 0.5/0.5: no preprocessor file)
+        torch.testing.assert_close(model.forward_features(x), vit(pixel_values=(x - 0.5) / 0.5).pooler_output)
         assert model(x).shape == (2, 7)
     assert model.num_features == 32 and model.pretrained_cfg["input_size"] == (3, 32, 32)
 
@@ -43,7 +44,8 @@ def test_classification_checkpoint_uses_cls_token_not_a_random_pooler(tmp_path):
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         logits = clf.classifier(model.forward_features(x))  # the original head on our features
-        torch.testing.assert_close(logits, clf(pixel_values=x).logits)
+        mean, std = torch.tensor([0.1, 0.2, 0.3]).view(1, 3, 1, 1), torch.tensor([0.4, 0.5, 0.6]).view(1, 3, 1, 1)
+        torch.testing.assert_close(logits, clf(pixel_values=(x - mean) / std).logits)  # the folder's mean/std
 
 
 def test_gray_input_from_rgb_checkpoint(tmp_path):
@@ -54,8 +56,8 @@ def test_gray_input_from_rgb_checkpoint(tmp_path):
     assert model.backbone.config.num_channels == 1 and model.pretrained_cfg["input_size"][0] == 1
     g = torch.randn(2, 1, 32, 32)
     with torch.no_grad():
-        torch.testing.assert_close(model.forward_features(g), vit(pixel_values=g.expand(-1, 3, -1, -1)).pooler_output,
-                                   rtol=1e-4, atol=1e-4)
+        ref = vit(pixel_values=((g - 0.5) / 0.5).expand(-1, 3, -1, -1)).pooler_output  # neutral mean/std
+        torch.testing.assert_close(model.forward_features(g), ref, rtol=1e-4, atol=1e-4)
 
 
 def test_missing_weights_are_an_error(tmp_path):
@@ -113,7 +115,7 @@ def test_pool_modes():
     torch.manual_seed(0)
     mean = create_model("hf_vision", config=cfg, pool="mean").eval()
     with torch.no_grad():
-        h = cls.backbone(pixel_values=x).last_hidden_state
+        h = cls.backbone(pixel_values=cls.pixel_norm(x)).last_hidden_state  # the model normalises its pixels
         torch.testing.assert_close(cls.forward_features(x), h[:, 0])
         torch.testing.assert_close(mean.forward_features(x), h.mean(1))
     with pytest.raises(ValueError, match="pool"):

@@ -97,3 +97,66 @@ def test_backbone_contract(name, in_chans, tmp_path):
     model.reset_classifier(0)  # features-only
     with torch.no_grad():
         assert model(x).shape == (2, model.num_features)
+
+
+def _old_statistics(values, in_chans: int) -> torch.Tensor:
+    """What ``BatchTransform`` normalised with before normalisation moved into the model."""
+    t = torch.tensor(tuple(values), dtype=torch.float32)
+    if in_chans == 1 and t.numel() != 1:
+        t = t.mean().reshape(1)
+    return t.reshape(1, -1, 1, 1).expand(1, in_chans, 1, 1).contiguous()
+
+
+@pytest.mark.parametrize("name,in_chans", _params())
+def test_the_model_takes_pixels_and_normalises_them_itself(name, in_chans):
+    """``forward`` on [0, 1] pixels is bit for bit the old path (the network on ``(x - mean) / std``,
+    normalised outside with the ``pretrained_cfg`` statistics), and ``pixel_norm`` adds no state."""
+    import copy
+
+    from visionsmith.models._base import PixelNorm
+    model = _build(name, in_chans).eval()
+    norm = model.pixel_norm
+    assert isinstance(norm, PixelNorm) and norm.in_chans == in_chans
+    cfg = model.pretrained_cfg
+    mean, std = _old_statistics(cfg["mean"], in_chans), _old_statistics(cfg["std"], in_chans)
+    assert torch.equal(norm.mean, mean) and torch.equal(norm.std, std)
+    # no parameters, no state_dict keys: checkpoints, LoRA targets and pruning see the network alone
+    assert not list(norm.parameters()) and not any("pixel_norm" in k for k in model.state_dict())
+    assert not any(n.startswith("pixel_norm") for n, _ in model.named_parameters())
+
+    core = copy.deepcopy(model)  # the network without its normalisation
+    core.pixel_norm = torch.nn.Identity()
+    x = torch.rand(2, in_chans, 32, 32)  # pixels
+    with torch.no_grad():
+        assert torch.equal(model(x), core((x - mean) / std))
+        assert torch.equal(model.forward_features(x), core.forward_features((x - mean) / std))
+        if getattr(model, "feature_info", None):
+            for a, b in zip(model.forward_intermediates(x), core.forward_intermediates((x - mean) / std)):
+                assert torch.equal(a, b)
+
+
+def test_pixel_norm_statistics_and_defaults():
+    from visionsmith.models._base import IMAGENET_MEAN, IMAGENET_STD, PixelNorm
+    x = torch.rand(2, 3, 4, 4)
+    n = PixelNorm(IMAGENET_MEAN, IMAGENET_STD, 3)
+    assert n.mean.shape == n.std.shape == (1, 3, 1, 1) and n.mean.dtype == torch.float32
+    assert torch.equal(n(x), (x - n.mean) / n.std) and torch.allclose(n.inverse(n(x)), x, atol=1e-6)
+    gray = PixelNorm(IMAGENET_MEAN, IMAGENET_STD, 1)  # one channel: the mean of the RGB statistics
+    assert torch.equal(gray.mean, torch.tensor(IMAGENET_MEAN).mean().reshape(1, 1, 1, 1))
+    neutral = PixelNorm.from_cfg({}, 3)  # no statistics recorded: (0.5, 0.5, 0.5), [0, 1] -> [-1, 1]
+    assert torch.equal(neutral(torch.ones(1, 3, 1, 1)), torch.ones(1, 3, 1, 1))
+    assert n.state_dict() == {} and PixelNorm.from_cfg(None, 1).mean.item() == 0.5
+
+
+def test_create_model_refuses_a_factory_without_pixel_norm():
+    from visionsmith.models import register_model
+    from visionsmith.models.registry import _REGISTRY
+
+    @register_model("_no_pixel_norm")
+    def _no_pixel_norm(**_):
+        return torch.nn.Linear(2, 2)
+    try:
+        with pytest.raises(TypeError, match="without a pixel_norm"):
+            create_model("_no_pixel_norm")
+    finally:
+        _REGISTRY.pop("_no_pixel_norm")

@@ -1,5 +1,6 @@
 """Pretrained ImageNet weights recognise real photographs (scikit-image's ``chelsea`` cat and
-``coffee`` cup), each model with the mean/std of its own ``pretrained_cfg``.
+``coffee`` cup), each model given [0, 1] pixels that it normalises itself with the mean/std of its
+own ``pretrained_cfg`` (``model.pixel_norm``).
 
 This checks the whole chain end to end: key layout, padding, BN epsilon, RGB order and the
 normalisation recorded for the weights.  ImageNet-1k indices: 281-285 domestic cats (tabby,
@@ -21,17 +22,15 @@ CATS = set(range(281, 286))
 CUPS = {504, 967, 968}
 
 
-def preprocess(img: np.ndarray, cfg: dict, size: int = 224) -> torch.Tensor:
-    """uint8 [H, W, 3] -> [1, 3, size, size]: shorter side to ``size`` (antialiased), centre crop, normalise."""
+def preprocess(img: np.ndarray, size: int = 224) -> torch.Tensor:
+    """uint8 [H, W, 3] -> [1, 3, size, size] pixels in [0, 1]: shorter side to ``size`` (antialiased), centre
+    crop.  No normalisation: the model does it."""
     x = torch.from_numpy(img).permute(2, 0, 1).float()[None] / 255.0
     h, w = x.shape[-2:]
     s = size / min(h, w)
     x = F.interpolate(x, size=(round(h * s), round(w * s)), mode="bilinear", antialias=True, align_corners=False)
     top, left = (x.shape[-2] - size) // 2, (x.shape[-1] - size) // 2
-    x = x[..., top:top + size, left:left + size]
-    mean = torch.tensor(cfg["mean"]).view(1, -1, 1, 1)
-    std = torch.tensor(cfg["std"]).view(1, -1, 1, 1)
-    return (x - mean) / std
+    return x[..., top:top + size, left:left + size]
 
 
 @pytest.fixture(scope="module", params=["mobilenetv2", "efficientnet_lite0"])
@@ -44,7 +43,7 @@ def pretrained_model(request):
 
 @pytest.mark.parametrize("photo,classes", [("chelsea", CATS), ("coffee", CUPS)])
 def test_pretrained_recognises_photo(pretrained_model, photo, classes):
-    x = preprocess(getattr(skdata, photo)(), pretrained_model.pretrained_cfg)
+    x = preprocess(getattr(skdata, photo)())
     with torch.no_grad():
         prob = pretrained_model(x).softmax(-1)[0]
     top1 = int(prob.argmax())
@@ -59,7 +58,6 @@ def test_pretrained_gray_input_still_sees_a_cat():
     except AssetError as e:
         pytest.skip(f"asset not available: {e}")
     gray = np.repeat(skdata.chelsea().mean(-1, keepdims=True), 3, -1).astype(np.uint8)
-    cfg = dict(model.pretrained_cfg, mean=model.pretrained_cfg["mean"][:1], std=model.pretrained_cfg["std"][:1])
-    x = preprocess(gray, cfg)[:, :1]
+    x = preprocess(gray)[:, :1]
     with torch.no_grad():
         assert int(model(x).argmax()) in CATS

@@ -145,12 +145,17 @@ def test_segformer_from_config_and_round_trip(tmp_path):
     assert [f["reduction"] for f in model.feature_info] == [4, 8, 16, 32]
     assert isinstance(model.get_classifier(), nn.Conv2d)
 
+    from visionsmith.models._base import set_pixel_norm
     model.pretrained_cfg["mean"] = (0.1, 0.2, 0.3)
+    set_pixel_norm(model, 3)  # pixel_norm is built from pretrained_cfg: rebuild it after changing that
+    with torch.no_grad():
+        logits = model(x)
     model.save_pretrained(tmp_path)
     again = segformer(5, pretrained=str(tmp_path)).eval()
     with torch.no_grad():
         assert torch.equal(again(x), logits)
     assert again.pretrained_cfg["mean"] == (0.1, 0.2, 0.3)
+    assert torch.equal(again.pixel_norm.mean.flatten(), torch.tensor([0.1, 0.2, 0.3]))  # the model normalises with it
 
     # another class count: the classifier is new, the rest (encoder and MLP decoder) is loaded
     other = segformer(3, pretrained=tmp_path, in_chans=1).eval()

@@ -259,7 +259,7 @@ def test_the_section_registry():
     cls = report_for("classification")
     assert [s.sid for s in cls.early()] == ["evaluation"] and [s.sid for s in cls.late()] == ["mistakes", "published"]
     # a task with no report file: its test metrics as a plain table
-    other = report_for("detection", spec=TaskSpec("detection", "map", "mAP", test_keys=("map",)))
+    other = report_for("depth", spec=TaskSpec("depth", "map", "mAP", test_keys=("map",)))
     assert [s.sid for s in other.sections] == ["evaluation"] and other.metric("map").label == "map"
 
 
@@ -267,7 +267,7 @@ def test_an_unknown_task_is_shown_generically(seg_run):
     run_dir, _ = seg_run
     for name in ("config.yaml", "run.json"):
         p = run_dir / name
-        p.write_text(p.read_text().replace("segmentation", "detection"))
+        p.write_text(p.read_text().replace("segmentation", "depth"))
     ev = json.loads((run_dir / "eval.json").read_text())
     ev["map"] = 0.41
     (run_dir / "eval.json").write_text(json.dumps(ev))
@@ -275,7 +275,7 @@ def test_an_unknown_task_is_shown_generically(seg_run):
     run["test"] = {"map": 0.41}
     (run_dir / "run.json").write_text(json.dumps(run))
     page = write_report(run_dir).read_text()
-    assert "task &#x27;detection&#x27; is not known to this visionsmith" in page
+    assert "task &#x27;depth&#x27; is not known to this visionsmith" in page
     assert "41.00%" not in page and "0.41" in page and "has no report sections yet" in page
     assert "could not be drawn" not in page
     assert render_model_card(load_run(run_dir))  # the card too

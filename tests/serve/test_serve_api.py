@@ -71,6 +71,28 @@ def test_topk_is_capped_and_probabilities_sum_to_one(client, digit_pngs):
     assert [t["prob"] for t in topk] == sorted((t["prob"] for t in topk), reverse=True)
 
 
+@pytest.mark.parametrize("topk", [2.9, True, "2.9", -3, 0, [3]])
+def test_a_topk_that_is_not_a_positive_integer_is_a_400(client, digit_pngs, topk):
+    r = client.post(PREDICT, json={"image": base64.b64encode(digit_pngs[0]).decode(), "topk": topk})
+    assert r.status_code == 400 and "topk must be an integer >= 1" in r.text
+
+
+def test_a_huge_bad_value_is_not_echoed_back(client, digit_pngs):
+    r = client.post(PREDICT, files={"file": ("x.png", digit_pngs[0], "image/png")}, data={"topk": "x" * 150_000})
+    assert r.status_code == 400 and "topk must be an integer >= 1" in r.text and len(r.content) < 500
+
+
+def test_get_on_predict_is_405(client):
+    name = client.get("/v1/models").json()["models"][0]["name"]
+    r = client.get(f"/v1/models/{name}:predict")
+    assert r.status_code == 405 and r.headers["allow"] == "POST"
+
+
+def test_json_nested_too_deep_is_a_400_not_a_500(client):
+    r = client.post(PREDICT, content=b"[" * 90_000 + b"]" * 90_000, headers={"Content-Type": "application/json"})
+    assert r.status_code == 400 and "nested too deeply" in r.text
+
+
 def test_photo_like_inputs_are_converted(client):
     """RGB, RGBA, palette, 16-bit and JPEG uploads to a grayscale model all work."""
     rng = np.random.default_rng(0)

@@ -1,7 +1,7 @@
 """Serving an ONNX file next to a checkpoint: same answers, batching, clear errors; and a
 checkpoint serves on a machine without onnx/onnxruntime.
 
-Most ONNX files here are made with a plain ``torch.onnx.export`` of the run's ``PixelModel`` and
+Most ONNX files here are made with a plain ``torch.onnx.export`` of the run's model (it takes pixels) and
 the export contract (input ``pixels`` [N, C, S, S] in [0, 1], output ``logits``, metadata key
 ``visionsmith`` with classes, image_size, in_chans, task, preprocess), so they can also be made
 with a fixed batch size or without metadata; one test serves what ``visionsmith export`` writes."""
@@ -28,11 +28,9 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
 def export_onnx(run_dir, path, dynamic_batch=True, metadata=True):
     """The run's best weights as ``path`` (an .onnx file following the export contract)."""
-    from visionsmith.engine.build import build_transforms, load_trained
-    from visionsmith.models.pixel import PixelModel
+    from visionsmith.engine.build import load_trained
     cfg, model, classes, info = load_trained(run_dir)
-    _, eval_tf = build_transforms(cfg, model)
-    pm = PixelModel(model, eval_tf.mean, eval_tf.std).eval()
+    pm = model.eval()  # [0, 1] pixels in: the model normalises them itself
     s, c = cfg.data.image_size, cfg.model.in_chans
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.onnx.export(pm, (torch.rand(1, c, s, s),), str(path), input_names=["pixels"], output_names=["logits"],

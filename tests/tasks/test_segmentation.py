@@ -46,7 +46,7 @@ def test_train_mask_follows_the_pixels():
     masks = torch.randint(0, 5, (8, 16, 16), generator=g).repeat_interleave(2, 1).repeat_interleave(2, 2)  # [8, 32, 32]
     images = (masks * 50).to(torch.uint8)[:, None]  # [8, 1, 32, 32]
     from visionsmith.config import AugmentConfig
-    tf = BatchTransform(True, 32, (0.0,) * 3, (1.0,) * 3, 1, AugmentConfig(hflip=True, scale=(0.5, 1.0), translate=0.2))
+    tf = BatchTransform(True, 32, 1, AugmentConfig(hflip=True, scale=(0.5, 1.0), translate=0.2))
     x, m = tf(images, torch.Generator().manual_seed(1), masks=masks.to(torch.uint8))
     assert m.dtype == torch.int64 and m.shape == (8, 32, 32)
     inside = m != 255
@@ -57,7 +57,7 @@ def test_train_mask_follows_the_pixels():
     agree = (value.round().long() == m) | ~exact | ~inside
     assert agree.float().mean() > 0.99
     # eval: a plain nearest resize, no ignore
-    ev = BatchTransform(False, 16, (0.0,) * 3, (1.0,) * 3, 1)
+    ev = BatchTransform(False, 16, 1)
     _, m2 = ev(images, None, masks=masks.to(torch.uint8))
     assert torch.equal(m2, masks[:, ::2, ::2])
 
@@ -71,7 +71,7 @@ def test_segmentation_train_eval_and_cli(scenes_root, tmp_path, cli):
     assert len(ev["per_class"]["iou"]) == 11 and ev["n"] == 24
     # Learning, after 48 steps on 192 scenes: predicting background everywhere scores mIoU ~0.077
     # (its IoU ~0.85 over 11 classes) and an untrained decoder less; the val mIoU rises epoch by epoch.
-    assert ev["miou"] > 0.085 and ev["pixel_acc"] > 0.8
+    assert ev["miou"] > 0.085 and ev["pixel_acc"] > 0.7  # Dice (the recipe's 0.5) trades some background accuracy
     info = json.loads((run / "run.json").read_text())
     assert info["task"] == "segmentation" and info["test"]["miou"] == ev["miou"]
     rows = [json.loads(r) for r in (run / "metrics.jsonl").read_text().splitlines()]
@@ -121,7 +121,8 @@ def test_distillation_per_pixel(scenes_root, tmp_path):
 
 def test_methods_declare_the_tasks_they_support():
     from visionsmith.methods import list_methods, method_spec
-    assert {"classification", "segmentation"} <= set(method_spec("supervised").tasks)
+    assert method_spec("supervised").tasks is None  # any task: its loss is the task's
+    assert set(method_spec("distill").tasks) == {"classification", "segmentation"}
     assert not method_spec("simclr").labels and not method_spec("simclr").trains_head
     assert method_spec("distill").teacher
     assert {m.name for m in list_methods()} >= {"supervised", "distill", "adversarial", "simclr", "mim"}

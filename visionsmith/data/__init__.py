@@ -1,8 +1,8 @@
 """Datasets, decoding and batched transforms.
 
     build_datasets(cfg.data, seed) -> {"train", "val", "test"}: ImageDataset   (uint8 [N, C, H, W])
-    BatchTransform(train, image_size, mean, std, in_chans, augment)(uint8 batch, generator)
-        -> float32 [B, in_chans, image_size, image_size]
+    BatchTransform(train, image_size, in_chans, augment)(uint8 batch, generator)
+        -> float32 [B, in_chans, image_size, image_size] pixels in [0, 1] (the model normalises them)
     load_image(path) -> PIL "RGB"/"L";  image_to_uint8(img, size, grayscale) -> uint8 [C, size, size]
 
 Sources: ``fashion_mnist`` (Debian idx files), ``digits`` (scikit-learn), ``folder``

@@ -6,7 +6,9 @@ file order (a later one covers an earlier one); ``iscrowd`` regions are painted 
 and give no box.  Polygons and RLE (compressed string or uncompressed list counts) are decoded
 by pycocotools, after checking them here: pycocotools reads past the end of a malformed RLE.
 An image without annotations is valid (all background).  A bad annotation makes its whole image
-unusable (its mask would be wrong), so the image is skipped and listed, or raised with ``strict``.
+unusable (its mask would be wrong), so the image is skipped and listed, or raised with ``strict``;
+so is an image entry whose ``file_name`` an earlier entry already has.  A ``bbox`` of zero or
+negative width or height loses only its box (listed); a repeated image id is a ``DataError``.
 """
 from __future__ import annotations
 
@@ -53,6 +55,11 @@ def read_coco(path: str | os.PathLike) -> dict:
     ids = [c["id"] for c in coco["categories"]]
     if len(set(ids)) < len(ids):
         raise DataError(f"{path}: category id {next(i for i in ids if ids.count(i) > 1)} appears twice")
+    seen = set()
+    for im in coco["images"]:  # annotations name images by id: a repeated id makes them ambiguous
+        if im["id"] in seen:
+            raise DataError(f"{path}: image id {im['id']} appears twice in images; give each image its own id")
+        seen.add(im["id"])
     if not ids:
         raise DataError(f"{path}: no categories")
     return coco
@@ -126,6 +133,10 @@ def ann_mask(segm, h: int, w: int, where: str) -> np.ndarray:
     return runs_to_mask(runs, h, w)
 
 
+def _is_bbox(bb) -> bool:
+    return isinstance(bb, list) and len(bb) == 4 and all(isinstance(v, (int, float)) for v in bb)
+
+
 def _target(anns: list[dict], file: str, json_path: Path, index: dict[int, int], size_in_json):
     """The ``Target`` function of one image: its semantic mask, boxes and box labels at its own size."""
     def target(w: int, h: int) -> Target:
@@ -145,9 +156,10 @@ def _target(anns: list[dict], file: str, json_path: Path, index: dict[int, int],
             if crowd:
                 continue
             bb = a.get("bbox")
-            if bb is not None and not (isinstance(bb, list) and len(bb) == 4 and all(isinstance(v, (int, float))
-                                                                                for v in bb) and min(bb[2:]) >= 0):
+            if bb is not None and not _is_bbox(bb):
                 raise DataError(f"{where}: bbox {bb} is not [x, y, width, height]")
+            if bb is not None and min(bb[2:]) <= 0:  # no area: listed in skipped by load_coco
+                continue
             if bb is None:
                 ys, xs = np.nonzero(m)
                 bb = [xs.min(), ys.min(), xs.max() + 1 - xs.min(), ys.max() + 1 - ys.min()] if xs.size else [0, 0, 0, 0]
@@ -171,19 +183,33 @@ def load_coco(images: str | os.PathLike, annotations: str | os.PathLike, size: i
     if classes is not None and list(classes) != cls:
         raise DataError(f"{json_path}: categories give classes {cls[1:]}, not the train split's {list(classes)[1:]}")
     by_image = {im["id"]: [] for im in coco["images"]}
+    files = {im["id"]: im["file_name"] for im in coco["images"]}
     skipped = []
+
+    def skip(where: str, why: str) -> None:
+        if strict:
+            raise DataError(f"{where}: {why}")
+        skipped.append((where, why))
+
     for a in coco["annotations"]:
-        if a["image_id"] in by_image:
-            by_image[a["image_id"]].append(a)
-        else:
-            why = f"annotation {a.get('id', '?')} refers to image id {a['image_id']}, which is not in images"
-            if strict:
-                raise DataError(f"{json_path}: {why}")
-            skipped.append((str(json_path), why))
+        if a["image_id"] not in by_image:
+            skip(str(json_path), f"annotation {a.get('id', '?')} refers to image id {a['image_id']}, "
+                                 "which is not in images")
+            continue
+        by_image[a["image_id"]].append(a)
+        bb = a.get("bbox")
+        if not a.get("iscrowd", 0) and bb is not None and _is_bbox(bb) and min(bb[2:]) <= 0:
+            skip(str(json_path), f"annotation {a.get('id', '?')} (image {files[a['image_id']]}): bbox {bb} has "
+                                 "no area; the box is left out (its mask is kept)")
     if not coco["images"]:
         raise DataError(f"{json_path}: no images")
-    samples = []
+    samples, first = [], {}
     for im in coco["images"]:
+        if im["file_name"] in first:  # the same picture twice would count twice (and may cross splits)
+            skip(str(images / im["file_name"]), f"{json_path}: image id {im['id']} lists the same file as image "
+                                                f"id {first[im['file_name']]}; left out")
+            continue
+        first[im["file_name"]] = im["id"]
         wh = (im["width"], im["height"]) if "width" in im and "height" in im else None
         samples.append((str(images / im["file_name"]), _target(by_image[im["id"]], im["file_name"], json_path,
                                                                index, wh)))

@@ -7,6 +7,10 @@ random numbers come from the ``torch.Generator`` passed in (drawn on the generat
 usually the CPU, whatever device the images are on), so the same generator state gives
 bit-identical batches: that is what makes a resumed run see exactly the batches the interrupted
 one would have seen.
+
+The output is [0, 1] pixels: normalisation with a model's mean/std happens inside the model (its
+``pixel_norm``, see ``models/_base.py``), so every consumer (the loop, attacks, export, serving)
+handles the same pixels.
 """
 from __future__ import annotations
 
@@ -23,32 +27,22 @@ IGNORE = 255  # the mask value of pixels no loss or metric counts (outside the i
 
 
 class BatchTransform:
-    """uint8 ``[B, C, h, w]`` -> float32 ``[B, in_chans, image_size, image_size]``, normalised.
+    """uint8 ``[B, C, h, w]`` -> float32 ``[B, in_chans, image_size, image_size]`` pixels in [0, 1].
 
     Steps: scale to [0, 1]; match channels (gray -> RGB by repeating, RGB -> gray by luma);
     train: per-sample random-resized-crop (area in ``augment.scale``, aspect in [3/4, 4/3]),
     shift of up to ``augment.translate`` of the side, horizontal flip with p=0.5 (pixels warped
     in from outside the image are black); eval: plain bilinear resize (antialiased when
-    shrinking); then ``(x - mean) / std``.
-
-    ``mean``/``std`` are 3-tuples; with ``in_chans == 1`` their channel means are used.  The
-    tensors ``self.mean``/``self.std`` are ``[1, in_chans, 1, 1]``; ``to_pixels`` undoes the
-    normalisation (attacks, plots) and ``normalize`` applies it to [0, 1] pixels.
+    shrinking).  No normalisation: the model does that itself (``model.pixel_norm``).
     """
 
-    def __init__(self, train: bool, image_size: int, mean: tuple, std: tuple, in_chans: int,
-                 augment: AugmentConfig | None = None):
+    def __init__(self, train: bool, image_size: int, in_chans: int, augment: AugmentConfig | None = None):
         if in_chans not in (1, 3):
             raise ValueError(f"in_chans must be 1 or 3, got {in_chans}")
         self.train = train
         self.image_size = int(image_size)
         self.in_chans = in_chans
         self.augment = augment or AugmentConfig()
-        mean_t, std_t = torch.tensor(mean, dtype=torch.float32), torch.tensor(std, dtype=torch.float32)
-        if in_chans == 1 and mean_t.numel() != 1:
-            mean_t, std_t = mean_t.mean().reshape(1), std_t.mean().reshape(1)
-        self.mean = mean_t.reshape(1, -1, 1, 1).expand(1, in_chans, 1, 1).contiguous()
-        self.std = std_t.reshape(1, -1, 1, 1).expand(1, in_chans, 1, 1).contiguous()
 
     def __repr__(self) -> str:
         return (f"BatchTransform(train={self.train}, image_size={self.image_size}, in_chans={self.in_chans}, "
@@ -56,7 +50,8 @@ class BatchTransform:
 
     def __call__(self, images: torch.Tensor, generator: torch.Generator | None = None,
                  masks: torch.Tensor | None = None):
-        """images uint8 ``[B, C, h, w]`` (or float in [0, 1]) -> float32 ``[B, in_chans, S, S]``.
+        """images uint8 ``[B, C, h, w]`` (or float in [0, 1]) -> float32 pixels ``[B, in_chans, S, S]``
+        (a new contiguous tensor, never ``images`` itself).
 
         ``generator`` feeds every random choice in training mode (None: the global RNG, which
         makes the batch unreproducible on resume); eval mode uses no randomness at all.
@@ -71,7 +66,7 @@ class BatchTransform:
               min_side: float = 1.0) -> dict:
         """The images and their targets moved by the same per-sample matrix.
 
-        -> ``{"image": float32 [B, in_chans, S, S]}`` plus, when given,
+        -> ``{"image": float32 [B, in_chans, S, S]}`` ([0, 1] pixels, contiguous) plus, when given,
         ``"mask"``: int64 ``[B, S, S]`` from ``masks`` ``[B, h, w]`` (nearest neighbour, so labels are
         never blended; pixels warped in from outside the image get ``IGNORE``), and
         ``"boxes"`` / ``"keep"``: from ``boxes`` (per image float ``[M_i, 4]`` x1, y1, x2, y2 in input
@@ -96,7 +91,8 @@ class BatchTransform:
             x = self._resize(x)
         if x.shape[1] != self.in_chans:  # 1 -> 3 after warping: the warp ran on one channel
             x = x.expand(-1, self.in_chans, -1, -1)
-        out = {"image": self.normalize(x)}
+        # A new contiguous tensor (the expanded gray channels materialised; float input not aliased).
+        out = {"image": x.clone(memory_format=torch.contiguous_format) if x is images else x.contiguous()}
         if masks is not None:
             out["mask"] = self._masks(masks, theta)
         if boxes is not None:
@@ -140,14 +136,6 @@ class BatchTransform:
             m = F.interpolate(m, size=(s, s), mode="nearest")
         m = m[:, 0].long() - 1
         return torch.where(m < 0, torch.full_like(m, IGNORE), m)
-
-    def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
-        """[0, 1] pixels ``[B, in_chans, H, W]`` -> model input (a new contiguous float32 tensor)."""
-        return ((pixels - self.mean.to(pixels.device)) / self.std.to(pixels.device)).contiguous()
-
-    def to_pixels(self, x: torch.Tensor) -> torch.Tensor:
-        """Model input ``[B, in_chans, H, W]`` -> [0, 1] pixels (clamped)."""
-        return (x * self.std.to(x.device) + self.mean.to(x.device)).clamp(0, 1)
 
     # -- eval ---------------------------------------------------------------------------------
 

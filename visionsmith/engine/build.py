@@ -5,8 +5,8 @@ import math
 from pathlib import Path
 
 import torch
-import torch.nn as nn
 from safetensors.torch import load_file
+from torch import nn
 
 from ..config import Config, PruneConfig
 from ..data import BatchTransform
@@ -38,11 +38,11 @@ def build_model(cfg: Config, num_classes: int, pretrained: bool | str | None = N
     return adapt_model(get_task(cfg).build_model(num_classes, pretrained), cfg.adapt)
 
 
-def build_transforms(cfg: Config, model: nn.Module) -> tuple[BatchTransform, BatchTransform]:
-    """(train, eval) batch transforms normalising with the model's pretrained mean/std."""
-    pc = getattr(model, "pretrained_cfg", {}) or {}
-    mean, std = tuple(pc.get("mean", (0.5, 0.5, 0.5))), tuple(pc.get("std", (0.5, 0.5, 0.5)))
-    mk = lambda train: BatchTransform(train, cfg.data.image_size, mean, std, cfg.model.in_chans, cfg.data.augment)  # noqa: E731
+def build_transforms(cfg: Config, model: nn.Module | None = None) -> tuple[BatchTransform, BatchTransform]:
+    """(train, eval) batch transforms: uint8 images -> [0, 1] pixels at ``data.image_size`` with
+    ``model.in_chans`` channels.  The model normalises the pixels itself (``model.pixel_norm``), so
+    ``model`` is not needed (the parameter stays for the callers that pass it)."""
+    mk = lambda train: BatchTransform(train, cfg.data.image_size, cfg.model.in_chans, cfg.data.augment)
     return mk(True), mk(False)
 
 
@@ -129,12 +129,13 @@ def load_trained(run_dir, which: str = "best", device: torch.device | str = "cpu
 
 
 def build_teacher(cfg: Config, classes: list[str], device: torch.device) -> dict:
-    """The distillation teacher, frozen, and how it wants its input.
+    """The distillation teacher, frozen, and the input size and channels it wants (it normalises the
+    pixels itself, with its own ``pixel_norm``).
 
     ``cfg.distill.teacher``: a run folder (its best weights, classes checked against ``classes``)
     or a registered model name (its embedded pretrained weights: useful for feature distillation;
     its ImageNet classes are not the student's, so logit distillation refuses it).
-    Returns ``{"model", "mean", "std", "size", "in_chans", "source"}``.
+    Returns ``{"model", "size", "in_chans", "source"}``.
     """
     from ..models import get_model_entry
     d = cfg.distill
@@ -157,10 +158,8 @@ def build_teacher(cfg: Config, classes: list[str], device: torch.device) -> dict
                              f"run's {len(classes)}; use distill.kind=feature with it, or a run folder as teacher")
         model = create_model(src, num_classes=0, pretrained=True).to(device)
         size, in_chans = cfg.data.image_size, 3
-    pc = getattr(model, "pretrained_cfg", {}) or {}
     model.eval().requires_grad_(False)
-    return {"model": model, "mean": tuple(pc.get("mean", (0.5,) * 3)), "std": tuple(pc.get("std", (0.5,) * 3)),
-            "size": size, "in_chans": in_chans, "source": src}
+    return {"model": model, "size": size, "in_chans": in_chans, "source": src}
 
 
 # ---------------------------------------------------------------------------------------------

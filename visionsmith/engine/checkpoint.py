@@ -77,12 +77,32 @@ def load_checkpoint(ckpt_dir: Path) -> tuple[dict[str, torch.Tensor], dict, dict
     from safetensors.torch import load_file
     last = ckpt_dir / "last.safetensors"
     if not last.is_file():
-        raise CheckpointError(f"{ckpt_dir} holds no committed checkpoint (last.safetensors); the run stopped "
-                              "before its first checkpoint: start it again with `visionsmith train`")
+        raise CheckpointError(f"{ckpt_dir} holds no committed checkpoint (last.safetensors is missing while other "
+                              "checkpoint files are there: the folder was changed by hand); start a new run with "
+                              "`visionsmith train`")
     meta = read_meta(last)
     state_path = ckpt_dir / meta.get("state", "")
     if not meta.get("state") or not state_path.is_file():
         raise CheckpointError(f"{last} names resume state {meta.get('state')!r}, which is missing; "
                               "the run folder was changed by hand")
-    state = torch.load(state_path, map_location="cpu", weights_only=True)
-    return load_file(str(last)), state, meta
+    try:
+        state = torch.load(state_path, map_location="cpu", weights_only=True)
+        if not isinstance(state, dict) or not {"step", "epoch", "batch", "optimizer"} <= set(state):
+            raise ValueError("not a visionsmith resume state")
+    except Exception as e:  # noqa: BLE001 - truncated, zeroed, random bytes, another program's file: one line
+        why = (str(e).splitlines() or ["unreadable"])[0][:120]
+        raise CheckpointError(f"{state_path} is damaged ({type(e).__name__}: {why}); "
+                              f"this run cannot resume from it. Its last weights ({last.name}) are intact for "
+                              "eval/export; to continue training, start a new run (`visionsmith train`)") from None
+    try:
+        weights = load_file(str(last))
+    except Exception as e:  # noqa: BLE001
+        raise CheckpointError(f"{last} is damaged ({type(e).__name__}); start the run again with "
+                              "`visionsmith train`") from None
+    return weights, state, meta
+
+
+def never_checkpointed(ckpt_dir: Path) -> bool:
+    """True for a run killed before its first checkpoint: no weights and no resume state at all (a folder
+    that has some but lacks ``last.safetensors`` was changed by hand, and ``load_checkpoint`` says so)."""
+    return not ckpt_dir.is_dir() or not any(p.suffix in (".safetensors", ".pt") for p in ckpt_dir.iterdir())

@@ -4,7 +4,7 @@ from __future__ import annotations
 import copy
 
 import torch
-import torch.nn as nn
+from torch import nn
 
 
 class ModelEMA(nn.Module):

@@ -4,7 +4,7 @@ from __future__ import annotations
 import contextlib
 
 import torch
-import torch.nn as nn
+from torch import nn
 from tqdm.auto import tqdm
 
 from ..data import BatchTransform, ImageDataset

@@ -15,14 +15,15 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn as nn
+from torch import nn
 from tqdm.auto import tqdm
 
 from ..config import Config, save_config, to_dict
 from ..errors import UserError
 from ..methods import build_method, method_spec
+from ..models.weights import load_strict
 from ..surgery.transfer import param_summary
-from ..tasks import get_task
+from ..tasks import batch_to, get_task
 from . import distributed as D
 from .build import (
     autocast_dtype,
@@ -32,7 +33,7 @@ from .build import (
     build_transforms,
     lr_at,
 )
-from .checkpoint import load_checkpoint, save_checkpoint, save_weights
+from .checkpoint import load_checkpoint, never_checkpointed, save_checkpoint, save_weights
 from .ema import ModelEMA
 from .runfolder import (
     MetricsLog,
@@ -89,7 +90,12 @@ def fit(cfg: Config, out: str | Path | None = None, resume: str | Path | None = 
 
     # -- data and model (every rank builds the same, deterministically) ---------------------
     task, spec = get_task(cfg), method_spec(cfg.method)
-    data = task.build_datasets(cfg.seed)
+    try:
+        data = task.build_datasets(cfg.seed)
+    except BaseException:
+        if resume is None and d.main and run_dir.is_dir() and not any(run_dir.iterdir()):
+            run_dir.rmdir()  # bad data (e.g. --strict): leave no empty run folder behind
+        raise
     train_ds, val_ds = data["train"], data.get("val")
     classes = train_ds.classes
     torch.manual_seed(cfg.seed)  # the new head's init
@@ -98,7 +104,7 @@ def fit(cfg: Config, out: str | Path | None = None, resume: str | Path | None = 
         model = model.to(memory_format=torch.channels_last)
     train_tf, eval_tf = build_transforms(cfg, model)
     teacher = build_teacher(cfg, classes, device) if spec.teacher else None
-    method = build_method(cfg, model, task, teacher=teacher, input_norm=(train_tf.mean, train_tf.std)).to(device)
+    method = build_method(cfg, model, task, teacher=teacher).to(device)
     trained = [p for p in method.parameters() if p.requires_grad]  # what clipping covers: a projector's too
     opt = build_optimizer(cfg, method)
     ema = ModelEMA(model, t.ema_decay) if t.ema else None
@@ -120,9 +126,14 @@ def fit(cfg: Config, out: str | Path | None = None, resume: str | Path | None = 
     # -- state: fresh, or from the last committed checkpoint ---------------------------------
     step, epoch, start_batch, best, bad_epochs = 0, 0, 0, None, 0
     train_time = 0.0
-    if resume is not None:
+    if resume is not None and never_checkpointed(run_dir / "checkpoints"):
+        # killed before its first checkpoint: nothing to continue from, so it starts again at step 0
+        print(f"{run_dir} stopped before its first checkpoint: training it from step 0", flush=True)
+        if d.main:
+            truncate_metrics(run_dir / "metrics.jsonl", 0)
+    elif resume is not None:
         weights, state, _ = load_checkpoint(run_dir / "checkpoints")
-        model.load_state_dict(weights)
+        load_strict(model, weights, f"checkpoint {run_dir / 'checkpoints' / 'last.safetensors'} (config {cfg.model.name})")
         if state.get("method"):
             method.load_state_dict({**method.state_dict(), **state["method"]})
         opt.load_state_dict(state["optimizer"])
@@ -182,7 +193,7 @@ def fit(cfg: Config, out: str | Path | None = None, resume: str | Path | None = 
                 # and the task's target (moved by the same augmentation).
                 idx = perm[b * per_step + d.rank * t.batch_size: b * per_step + (d.rank + 1) * t.batch_size]
                 gen = torch.Generator().manual_seed(_seed_for(cfg.seed, 2, epoch, b, d.rank))
-                batch = {k: v.to(device, non_blocking=True) for k, v in task.make_batch(train_ds, idx, train_tf, gen).items()}
+                batch = batch_to(task.make_batch(train_ds, idx, train_tf, gen), device)
                 if t.channels_last:
                     batch["image"] = batch["image"].contiguous(memory_format=torch.channels_last)
                 # Dropout etc.: a function of the step.  Seeding only the generators in use; torch.manual_seed

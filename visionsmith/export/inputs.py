@@ -1,7 +1,7 @@
 """The images an export is calibrated and checked on, as [0, 1] pixels the exported graph takes.
 
 Both are preprocessed exactly as evaluation does (``BatchTransform`` in eval mode: resize, channel
-matching), stopping before normalisation, which the exported graph does itself.  The splits and the
+matching; its output is [0, 1] pixels, which the model and the exported graph normalise themselves).  The splits and the
 targets come from the run's task (``task.build_datasets`` / ``task.make_batch``): labels ``[N]`` for
 classification, masks ``[N, S, S]`` (resized nearest with the pixels) for segmentation.
 """
@@ -19,15 +19,17 @@ from ..errors import UserError
 @dataclass
 class Pixels:
     """``pixels`` float32 ``[N, C, S, S]`` in [0, 1]; ``labels``: the task's targets (int64 ``[N]`` labels,
-    ``[N, S, S]`` masks) or None; ``source`` in words."""
+    ``[N, S, S]`` masks, per-image boxes) or None; ``source`` in words; ``targets``: every target of the
+    batch by key (detection's ``boxes`` and ``labels``), or None."""
     pixels: torch.Tensor
     labels: torch.Tensor | None
     source: str
+    targets: dict | None = None
 
 
 def pixel_transform(eval_tf: BatchTransform) -> BatchTransform:
-    """``eval_tf`` without normalisation: uint8 ``[N, C, h, w]`` -> [0, 1] pixels ``[N, in_chans, S, S]``."""
-    return BatchTransform(False, eval_tf.image_size, (0.0,) * 3, (1.0,) * 3, eval_tf.in_chans)
+    """``eval_tf`` in eval mode (no augmentation): uint8 ``[N, C, h, w]`` -> [0, 1] pixels ``[N, in_chans, S, S]``."""
+    return BatchTransform(False, eval_tf.image_size, eval_tf.in_chans)
 
 
 def _pick(n_total: int, n: int, seed: int) -> torch.Tensor:
@@ -50,7 +52,8 @@ def heldout_pixels(cfg, eval_tf: BatchTransform, n: int, seed: int = 0) -> Pixel
     idx = _pick(len(ds), n, seed)
     with torch.no_grad():
         batch = task.make_batch(ds, idx, pixel_transform(eval_tf), None)
-    return Pixels(batch["image"], batch[task.target_key], f"{len(idx)} of {len(ds)} {split} images ({ds.name})")
+    return Pixels(batch["image"], batch[task.target_key], f"{len(idx)} of {len(ds)} {split} images ({ds.name})",
+                  {k: v for k, v in batch.items() if k != "image"})
 
 
 def calibration_pixels(cfg, eval_tf: BatchTransform, n: int, folder: str | Path | None = None,

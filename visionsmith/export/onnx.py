@@ -3,8 +3,9 @@
     export_onnx("runs/fm")                       # -> runs/fm/export/model.onnx
     export_onnx("runs/fm", int8="static")        # -> runs/fm/export/model.int8.onnx
 
-The graph is ``PixelModel(model)``: [0, 1] pixels in, logits out (``[N, K]`` per image, or
-``[N, K, S, S]`` per pixel for segmentation), normalisation inside (the contract is in
+The graph is the run's model itself: [0, 1] pixels in, logits out (``[N, K]`` per image, or
+``[N, K, S, S]`` per pixel for segmentation), normalisation inside (the model's ``pixel_norm``, whose
+mean/std become constants of the graph; the contract is in
 ``visionsmith.export.runtime``).  What is compared, and the INT8 bound, come from the run's task
 (``visionsmith.outputs``): top-1 and accuracy per image, or argmax agreement and mIoU per pixel.
 
@@ -90,7 +91,6 @@ def export_onnx(run_dir: str | Path, int8: str | None = None, opset: int = DEFAU
     """
     from ..engine.build import build_transforms, load_trained
     from ..methods import trains_head
-    from ..models.pixel import PixelModel
     from ..outputs import output_for
     from ..tasks import get_task
     from .inputs import calibration_pixels, heldout_pixels
@@ -109,12 +109,12 @@ def export_onnx(run_dir: str | Path, int8: str | None = None, opset: int = DEFAU
         raise ExportError(f"{run_dir} is a self-supervised pretraining run (method={cfg.method}): its classifier "
                           "was never trained; fine-tune a classifier from it and export that run")
     task = get_task(cfg)
-    output = output_for(task.name, classes)  # what the graph returns and how parity is judged
+    output = output_for(task.name, classes, task.postprocess_settings())  # the graph's output, how parity is judged
     max_drop = output.int8_max_drop if max_drop is None else max_drop
     if threads:
         torch.set_num_threads(threads)
     _, eval_tf = build_transforms(cfg, model)
-    pixel_model = PixelModel(model, eval_tf.mean, eval_tf.std).eval()
+    model.eval()  # takes [0, 1] pixels: it normalises them itself (pixel_norm)
     grayscale = info.get("data", {}).get("channels", 3) == 1  # how predict decodes files for this run
     out = Path(out) if out is not None else default_path(run_dir, int8)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -130,10 +130,10 @@ def export_onnx(run_dir: str | Path, int8: str | None = None, opset: int = DEFAU
     tmp_fp32 = out.with_name(f".{out.stem}.fp32-{os.getpid()}.tmp.onnx")
     tmp_int8 = out.with_name(f".{out.stem}.int8-{os.getpid()}.tmp.onnx")
     try:
-        _torch_export(pixel_model, eval_tf, opset, tmp_fp32, run_dir, cfg)
+        _torch_export(model, eval_tf, opset, tmp_fp32, run_dir, cfg)
         set_metadata(tmp_fp32, {**meta, "int8": False})
         parity = {"images": held.source}
-        parity["fp32"] = output.compare(pixel_model, OnnxModel(tmp_fp32, threads), held, atol, task, cache)
+        parity["fp32"] = output.compare(model, OnnxModel(tmp_fp32, threads), held, atol, task, cache)
         output.check_fp32(parity["fp32"], atol)
         quant = None
         final = tmp_fp32
@@ -143,7 +143,7 @@ def export_onnx(run_dir: str | Path, int8: str | None = None, opset: int = DEFAU
             if cal is not None:
                 quant["calib_source"] = cal.source
             set_metadata(tmp_int8, {**meta, "quantization": quant})
-            parity["int8"] = output.compare(pixel_model, OnnxModel(tmp_int8, threads), held, atol, task, cache)
+            parity["int8"] = output.compare(model, OnnxModel(tmp_int8, threads), held, atol, task, cache)
             output.check_int8(parity["int8"], max_drop, int8)
             final = tmp_int8
         os.replace(final, out)  # the only step that makes the file look done
@@ -155,8 +155,8 @@ def export_onnx(run_dir: str | Path, int8: str | None = None, opset: int = DEFAU
     return ExportResult(out, record)
 
 
-def _torch_export(pixel_model, eval_tf, opset: int, path: Path, run_dir: Path, cfg) -> None:
-    """``torch.onnx.export(dynamo=True)`` of ``pixel_model`` into ``path`` (weights inside the file)."""
+def _torch_export(model, eval_tf, opset: int, path: Path, run_dir: Path, cfg) -> None:
+    """``torch.onnx.export(dynamo=True)`` of ``model`` (pixels in) into ``path`` (weights inside the file)."""
     import onnx
 
     from ..surgery.transfer import PEFT_MODES
@@ -170,8 +170,8 @@ def _torch_export(pixel_model, eval_tf, opset: int, path: Path, run_dir: Path, c
     try:
         with warnings.catch_warnings(), contextlib.redirect_stdout(quiet):
             warnings.simplefilter("ignore", (FutureWarning, DeprecationWarning, UserWarning))
-            program = torch.onnx.export(pixel_model, (example,), None, input_names=[INPUT_NAME],
-                                        output_names=[OUTPUT_NAME], dynamic_shapes={"pixels": {0: batch}},
+            program = torch.onnx.export(model, (example,), None, input_names=[INPUT_NAME],
+                                        output_names=[OUTPUT_NAME], dynamic_shapes=({0: batch},),
                                         opset_version=opset, dynamo=True, verbose=False, optimize=True)
     except Exception as e:  # noqa: BLE001 - the exporter raises many types; the user needs one line
         hint = (f" A {cfg.adapt.mode} run: fold its adapters first (`visionsmith merge {run_dir}`) and export "

@@ -58,7 +58,8 @@ def compare(ref: np.ndarray, got: np.ndarray, labels: np.ndarray | None, atol: f
 
 @torch.no_grad()
 def torch_logits(model: torch.nn.Module, pixels: torch.Tensor, batch: int = 256) -> np.ndarray:
-    """``model`` (a ``PixelModel``) on pixels ``[N, C, S, S]`` -> float32 logits ``[N, K]``."""
+    """``model`` (a visionsmith model: it takes [0, 1] pixels) on pixels ``[N, C, S, S]`` -> float32
+    logits ``[N, K]``."""
     return torch.cat([model(pixels[i:i + batch]).float() for i in range(0, len(pixels), batch)]).numpy()
 
 
@@ -92,7 +93,7 @@ def check_int8(res: dict, max_drop: float = INT8_MAX_DROP, mode: str = "static")
 @torch.no_grad()
 def compare_dense(model: torch.nn.Module, clf, pixels: torch.Tensor, targets: torch.Tensor | None, make_metric,
                   target_key: str, headline: str, atol: float = FP32_ATOL, batch: int = 32) -> dict:
-    """PyTorch ``model`` (a ``PixelModel``) vs an ``OnnxModel`` ``clf`` on pixels ``[N, C, S, S]`` whose
+    """PyTorch ``model`` (taking [0, 1] pixels) vs an ``OnnxModel`` ``clf`` on pixels ``[N, C, S, S]`` whose
     outputs are dense logits ``[N, K, S, S]``, streamed ``batch`` images at a time.
 
     ``targets``: int64 ``[N, S, S]`` (``IGNORE`` for void) or None; ``make_metric()``: a fresh metric

@@ -3,7 +3,7 @@
 The contract every exported file keeps (``visionsmith export`` writes it, this module reads it):
 
 - one input ``pixels``: float32 ``[N, in_chans, S, S]`` in [0, 1], N dynamic (normalisation is
-  inside the graph, see ``visionsmith.models.pixel.PixelModel``);
+  inside the graph: the model's own ``pixel_norm``, see ``visionsmith.models._base``);
 - one output ``logits``: float32 ``[N, K]`` for classification, ``[N, K, S, S]`` (per-pixel class
   scores at the input size; argmax over K is the class map) for segmentation;
 - ``metadata_props["visionsmith"]``: JSON with ``classes``, ``image_size`` (S), ``in_chans``,
@@ -96,6 +96,7 @@ class OnnxModel:
         self.meta = read_metadata(self.path)
         self.classes: list[str] = list(self.meta["classes"])
         self.task: str = self.meta["task"]
+        self.settings: dict = dict(self.meta.get("postprocess") or {})  # detection: score threshold, NMS IoU...
         self.image_size: int = int(self.meta["image_size"])
         self.in_chans: int = int(self.meta["in_chans"])
         self.int8: bool = bool(self.meta.get("int8", False))
@@ -110,10 +111,10 @@ class OnnxModel:
         names = [i.name for i in self.session.get_inputs()]
         if names != [INPUT_NAME]:
             raise UserError(f"{self.path}: expected one input named {INPUT_NAME!r}, found {names}")
-        # Eval resize and channel matching without normalisation (mean 0, std 1): the graph
-        # normalises.  The same BatchTransform code the run evaluates with, so pixels agree.
+        # Eval resize and channel matching to [0, 1] pixels (the graph normalises): the same
+        # BatchTransform code the run evaluates with, so pixels agree.
         from ..data import BatchTransform
-        self._resize = BatchTransform(False, self.image_size, (0.0,) * 3, (1.0,) * 3, self.in_chans)
+        self._resize = BatchTransform(False, self.image_size, self.in_chans)
 
     def __repr__(self) -> str:
         return (f"{type(self).__name__}({str(self.path)!r}, task={self.task}, classes={len(self.classes)}, "

@@ -1,9 +1,10 @@
 """Adversarial attacks in pixel space and adversarial training.
 
-Every attack takes a model of **[0, 1] pixels** (``models.pixel.PixelModel``, or any callable
-``pixels [B, C, H, W] -> logits [B, K]``) and pixels in [0, 1], so ``eps`` is a budget in the
-units users think in (8/255 means 8 grey levels), whatever normalisation the model was trained
-with.  Adversarial images never leave the eps ball around the input nor the [0, 1] box.
+Every attack takes a model of **[0, 1] pixels** (any visionsmith model: it normalises its input
+itself with ``pixel_norm``; or any callable ``pixels [B, C, H, W] -> logits [B, K]``) and pixels in
+[0, 1], so ``eps`` is a budget in the units users think in (8/255 means 8 grey levels), whatever
+normalisation the model was trained with.  Adversarial images never leave the eps ball around the
+input nor the [0, 1] box.
 
 Attacks: FGSM (Goodfellow et al., 2015), PGD with random start (Madry et al., 2018), L-inf or L2.
 Training methods (``method: adversarial``, ``adversarial.kind``):
@@ -13,9 +14,9 @@ Training methods (``method: adversarial``, ``adversarial.kind``):
   - ``trades``: Zhang et al. 2019 (arXiv:1901.08573): CE on clean images + beta * KL(clean || adv),
     the inner maximisation on that KL.
 
-Why not torchattacks or ART: torchattacks assumes the model takes [0, 1] inputs and gets the
-normalisation wrong for the rest (the point of this module is to get that right), ART wraps
-models in its own estimator classes; PGD itself is twenty lines.
+Why not torchattacks or ART: torchattacks assumes the model takes [0, 1] inputs (visionsmith models
+do: their normalisation is inside them, see ``models/_base.py``), ART wraps models in its own
+estimator classes; PGD itself is twenty lines.
 """
 from __future__ import annotations
 
@@ -117,34 +118,27 @@ def attack(name: str, model: PixelFn, x: torch.Tensor, y: torch.Tensor, eps: flo
 
 
 class AdversarialTraining(nn.Module):
-    """``forward({'image' [B, C, S, S] normalised, 'label' [B]}) -> {'loss', 'output', 'loss_*'}``.
+    """``forward({'image' [B, C, S, S] pixels, 'label' [B]}) -> {'loss', 'output', 'loss_*'}``.
 
-    Batches arrive normalised (the loop's transform); they are turned back into pixels, attacked
-    there, and normalised again for the model.  ``input_norm``: the (mean, std) ``[1, C, 1, 1]``
-    the loop normalised with.  The attack runs with the model in its current (training) mode, as
-    the reference implementations do, so batch-norm sees the same statistics as the update.
+    Batches arrive as [0, 1] pixels (the loop's transform) and are attacked as they are: the model
+    normalises its input itself, so ``eps`` is a pixel budget.  The attack runs with the model in
+    its current (training) mode, as the reference implementations do, so batch-norm sees the same
+    statistics as the update.
     Random starts draw from the global generator, which the loop re-seeds every step: resume is
     exact.  ``evaluate`` adds PGD robust accuracy on part of the validation set to each epoch's row.
     """
 
-    def __init__(self, model: nn.Module, cfg: AdversarialConfig, input_norm, task):
+    def __init__(self, model: nn.Module, cfg: AdversarialConfig, task):
         super().__init__()
         self.model = model
         self.cfg = cfg
         self.task = task
-        mean, std = input_norm
-        self.register_buffer("mean", torch.as_tensor(mean).float().reshape(1, -1, 1, 1), persistent=False)
-        self.register_buffer("std", torch.as_tensor(std).float().reshape(1, -1, 1, 1), persistent=False)
-
-    def pixels_model(self, model: nn.Module | None = None) -> PixelFn:
-        m = self.model if model is None else model
-        return lambda p: m((p - self.mean) / self.std)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         c = self.cfg
-        x = (batch["image"] * self.std + self.mean).clamp(0, 1)  # [B, C, S, S] pixels
+        x = batch["image"]  # [B, C, S, S] pixels in [0, 1]
         y = batch["label"]
-        f = self.pixels_model()
+        f = self.model
         if c.kind == "trades":
             return self._trades(f, x, y)
         if c.kind == "fgsm":
@@ -184,18 +178,17 @@ class AdversarialTraining(nn.Module):
         logits, rob_correct, n_rob = [], 0, min(c.eval_images, len(val_ds))
         was_training = model.training
         model.eval()
-        f = self.pixels_model(model)
         for i in range(0, len(val_ds), batch_size):
-            x = eval_tf(val_ds.images[i:i + batch_size]).to(device)
+            x = eval_tf(val_ds.images[i:i + batch_size]).to(device)  # [0, 1] pixels
             with torch.no_grad():
                 logits.append(model(x).float().cpu())
             if i < n_rob:
-                p = eval_tf.to_pixels(x)[: n_rob - i]
+                p = x[: n_rob - i]
                 y = val_ds.labels[i:i + len(p)].to(device)
                 with torch.enable_grad():
-                    x_adv = pgd(f, p, y, c.eps, c.eval_steps, None, c.norm)
+                    x_adv = pgd(model, p, y, c.eps, c.eval_steps, None, c.norm)
                 with torch.no_grad():
-                    rob_correct += int((f(x_adv).argmax(-1) == y).sum())
+                    rob_correct += int((model(x_adv).argmax(-1) == y).sum())
         model.train(was_training)
         m = self.task.score(torch.cat(logits), val_ds.labels, val_ds.classes)
         out = {k: m[k] for k in self.task.val_keys}
@@ -204,6 +197,6 @@ class AdversarialTraining(nn.Module):
 
 
 @register_method("adversarial")
-def build(cfg, model, task, teacher=None, input_norm=None):
+def build(cfg, model, task, teacher=None):
     """Adversarial training (PGD-AT, fast FGSM, TRADES) in pixel space."""
-    return AdversarialTraining(model, cfg.adversarial, input_norm, task)
+    return AdversarialTraining(model, cfg.adversarial, task)

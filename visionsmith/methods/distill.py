@@ -28,48 +28,36 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperat
                     reduction="batchmean", log_target=True) * t * t
 
 
-def _per_channel(v, chans: int) -> torch.Tensor:
-    """RGB statistics -> [1, chans, 1, 1] (their mean for a 1-channel model, as BatchTransform does)."""
-    t = torch.as_tensor(v, dtype=torch.float32).flatten()
-    if chans == 1 and t.numel() != 1:
-        t = t.mean().reshape(1)
-    return t.reshape(1, -1, 1, 1).expand(1, chans, 1, 1).contiguous()
-
-
 class TeacherInput(nn.Module):
-    """Re-normalise (and resize) a student batch for the teacher: the two may have been trained with
-    different mean/std, input size and channel count.  [B, Cs, S, S] -> [B, Ct, St, St]."""
+    """A student batch of [0, 1] pixels as the teacher wants them: its channel count and input size.
+    [B, Cs, S, S] -> [B, Ct, St, St], still pixels (the teacher normalises them with its own
+    ``pixel_norm``, whatever mean/std the student uses)."""
 
-    def __init__(self, s_mean, s_std, t_mean, t_std, t_size: int, t_chans: int):
+    def __init__(self, t_size: int, t_chans: int):
         super().__init__()
-        self.register_buffer("s_mean", torch.as_tensor(s_mean).reshape(1, -1, 1, 1).float(), persistent=False)
-        self.register_buffer("s_std", torch.as_tensor(s_std).reshape(1, -1, 1, 1).float(), persistent=False)
-        self.register_buffer("t_mean", _per_channel(t_mean, t_chans), persistent=False)
-        self.register_buffer("t_std", _per_channel(t_std, t_chans), persistent=False)
         self.size, self.chans = t_size, t_chans
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        pix = x * self.s_std + self.s_mean  # back to [0, 1] pixels
+    def forward(self, pix: torch.Tensor) -> torch.Tensor:
         if pix.shape[1] != self.chans:  # 1 <-> 3 channels: replicate or average (grayscale)
             pix = pix.expand(-1, self.chans, -1, -1) if pix.shape[1] == 1 else pix.mean(1, keepdim=True)
         if pix.shape[-1] != self.size:
             pix = F.interpolate(pix, size=(self.size, self.size), mode="bilinear", align_corners=False, antialias=True)
-        return (pix - self.t_mean) / self.t_std
+        return pix
 
 
 class Distill(nn.Module):
     """``forward({'image', 'label'}) -> {'loss', 'output', 'loss_ce', 'loss_kd'?, 'loss_feat'?}``.
 
-    ``teacher`` is the dict of ``engine.build.build_teacher``; ``input_norm`` the student's
-    (mean, std) tensors.  The teacher stays in eval mode and receives no gradient.
+    ``teacher`` is the dict of ``engine.build.build_teacher``.  Student and teacher both take the
+    batch's [0, 1] pixels and normalise them each with their own ``pixel_norm``.  The teacher stays
+    in eval mode and receives no gradient.
     """
 
-    def __init__(self, model: nn.Module, teacher: dict, cfg: DistillConfig, input_norm, task):
+    def __init__(self, model: nn.Module, teacher: dict, cfg: DistillConfig, task):
         super().__init__()
         self.model = model
         self.teacher = teacher["model"]
-        self.teacher_input = TeacherInput(*input_norm, teacher["mean"], teacher["std"], teacher["size"],
-                                          teacher["in_chans"])
+        self.teacher_input = TeacherInput(teacher["size"], teacher["in_chans"])
         self.cfg = cfg
         self.task = task
         if cfg.kind in ("feature", "both"):
@@ -122,9 +110,9 @@ class Distill(nn.Module):
 
 
 @register_method("distill", teacher=True, tasks=("classification", "segmentation"))
-def build(cfg, model, task, teacher=None, input_norm=None):
+def build(cfg, model, task, teacher=None):
     """Knowledge distillation from a frozen teacher (logits and/or features)."""
     if task.target_key != "label" and cfg.distill.kind != "logit":
         raise ConfigError(f"distill.kind={cfg.distill.kind}: task {cfg.task} distils per-pixel logits only; "
                           "use distill.kind=logit")
-    return Distill(model, teacher, cfg.distill, input_norm, task)
+    return Distill(model, teacher, cfg.distill, task)

@@ -19,11 +19,11 @@ from ..errors import UnknownNameError
 @dataclass(frozen=True)
 class MethodSpec:
     name: str
-    build: Callable[..., nn.Module]  # build(cfg, model, task, teacher=..., input_norm=...) -> nn.Module
+    build: Callable[..., nn.Module]  # build(cfg, model, task, teacher=...) -> nn.Module
     labels: bool = True  # learns from the task's targets (False: self-supervised)
     trains_head: bool = True  # trains the task head (False: pretrains the backbone; scored by kNN)
     teacher: bool = False  # needs a frozen teacher (engine.build.build_teacher)
-    tasks: tuple[str, ...] = ("classification",)  # the tasks it is written for
+    tasks: tuple[str, ...] | None = ("classification",)  # the tasks it is written for; None: any task
     description: str = ""
 
 
@@ -31,14 +31,14 @@ _METHODS: dict[str, MethodSpec] = {}
 
 
 def register_method(name: str, *, labels: bool = True, trains_head: bool = True, teacher: bool = False,
-                    tasks: tuple[str, ...] = ("classification",)):
-    """Decorator on a builder ``fn(cfg, model, task, teacher, input_norm) -> nn.Module``."""
+                    tasks: tuple[str, ...] | None = ("classification",)):
+    """Decorator on a builder ``fn(cfg, model, task, teacher) -> nn.Module``."""
 
     def deco(fn):
         if name in _METHODS:
             raise ValueError(f"method {name!r} registered twice")
         doc = (fn.__doc__ or "").strip().splitlines()
-        _METHODS[name] = MethodSpec(name, fn, labels, trains_head, teacher, tuple(tasks), doc[0] if doc else "")
+        _METHODS[name] = MethodSpec(name, fn, labels, trains_head, teacher, None if tasks is None else tuple(tasks), doc[0] if doc else "")
         return fn
 
     return deco
@@ -63,7 +63,7 @@ def list_methods() -> list[MethodSpec]:
 def check_config(cfg: Config) -> MethodSpec:
     """The rules that depend on what the method needs; a ``ConfigError`` naming the key otherwise."""
     spec = method_spec(cfg.method)
-    if cfg.task not in spec.tasks:
+    if spec.tasks is not None and cfg.task not in spec.tasks:
         raise ConfigError(f"method={cfg.method} is written for task {' or '.join(spec.tasks)}, not {cfg.task}")
     if not cfg.data.labels and spec.labels:
         raise ConfigError(f"data.labels=false (unlabelled images) needs a self-supervised method (one that learns "
@@ -84,17 +84,17 @@ def check_config(cfg: Config) -> MethodSpec:
 add_check(check_config)
 
 
-def build_method(cfg: Config, model: nn.Module, task=None, teacher: dict | None = None, input_norm=None) -> nn.Module:
+def build_method(cfg: Config, model: nn.Module, task=None, teacher: dict | None = None) -> nn.Module:
     """The training method wrapping ``model``.  ``task``: the run's task (default: ``cfg.task``'s);
-    ``teacher`` comes from the engine, which knows run folders; ``input_norm`` is the (mean, std) the
-    batches are normalised with.  Methods that define ``evaluate`` replace the loop's per-epoch
-    validation (self-supervised: kNN accuracy)."""
+    ``teacher`` comes from the engine, which knows run folders.  Batches hold [0, 1] pixels, which the
+    model normalises itself (``model.pixel_norm``).  Methods that define ``evaluate`` replace the loop's
+    per-epoch validation (self-supervised: kNN accuracy)."""
     from ..tasks import get_task
     spec = method_spec(cfg.method)
     task = task if task is not None else get_task(cfg)
     if spec.teacher and teacher is None:
         raise ConfigError(f"method {cfg.method!r} needs a teacher (distill.teacher)")
-    return spec.build(cfg, model, task, teacher=teacher, input_norm=input_norm)
+    return spec.build(cfg, model, task, teacher=teacher)
 
 
 def trains_head(cfg: Config) -> bool:

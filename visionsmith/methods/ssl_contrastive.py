@@ -71,26 +71,24 @@ class _GatherWithGrad(torch.autograd.Function):
 class ViewAugment:
     """A random view of a batch (SimCLR appendix A, without blur: at 28-32 px it erases the image).
 
-    x: normalised float [B, C, S, S] -> a view of the same shape and normalisation:
+    x: [0, 1] pixels, float [B, C, S, S] -> a view of the same shape, pixels in [0, 1]:
       1. random resized crop (area in ``crop_scale``, aspect 3/4..4/3) and horizontal flip, one
          affine warp per image (``BatchTransform.sample_params``);
-      2. with p=0.8 colour distortion in pixel space: brightness x b, contrast x c around the image
+      2. with p=0.8 colour distortion: brightness x b, contrast x c around the image
          mean, and for RGB saturation x s, each factor uniform in [1 - jitter, 1 + jitter];
       3. RGB only: gray with p = ``gray_p``.
     Every random number is drawn from the global CPU generator (the loop re-seeds it each step, so
     views are resume-exact), a fixed count per image whatever is switched off.
     """
 
-    def __init__(self, cfg: SSLConfig, mean: torch.Tensor, std: torch.Tensor):
+    def __init__(self, cfg: SSLConfig):
         self.cfg = cfg
-        self.mean, self.std = mean.reshape(1, -1, 1, 1).float(), std.reshape(1, -1, 1, 1).float()
-        self.crop = BatchTransform(True, 8, (0.5,), (0.5,), 1,  # only its sample_params is used
+        self.crop = BatchTransform(True, 8, 1,  # only its sample_params is used
                                    AugmentConfig(hflip=cfg.hflip, scale=tuple(cfg.crop_scale), translate=0.0))
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         b, c = x.shape[:2]
-        mean, std = self.mean.to(x.device), self.std.to(x.device)
-        pix = (x.float() * std + mean).clamp(0, 1)
+        pix = x.float()
         theta = self.crop.sample_params(b, None).to(x.device)
         grid = F.affine_grid(theta, list(pix.shape), align_corners=False)
         pix = F.grid_sample(pix, grid, mode="bilinear", padding_mode="border", align_corners=False)
@@ -107,7 +105,7 @@ class ViewAugment:
             pix = (pix - gray) * f[:, 2:3] + gray
             to_gray = (u[:, 4] < self.cfg.gray_p).view(b, 1, 1, 1)
             pix = torch.where(to_gray, gray.clamp(0, 1).expand_as(pix), pix)
-        out = (pix.clamp(0, 1) - mean) / std
+        out = pix.clamp(0, 1)
         if x.is_contiguous(memory_format=torch.channels_last):  # keep the loop's memory format
             out = out.contiguous(memory_format=torch.channels_last)
         return out.to(x.dtype)
@@ -118,15 +116,15 @@ class SimCLR(SSLMethod):
 
     ``projector``: Linear(D, proj_hidden) -> BatchNorm1d -> ReLU -> Linear(proj_hidden, proj_dim)
     (SimCLR v2's MLP with BN).  Both views go through the backbone as one batch of 2B, so batch
-    norm sees both.  ``input_norm``: the (mean, std) [1, C, 1, 1] the loop normalised with.
+    norm sees both.  Views are made from the batch's [0, 1] pixels; the model normalises them.
     """
 
-    def __init__(self, model: nn.Module, cfg: SSLConfig, input_norm, task=None):
+    def __init__(self, model: nn.Module, cfg: SSLConfig, task=None):
         super().__init__(model, cfg, task=task)
         d = model.num_features
         self.projector = nn.Sequential(nn.Linear(d, cfg.proj_hidden), nn.BatchNorm1d(cfg.proj_hidden),
                                        nn.ReLU(inplace=True), nn.Linear(cfg.proj_hidden, cfg.proj_dim))
-        self.views = ViewAugment(cfg, *input_norm)
+        self.views = ViewAugment(cfg)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         x = batch["image"]
@@ -141,6 +139,6 @@ class SimCLR(SSLMethod):
 
 
 @register_method("simclr", labels=False, trains_head=False)
-def build(cfg, model, task, teacher=None, input_norm=None):
+def build(cfg, model, task, teacher=None):
     """SimCLR contrastive pretraining of the backbone."""
-    return SimCLR(model, cfg.ssl, input_norm, task)
+    return SimCLR(model, cfg.ssl, task)

@@ -4,7 +4,8 @@ Modeling", arXiv:2111.09886).
 Random squares of ``ssl.mask_patch`` pixels (``ssl.mask_ratio`` of them, exactly, per image) are
 replaced by a learned fill value; the backbone encodes the whole masked image; a one-layer decoder
 (1x1 conv to ``stride**2 * C`` channels + pixel shuffle) predicts every pixel from the feature
-map; the loss is the L1 distance on the masked pixels only (in the loop's normalised units).
+map; the loss is the L1 distance on the masked pixels only, in the model's normalised units (the
+batch's [0, 1] pixels through ``model.pixel_norm``, the model's own mean/std).
 
 Why SimMIM and not MAE (He et al. 2022; transformers' ``ViTMAEModel``): MAE's encoder drops the
 masked tokens, which only a ViT can do, and ``ViTMAEModel`` is its own architecture (fixed sin-cos
@@ -13,8 +14,10 @@ builds.  SimMIM keeps the full input, so one code path serves every backbone wit
 a CNN's feature map ``[B, C, h, w]`` or a ViT's patch tokens reshaped to ``[B, D, h, w]``; the
 backbone keeps its own keys, so ``model.pretrained=<this run>`` loads it into any recipe, and the
 paper shows the one-layer decoder does as well as deeper ones.  The fill value lives in pixel
-space (``mask_token``, [1, C, 1, 1]): a CNN sees it directly, and for a ViT whose patch equals
-``mask_patch`` every masked patch embeds to the same learned vector, i.e. a mask token.
+space (``mask_token``, [1, C, 1, 1], in normalised units: 0 is the mean colour; it is turned into
+pixels with ``pixel_norm.inverse`` and normalised back by the model): a CNN sees it directly, and for
+a ViT whose patch equals ``mask_patch`` every masked patch embeds to the same learned vector, i.e. a
+mask token.
 """
 from __future__ import annotations
 
@@ -88,10 +91,11 @@ class MaskedImageModeling(SSLMethod):
                          f"{type(model).__name__}.forward_features returns pooled features only")
 
     def feature_map(self, x: torch.Tensor) -> torch.Tensor:
-        """[B, C, S, S] -> [B, D, h, w]: the CNN's map, or the ViT's patch tokens (CLS dropped) as a grid."""
+        """[0, 1] pixels [B, C, S, S] -> [B, D, h, w]: the CNN's map, or the ViT's patch tokens (CLS
+        dropped) as a grid."""
         if not self.tokens:
             return self.model.forward_features(x)
-        t = self.model.backbone(pixel_values=x).last_hidden_state  # [B, 1 + h*w, D]
+        t = self.model.backbone(pixel_values=self.model.pixel_norm(x)).last_hidden_state  # [B, 1 + h*w, D]
         side = int(round((t.shape[1] - 1) ** 0.5))
         if side * side != t.shape[1] - 1:
             raise UserError(f"method=mim: {t.shape[1]} tokens are not a CLS token + a square grid")
@@ -104,16 +108,17 @@ class MaskedImageModeling(SSLMethod):
         return m.unsqueeze(1).to(device)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        x = batch["image"]
+        x = batch["image"]  # [0, 1] pixels
+        norm = self.model.pixel_norm
         m = self.pixel_mask(x.shape[0], x.device)
-        x_in = torch.where(m, self.mask_token.to(x.dtype), x)
+        x_in = torch.where(m, norm.inverse(self.mask_token).to(x.dtype), x)
         if x.is_contiguous(memory_format=torch.channels_last):
             x_in = x_in.contiguous(memory_format=torch.channels_last)
-        pred = self.decoder(self.feature_map(x_in)).float()  # [B, C, S, S]
-        return {"loss": masked_l1(pred, x.float(), m), "output": pred}
+        pred = self.decoder(self.feature_map(x_in)).float()  # [B, C, S, S], normalised units
+        return {"loss": masked_l1(pred, norm(x).float(), m), "output": pred}
 
 
 @register_method("mim", labels=False, trains_head=False)
-def build(cfg, model, task, teacher=None, input_norm=None):
+def build(cfg, model, task, teacher=None):
     """SimMIM masked-image-modelling pretraining of the backbone."""
     return MaskedImageModeling(model, cfg.ssl, cfg.model.in_chans, cfg.data.image_size, task)

@@ -24,7 +24,7 @@ class Supervised(nn.Module):
         return {"loss": self.task.loss(out.float(), batch), "output": out}
 
 
-@register_method("supervised", tasks=("classification", "segmentation"))
-def build(cfg, model, task, teacher=None, input_norm=None):
+@register_method("supervised", tasks=None)  # any task: the loss is the task's
+def build(cfg, model, task, teacher=None):
     """The task's own loss on labelled data."""
     return Supervised(model, task)

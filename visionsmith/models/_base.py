@@ -2,11 +2,18 @@
 
 A model is an ``nn.Module`` with:
   - ``num_features``: channels of the feature map that the head consumes;
-  - ``forward_features(x [B,C,H,W]) -> feats``: ``[B, num_features, h, w]`` for CNNs
-    or ``[B, num_features]`` when the backbone pools itself (transformers);
+  - ``forward(x)``, ``forward_features(x [B,C,H,W]) -> feats``: ``x`` is [0, 1] pixels (float32,
+    what ``data.BatchTransform`` returns); ``feats`` is ``[B, num_features, h, w]`` for CNNs or
+    ``[B, num_features]`` when the backbone pools itself (transformers);
   - ``forward_head(feats, pre_logits=False) -> [B, num_classes]`` (or ``[B, num_features]``);
   - ``reset_classifier(num_classes)``: a fresh head for a new class count;
-  - ``pretrained_cfg``: ``{"mean", "std", "input_size", "weights"}`` used for normalisation.
+  - ``pretrained_cfg``: ``{"mean", "std", "input_size", "weights"}``; ``mean``/``std`` are what the
+    weights expect the pixels to be normalised with;
+  - ``pixel_norm``: a ``PixelNorm`` built from ``pretrained_cfg`` (below), the one place the model's
+    input is normalised: ``forward_features`` and ``forward_intermediates`` start with
+    ``x = self.pixel_norm(x)``.  Its mean/std are non-persistent buffers, so state dicts, LoRA
+    target names, pruning and checkpoints are those of the network alone.  Whatever runs the model
+    (the loop, kNN and few-shot features, attacks, ONNX export, serving) hands it pixels.
 
 Multi-scale features (for dense heads: FPN, DeepLabV3+, detection necks), after timm's
 ``feature_info`` / ``forward_intermediates``:
@@ -21,9 +28,10 @@ Multi-scale features (for dense heads: FPN, DeepLabV3+, detection necks), after 
     and stays right after peft adapters are injected (in place: module paths do not change).
   - ``forward_intermediates(x [B, C, H, W], indices=None) -> list[Tensor]``: the level maps
     ``[B, C_i, H/s_i, W/s_i]`` (sides divisible by ``s_i``; otherwise as the layers round) for the
-    levels in ``indices``, shallow to deep.  ``x`` is what ``forward_features`` takes (normalised
-    images).  ``indices``: None = every level; a sequence of level numbers (negative ones count
-    from the deepest, like Python); an int ``n`` = the deepest ``n`` levels (timm's convention).
+    levels in ``indices``, shallow to deep.  ``x`` is what ``forward_features`` takes ([0, 1]
+    pixels, normalised by ``pixel_norm`` first).  ``indices``: None = every level; a sequence of
+    level numbers (negative ones count from the deepest, like Python); an int ``n`` = the deepest
+    ``n`` levels (timm's convention).
     The network runs only as far as the deepest requested level.  Adds no parameters, buffers or
     submodules: state dicts, LoRA target names, random init and ``forward`` are unchanged.
 
@@ -40,6 +48,56 @@ import torch.nn as nn
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+NEUTRAL_MEAN = NEUTRAL_STD = (0.5, 0.5, 0.5)  # a pretrained_cfg without mean/std: [0, 1] -> [-1, 1]
+
+
+def _per_channel(v, in_chans: int) -> torch.Tensor:
+    """Channel statistics (usually RGB) -> float32 ``[1, in_chans, 1, 1]``: as given when there is one
+    value per channel (or a single value, repeated); otherwise their mean for every channel (a gray
+    model with RGB statistics uses the mean of the three, as the data transforms always did)."""
+    t = torch.tensor(tuple(float(a) for a in v), dtype=torch.float32)
+    if t.numel() != in_chans and t.numel() != 1:
+        t = t.mean().reshape(1)
+    return t.reshape(1, -1, 1, 1).expand(1, in_chans, 1, 1).contiguous()
+
+
+class PixelNorm(nn.Module):
+    """``forward(pixels [B, C, H, W] in [0, 1]) -> (pixels - mean) / std``: a model's input normalisation.
+
+    ``mean``/``std``: ``[1, C, 1, 1]`` float32 buffers, non-persistent (no state_dict keys, no
+    parameters), so they follow ``.to(device)`` and are constants in an exported ONNX graph.  Built
+    by ``from_cfg`` from a model's ``pretrained_cfg``; every family holds one as ``self.pixel_norm``.
+    """
+
+    def __init__(self, mean, std, in_chans: int):
+        super().__init__()
+        self.in_chans = int(in_chans)
+        self.register_buffer("mean", _per_channel(mean, self.in_chans), persistent=False)
+        self.register_buffer("std", _per_channel(std, self.in_chans), persistent=False)
+
+    @classmethod
+    def from_cfg(cls, pretrained_cfg: dict | None, in_chans: int) -> "PixelNorm":
+        """From ``pretrained_cfg``'s ``mean``/``std``; (0.5, 0.5, 0.5) for either that is missing."""
+        pc = pretrained_cfg or {}
+        return cls(pc.get("mean") or NEUTRAL_MEAN, pc.get("std") or NEUTRAL_STD, in_chans)
+
+    def extra_repr(self) -> str:
+        return f"in_chans={self.in_chans}"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean) / self.std
+
+    def inverse(self, x: torch.Tensor) -> torch.Tensor:
+        """Model input -> pixels (``x * std + mean``, not clamped)."""
+        return x * self.std + self.mean
+
+
+def set_pixel_norm(model: nn.Module, in_chans: int) -> PixelNorm:
+    """``model.pixel_norm = PixelNorm.from_cfg(model.pretrained_cfg, in_chans)`` on the device of the
+    model's parameters; every family calls it once ``pretrained_cfg`` is known."""
+    norm = PixelNorm.from_cfg(getattr(model, "pretrained_cfg", None), in_chans).to(_param_device(model))
+    model.pixel_norm = norm
+    return norm
 
 
 class ClassifierHead(nn.Module):
@@ -175,7 +233,7 @@ class FeatureMixin:
 
     def forward_intermediates(self, x: torch.Tensor, indices: int | Sequence[int] | None = None
                               ) -> list[torch.Tensor]:
-        """``x`` [B, in_chans, H, W] (normalised, as ``forward_features`` takes it) -> the maps
+        """``x`` [B, in_chans, H, W] ([0, 1] pixels, as ``forward_features`` takes it) -> the maps
         ``[B, feature_info[i]["num_chs"], H / reduction_i, W / reduction_i]`` for the levels ``i`` in
         ``indices`` (None: all; int n: the deepest n; list: those, negatives from the end), shallow to
         deep.  Stops after the deepest requested level."""
@@ -183,6 +241,7 @@ class FeatureMixin:
         take = resolve_feature_indices(indices, len(levels))
         if not take:
             return []
+        x = self.pixel_norm(x)
         input_size = (int(x.shape[-2]), int(x.shape[-1]))
         out: list[torch.Tensor] = []
         level = 0

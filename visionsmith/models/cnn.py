@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from ._base import BackboneMixin, FeatureMixin, _param_device, feature_info_from_plan
+from ._base import BackboneMixin, FeatureMixin, _param_device, feature_info_from_plan, set_pixel_norm
 from .registry import register_model
 from .weights import WeightLoadError, load_pretrained
 
@@ -45,7 +45,8 @@ class MLPHead(nn.Module):
 
 
 class SimpleCNN(BackboneMixin, FeatureMixin, nn.Module):
-    """``forward_features``: [B, in_chans, H, W] -> [B, widths[-1], H / 2**len(widths), W / 2**len(widths)].
+    """``forward_features``: [0, 1] pixels [B, in_chans, H, W] -> [B, widths[-1], H / 2**len(widths),
+    W / 2**len(widths)].
 
     ``feature_info``: one level per conv block, ``features.i`` at reduction ``2**(i+1)`` with
     ``widths[i]`` channels (32 @ 2, 64 @ 4 for ``simple_cnn``)."""
@@ -61,13 +62,14 @@ class SimpleCNN(BackboneMixin, FeatureMixin, nn.Module):
         # Neutral normalisation: no dataset statistics are baked into a model trained from scratch.
         self.pretrained_cfg = {"mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5),
                                "input_size": (in_chans, input_size, input_size)}
+        set_pixel_norm(self, in_chans)
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
         self.feature_info = feature_info_from_plan([(f"features.{i}", w, 2) for i, w in enumerate(widths)])
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.features(x)
+        return self.features(self.pixel_norm(x))
 
     def _feature_steps(self):
         return [(f"features.{i}", block) for i, block in enumerate(self.features)]

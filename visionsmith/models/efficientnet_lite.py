@@ -28,6 +28,7 @@ from ._base import (
     FeatureMixin,
     adapt_first_conv,
     feature_info_from_plan,
+    set_pixel_norm,
 )
 from .registry import register_model
 from .weights import load_pretrained
@@ -122,7 +123,7 @@ _LITE0_STAGES = [(1, 3, 1, 16, 1), (6, 3, 2, 24, 2), (6, 5, 2, 40, 2), (6, 3, 2,
 
 
 class EfficientNetLite(BackboneMixin, FeatureMixin, nn.Module):
-    """EfficientNet-Lite backbone.  ``forward_features``: [B, in_chans, H, W] -> [B, 1280, H/32, W/32]
+    """EfficientNet-Lite backbone.  ``forward_features``: [0, 1] pixels [B, in_chans, H, W] -> [B, 1280, H/32, W/32]
     (H/16 with ``stem_stride=1``, for 32-64 px inputs).
 
     ``feature_info`` (Lite0, stem stride 2): ``_blocks.0`` 16 @ 2, ``_blocks.2`` 24 @ 4,
@@ -157,6 +158,7 @@ class EfficientNetLite(BackboneMixin, FeatureMixin, nn.Module):
         self.act = nn.ReLU6(inplace=True)
         self.head = ClassifierHead(self.num_features, num_classes, drop_rate)
         self.pretrained_cfg = {"mean": LITE_MEAN, "std": LITE_STD, "input_size": (in_chans, 224, 224)}
+        set_pixel_norm(self, in_chans)
         self.feature_info = feature_info_from_plan(plan + [("_bn1", self.num_features, 1)])
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
@@ -166,6 +168,7 @@ class EfficientNetLite(BackboneMixin, FeatureMixin, nn.Module):
                 nn.init.zeros_(m.bias)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.pixel_norm(x)
         x = self.act(self._bn0(self._conv_stem(x)))
         for block in self._blocks:
             x = block(x)

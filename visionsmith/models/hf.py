@@ -45,14 +45,16 @@ from ._base import (
     BackboneMixin,
     ClassifierHead,
     FeatureMixin,
+    NEUTRAL_MEAN,
     adapt_first_conv,
     resolve_feature_indices,
+    set_pixel_norm,
 )
 from .registry import register_model
 from .weights import WeightLoadError
 
 _POOLS = ("auto", "pooler", "cls", "mean")
-_NEUTRAL = (0.5, 0.5, 0.5)
+_NEUTRAL = NEUTRAL_MEAN
 # transformers models whose forward is embeddings -> blocks -> final LayerNorm over the tokens
 # [CLS (+ distillation / register tokens), patches], blocks called as block(hidden_states): these
 # can be walked block by block for forward_intermediates (others, e.g. BEiT's relative position
@@ -173,7 +175,9 @@ def _patch_size(cfg) -> int:
 class HFVisionModel(BackboneMixin, FeatureMixin, nn.Module):
     """A ``transformers`` base model + ``ClassifierHead``.
 
-    ``forward_features``: [B, C, H, W] -> [B, num_features] (pooled, see the module docstring).
+    ``forward_features``: [0, 1] pixels [B, C, H, W] -> [B, num_features] (pooled, see the module
+    docstring); ``pixel_norm`` (the ``mean``/``std`` of ``pretrained_cfg``: the folder's preprocessor
+    config, else 0.5) normalises them before ``backbone(pixel_values=...)``.
     ``num_features`` is measured with one dummy forward at build time, so it is right for every
     architecture (``hidden_size``, ``hidden_sizes[-1]``, MobileViT's ``neck_hidden_sizes[-1]``, ...).
 
@@ -193,6 +197,7 @@ class HFVisionModel(BackboneMixin, FeatureMixin, nn.Module):
         size = tuple(size) if isinstance(size, (list, tuple)) else (size, size)
         in_chans = backbone.config.num_channels
         self.pretrained_cfg = {"mean": tuple(mean), "std": tuple(std), "input_size": (in_chans, *size)}
+        set_pixel_norm(self, in_chans)
         self.num_features = self._probe_width(in_chans, size)
         self.head = ClassifierHead(self.num_features, num_classes, drop_rate)
         self._hidden_state_index: list[int] = []  # hidden_states entry of each level (non-ViT models)
@@ -208,7 +213,7 @@ class HFVisionModel(BackboneMixin, FeatureMixin, nn.Module):
         return int(width)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.backbone(pixel_values=x)
+        out = self.backbone(pixel_values=self.pixel_norm(x))
         pooled = getattr(out, "pooler_output", None)
         if self.pool in ("auto", "pooler") and pooled is not None:
             return pooled.flatten(1)  # ResNet's pooler is [B, C, 1, 1]
@@ -303,16 +308,17 @@ class HFVisionModel(BackboneMixin, FeatureMixin, nn.Module):
         return h[:, h.shape[1] - gh * gw:].transpose(1, 2).reshape(h.shape[0], h.shape[2], gh, gw).contiguous()
 
     def forward_intermediates(self, x: torch.Tensor, indices=None) -> list[torch.Tensor]:
-        """``x`` [B, C, H, W] -> level maps ``[B, C_i, H/s_i, W/s_i]`` for ``indices`` (see ``_base.py``)."""
+        """``x`` [0, 1] pixels [B, C, H, W] -> level maps ``[B, C_i, H/s_i, W/s_i]`` for ``indices`` (see
+        ``_base.py``)."""
         if not self.feature_info:
             raise NotImplementedError(
                 f"{type(self.backbone).__name__} ({self.backbone.config.model_type}) gives no feature maps: "
                 f"multi-scale features need a plain token ViT ({', '.join(_TOKEN_VITS)}) or a model whose "
                 "hidden_states are [B, C, h, w] maps (ConvNeXt, ResNet, Swin, ...)")
         if _token_blocks(self.backbone):
-            return super().forward_intermediates(x, indices)
+            return super().forward_intermediates(x, indices)  # normalises x first
         take = resolve_feature_indices(indices, len(self.feature_info))
-        maps = self._hidden_maps(x) if take else []
+        maps = self._hidden_maps(self.pixel_norm(x)) if take else []
         return [maps[self._hidden_state_index[i]] for i in take]
 
 

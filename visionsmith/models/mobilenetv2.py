@@ -18,6 +18,7 @@ from ._base import (
     FeatureMixin,
     adapt_first_conv,
     feature_info_from_plan,
+    set_pixel_norm,
 )
 from .registry import register_model
 from .weights import load_pretrained
@@ -83,6 +84,7 @@ class MobileNetV2(BackboneMixin, FeatureMixin, nn.Module):
         self.features = nn.Sequential(*feats)
         self.head = ClassifierHead(self.num_features, num_classes, drop_rate)
         self.pretrained_cfg = {"mean": IMAGENET_MEAN, "std": IMAGENET_STD, "input_size": (3, 224, 224)}
+        set_pixel_norm(self, in_chans)
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out")
@@ -91,8 +93,8 @@ class MobileNetV2(BackboneMixin, FeatureMixin, nn.Module):
                 nn.init.zeros_(m.bias)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """[B, in_chans, H, W] -> [B, 1280, H/32, W/32] (H/16 with stem_stride=1)."""
-        return self.features(x)
+        """[0, 1] pixels [B, in_chans, H, W] -> [B, 1280, H/32, W/32] (H/16 with stem_stride=1)."""
+        return self.features(self.pixel_norm(x))
 
     def _feature_steps(self):
         return [(f"features.{i}", m) for i, m in enumerate(self.features)]

@@ -2,7 +2,8 @@
 
 Strings only live at the config/CLI edge; code passes the factory's keyword arguments.
 Every registered factory returns a module with the backbone interface (see ``_base.py``):
-``num_features``, ``forward_features``, ``forward_head``, ``reset_classifier``.
+``num_features``, ``forward_features``, ``forward_head``, ``reset_classifier``, and ``pixel_norm`` (the
+model takes [0, 1] pixels and normalises them itself with its ``pretrained_cfg`` mean/std).
 """
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from typing import Callable
 import torch.nn as nn
 
 from ..errors import UnknownNameError
+from ._base import PixelNorm
 from .weights import is_run_folder, load_run_backbone
 
 
@@ -75,8 +77,12 @@ def create_model(name: str, **kwargs) -> nn.Module:
     if isinstance(pretrained, (str, os.PathLike)) and is_run_folder(pretrained):
         model = entry.fn(**{**kwargs, "pretrained": False})
         load_run_backbone(model, pretrained, name)
-        return model
-    return entry.fn(**kwargs)
+    else:
+        model = entry.fn(**kwargs)
+    if not isinstance(getattr(model, "pixel_norm", None), PixelNorm):
+        raise TypeError(f"model {name!r}: its factory returned a {type(model).__name__} without a pixel_norm; "
+                        "every model takes [0, 1] pixels and normalises them itself (models._base.set_pixel_norm)")
+    return model
 
 
 def _import_families() -> None:

@@ -22,6 +22,7 @@ from ._base import (
     FeatureMixin,
     adapt_first_conv,
     feature_info_from_plan,
+    set_pixel_norm,
 )
 from .registry import register_model
 from .weights import WeightLoadError, load_pretrained
@@ -61,7 +62,7 @@ class ResNet(BackboneMixin, FeatureMixin, nn.Module):
         stem: ``"imagenet"`` (7x7/2 conv + 3x3/2 max-pool: /4) or ``"small"`` (3x3/1 conv, no pool).
         zero_init_residual: start each block as identity (Goyal et al., 2017), helps short schedules.
 
-    ``forward_features``: [B, in_chans, H, W] -> [B, widths[-1], H/s, W/s] with s = 4 * 2**(len-1)
+    ``forward_features``: [0, 1] pixels [B, in_chans, H, W] -> [B, widths[-1], H/s, W/s] with s = 4 * 2**(len-1)
     for the ImageNet stem (32 for ResNet-18) and 2**(len-1) for the small stem (4 for ResNet-20).
 
     ``feature_info``: ImageNet stem: ``relu`` (the stem, before the max-pool) widths[0] @ 2, then
@@ -103,6 +104,7 @@ class ResNet(BackboneMixin, FeatureMixin, nn.Module):
         self.pretrained_cfg = {"mean": CIFAR_MEAN if small else IMAGENET_MEAN,
                                "std": CIFAR_STD if small else IMAGENET_STD,
                                "input_size": (in_chans, 32, 32) if small else (in_chans, 224, 224)}
+        set_pixel_norm(self, in_chans)
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
@@ -115,6 +117,7 @@ class ResNet(BackboneMixin, FeatureMixin, nn.Module):
                     nn.init.zeros_(m.bn2.weight)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.pixel_norm(x)
         x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
         for name in self.stage_names:
             x = getattr(self, name)(x)

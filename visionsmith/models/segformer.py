@@ -3,7 +3,8 @@
 Xie, Wang, Yu, Anandkumar, Alvarez, Luo, "SegFormer: Simple and Efficient Design for Semantic
 Segmentation with Transformers", NeurIPS 2021 (arXiv:2105.15203).
 
-``SegFormer.forward(x [B, C, H, W]) -> logits [B, K, H, W]``: the decode head predicts at 1/4 of the
+``SegFormer.forward(x [B, C, H, W]) -> logits [B, K, H, W]`` (``x``: [0, 1] pixels, normalised inside by
+``pixel_norm`` with the checkpoint's mean/std): the decode head predicts at 1/4 of the
 input; the wrapper resizes bilinearly (``align_corners=False``) to the input size, so every mask
 model returns logits at the mask's resolution.
 
@@ -28,7 +29,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from ._base import IMAGENET_MEAN, IMAGENET_STD
+from ._base import IMAGENET_MEAN, IMAGENET_STD, set_pixel_norm
 from .hf import _adapt_in_chans, _no_hub, _read_preprocessor
 from .weights import WeightLoadError
 
@@ -48,11 +49,12 @@ SEGFORMER_VARIANTS = {
 class SegFormer(nn.Module):
     """A ``SegformerForSemanticSegmentation`` (``self.model``) returning full-resolution logits.
 
-    ``forward(x [B, C, H, W]) -> [B, num_classes, H, W]``.
+    ``forward(x [B, C, H, W]) -> [B, num_classes, H, W]``, ``x`` [0, 1] pixels.
     ``forward_intermediates(x, indices=None)`` -> the encoder's stage outputs ``[B, C_i, H/s_i, W/s_i]``
     at strides 4, 8, 16, 32, described by ``feature_info`` (so a ``models.heads`` decoder can sit on
-    the MiT encoder too).  ``pretrained_cfg``: ``mean``/``std`` (pixels are normalised outside,
-    by the data transforms), ``input_size`` (the paper's 512 px ADE20K crop), ``weights``.
+    the MiT encoder too).  ``pretrained_cfg``: ``mean``/``std`` (what ``pixel_norm``, the first step of
+    ``forward`` and ``forward_intermediates``, normalises the pixels with), ``input_size`` (the
+    paper's 512 px ADE20K crop), ``weights``.
     """
 
     def __init__(self, model: nn.Module, mean=IMAGENET_MEAN, std=IMAGENET_STD, weights: str | None = None):
@@ -62,6 +64,7 @@ class SegFormer(nn.Module):
         self.num_classes = int(cfg.num_labels)
         self.pretrained_cfg = {"mean": tuple(mean), "std": tuple(std), "input_size": (cfg.num_channels, 512, 512),
                                "weights": weights}
+        set_pixel_norm(self, cfg.num_channels)
         reduction, self.feature_info = 1, []
         for i, (c, s) in enumerate(zip(cfg.hidden_sizes, cfg.strides)):
             reduction *= s
@@ -69,11 +72,11 @@ class SegFormer(nn.Module):
                                       "module": f"model.segformer.stages.{i}"})
 
     def forward(self, x: Tensor) -> Tensor:
-        logits = self.model(pixel_values=x).logits  # [B, K, ceil(H/4), ceil(W/4)]
+        logits = self.model(pixel_values=self.pixel_norm(x)).logits  # [B, K, ceil(H/4), ceil(W/4)]
         return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
 
     def forward_intermediates(self, x: Tensor, indices: list[int] | None = None) -> list[Tensor]:
-        hidden = self.model.segformer(pixel_values=x, output_hidden_states=True).hidden_states
+        hidden = self.model.segformer(pixel_values=self.pixel_norm(x), output_hidden_states=True).hidden_states
         return list(hidden) if indices is None else [hidden[i] for i in indices]
 
     def get_classifier(self) -> nn.Conv2d:

@@ -1,7 +1,8 @@
 """A dense-prediction model: a registered backbone's feature pyramid into a task head.
 
 ``EncoderDecoder(backbone, head)``: ``forward(x [B, C, H, W]) -> head(backbone.forward_intermediates(x,
-levels), out_size=(H, W))``, e.g. logits ``[B, K, H, W]`` for segmentation.  The head is the model's
+levels), out_size=(H, W))``, e.g. logits ``[B, K, H, W]`` for segmentation.  ``x`` is [0, 1] pixels: the
+backbone normalises them (its ``pixel_norm``, the first step of ``forward_intermediates``).  The head is the model's
 "classifier" for transfer learning: ``get_classifier()`` returns the whole head, so
 ``adapt.mode=linear`` trains the decoder on a frozen backbone and LoRA adapts the backbone while the
 decoder trains in full.  Checkpoint keys are ``backbone.*`` and ``head.*``.

@@ -6,8 +6,12 @@ inside the factory only, and its absence is a clear ``ImportError`` at the point
 
 timm models already follow the backbone contract this package copies (``num_features``,
 ``forward_features``, ``forward_head(pre_logits=)``, ``reset_classifier``, ``pretrained_cfg``), so the
-model is returned as timm builds it.  Differences to know: the classifier keeps timm's name
-(``fc``, ``head``, ``classifier``, ``head.fc``... see ``model.get_classifier()``), not always ``head.fc``.
+model is returned as timm builds it, plus the input normalisation every visionsmith model has:
+``model.pixel_norm`` (``PixelNorm`` from timm's ``pretrained_cfg`` mean/std, non-persistent buffers: timm's
+state dict is unchanged), applied first by ``forward_features`` (so also by timm's ``forward``, which
+calls it) and ``forward_intermediates``; the model takes [0, 1] pixels.  Differences to know: the
+classifier keeps timm's name (``fc``, ``head``, ``classifier``, ``head.fc``... see
+``model.get_classifier()``), not always ``head.fc``.
 
 Multi-scale features are timm's own: ``model.feature_info`` is timm's list of
 ``{"num_chs", "reduction", "module"}`` (one per stage for CNNs, one per block for ViTs), and
@@ -25,6 +29,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from ._base import set_pixel_norm
 from .registry import register_model
 from .weights import WeightLoadError
 
@@ -67,21 +72,29 @@ def timm_model(model_name: str = "resnet18", num_classes: int = 1000, pretrained
     cfg.setdefault("std", (0.229, 0.224, 0.225))
     cfg.setdefault("input_size", (in_chans, 224, 224))
     model.pretrained_cfg = cfg
+    set_pixel_norm(model, in_chans)
+    # Instance attributes over timm's methods; partials (not closures) so that deepcopy and pickle
+    # rebind them to the copy.  No parameter or persistent buffer is added.
+    if callable(getattr(type(model), "forward_features", None)):
+        model.forward_features = functools.partial(_timm_features, model)
     if callable(getattr(type(model), "forward_intermediates", None)):
-        # An instance attribute over timm's method; a partial (not a closure) so that deepcopy and
-        # pickle rebind it to the copy.  No parameter, buffer or submodule is added.
         model.forward_intermediates = functools.partial(_timm_intermediates, model)
     return model
 
 
+def _timm_features(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """timm's ``forward_features`` on [0, 1] pixels ``x`` (normalised by ``model.pixel_norm`` first)."""
+    return type(model).forward_features(model, model.pixel_norm(x))
+
+
 def _timm_intermediates(model: nn.Module, x: torch.Tensor, indices=None) -> list[torch.Tensor]:
-    """timm's ``forward_intermediates`` as the visionsmith interface: ``x`` [B, C, H, W] -> the maps
+    """timm's ``forward_intermediates`` as the visionsmith interface: ``x`` [0, 1] pixels [B, C, H, W] -> the maps
     [B, C_i, H/s_i, W/s_i] of the levels in ``indices`` (None: all, int n: the deepest n, list:
     those), shallow to deep, running no further than the deepest."""
     fn = type(model).forward_intermediates
     params = inspect.signature(fn).parameters
     kw = {k: True for k in ("intermediates_only", "stop_early") if k in params}
-    out = fn(model, x, indices=indices, **kw)
+    out = fn(model, model.pixel_norm(x), indices=indices, **kw)
     if isinstance(out, tuple):  # a timm without intermediates_only: (final, intermediates)
         out = out[1]
     return list(out)

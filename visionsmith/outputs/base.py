@@ -50,12 +50,13 @@ def output_tasks() -> list[str]:
     return sorted(_OUTPUTS)
 
 
-def output_for(task: str, classes: list[str]) -> TaskOutput:
-    """The output handler of ``task`` for a model with these ``classes``."""
+def output_for(task: str, classes: list[str], settings: dict | None = None) -> TaskOutput:
+    """The output handler of ``task`` for a model with these ``classes``; ``settings``: the run's
+    ``Task.postprocess_settings()`` (detection: score threshold, NMS IoU...), as the export records them."""
     if task not in _OUTPUTS:
         raise UserError(f"a {task!r} model cannot be run by predict, export or serve yet; "
                         f"they handle {', '.join(output_tasks())}")
-    return _OUTPUTS[task](classes)
+    return _OUTPUTS[task](classes, settings)
 
 
 class TaskOutput:
@@ -67,8 +68,9 @@ class TaskOutput:
     int8_max_drop: ClassVar[float] = 1.0  # headline points INT8 may lose (export's default --max-drop)
     onnx_output: ClassVar[str] = ""  # what the exported graph's ``logits`` output is, in words
 
-    def __init__(self, classes: list[str]):
+    def __init__(self, classes: list[str], settings: dict | None = None):
         self.classes = list(classes)
+        self.settings = dict(settings or {})  # Task.postprocess_settings() of the run
 
     # predict and serve
     def prepare(self, img: Image.Image, size: int, grayscale: bool):

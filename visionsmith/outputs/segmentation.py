@@ -275,8 +275,8 @@ class MaskOutput(TaskOutput):
     onnx_output = ("logits float32 [N, K, S, S]: per-pixel class scores at the input size "
                    "(argmax over K is the class map, softmax the confidences)")
 
-    def __init__(self, classes):
-        super().__init__(classes)
+    def __init__(self, classes, settings=None):
+        super().__init__(classes, settings)
         self.colours = palette(len(self.classes))
         self.background = background_index(self.classes)
 

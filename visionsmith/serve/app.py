@@ -155,6 +155,9 @@ def create_app(backends: list[Backend], opts: ServeOptions | None = None) -> Fas
 
     @app.get("/v1/models/{name}", dependencies=[Depends(auth)], summary="One model")
     async def get_model(name: str):
+        base, sep, verb = name.rpartition(":")
+        if sep and verb == "predict":  # GET on the predict route lands here (the {name} segment holds the ':')
+            raise ClientError(405, f"{name} takes POST (an image in the body), not GET", headers={"Allow": "POST"})
         return model(name).describe()
 
     @app.post("/v1/models/{name}:predict", dependencies=[Depends(auth)],

@@ -12,7 +12,7 @@ one centre-cropped window and top-k classes for classification; windows covering
 and a class mask (PNG) with per-class pixel fractions for segmentation.
 
 Both backends take the same input: [0, 1] pixels at the model's side, normalisation inside the
-model (``PixelModel`` for a checkpoint, inside the graph for ONNX), so the batcher, the page and
+model (its ``pixel_norm`` for a checkpoint, inside the graph for ONNX), so the batcher, the page and
 the tests never care which one they talk to.  Decoding follows ``visionsmith.api.predict`` step for
 step (same ``load_image`` checks, same ``image_to_uint8`` resize rule, same channel handling), so the
 server answers exactly what ``visionsmith predict`` answers for the same file.
@@ -51,17 +51,17 @@ class Backend:
 
     def __init__(self, name: str, source: str, classes: list[str], image_size: int, in_chans: int,
                  grayscale: bool, decode_size: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
-                 task: str = "classification"):
+                 task: str = "classification", settings: dict | None = None):
         from ..outputs import output_for
         self.name, self.source, self.classes = name, source, list(classes)
         self.task = task
-        self.output = output_for(task, self.classes)
+        self.output = output_for(task, self.classes, settings)
         self.image_size, self.in_chans, self.grayscale = int(image_size), int(in_chans), bool(grayscale)
         self.decode_size = int(decode_size or image_size)
         self.max_pixels = int(max_pixels)
-        # mean 0, std 1: BatchTransform's eval resize and channel matching without the
-        # normalisation, which lives inside the model.
-        self._to_pixels = BatchTransform(False, self.image_size, (0.0,) * 3, (1.0,) * 3, self.in_chans)
+        # BatchTransform's eval resize and channel matching to [0, 1] pixels; the normalisation
+        # lives inside the model.
+        self._to_pixels = BatchTransform(False, self.image_size, self.in_chans)
 
     def decode(self, data: bytes, name: str = "upload") -> torch.Tensor:
         """Image bytes -> float32 ``[C, S, S]`` in [0, 1]; raises ``BadImageError`` naming ``name``."""
@@ -102,25 +102,24 @@ def is_small_image(data: bytes, max_pixels: int) -> bool:
 
 
 class TorchBackend(Backend):
-    """A run folder's best weights (``load_trained``) wrapped in ``PixelModel``, in eval mode."""
+    """A run folder's best weights (``load_trained``), in eval mode: the model takes [0, 1] pixels."""
 
     kind = "pytorch"
 
     def __init__(self, run_dir: str | Path, name: str):
-        from ..engine.build import build_transforms, load_trained
+        from ..engine.build import load_trained
         from ..methods import trains_head
-        from ..models.pixel import PixelModel
         from ..tasks import get_task
         cfg, model, classes, info = load_trained(run_dir)
         if not trains_head(cfg):
             raise UserError(f"{run_dir} is a self-supervised pretraining run (method={cfg.method}): its classifier "
                              "was never trained, so there is nothing to serve; fine-tune a classifier from it first")
-        _, eval_tf = build_transforms(cfg, model)
         super().__init__(name, str(run_dir), classes, cfg.data.image_size, cfg.model.in_chans,
                          grayscale=info.get("data", {}).get("channels", 3) == 1,
                          decode_size=cfg.data.cache_size or cfg.data.image_size,
-                         max_pixels=cfg.data.max_pixels, task=get_task(cfg).name)
-        self.model = PixelModel(model, eval_tf.mean, eval_tf.std).eval()
+                         max_pixels=cfg.data.max_pixels, task=get_task(cfg).name,
+                         settings=get_task(cfg).postprocess_settings())
+        self.model = model.eval()
         # Runs that train channels-last (the CNN recipes) also infer faster that way on CPU
         # (MobileNetV2 at 32 px, 1 thread: about 25% less time per batch of 1 to 8).
         self.channels_last = bool(cfg.train.channels_last)
@@ -157,7 +156,8 @@ class OnnxBackend(Backend):
         batch_dim = (self.clf.session.get_inputs()[0].shape or [None])[0]
         self.max_batch = batch_dim if isinstance(batch_dim, int) else None
         super().__init__(name, str(path), self.clf.classes, self.clf.image_size, self.clf.in_chans,
-                         grayscale=self.clf.grayscale, decode_size=self.clf.decode_size, task=self.clf.task)
+                         grayscale=self.clf.grayscale, decode_size=self.clf.decode_size, task=self.clf.task,
+                         settings=self.clf.settings)
 
     def run(self, pixels: torch.Tensor) -> np.ndarray:
         return self.clf.predict_pixels(pixels)

@@ -148,6 +148,8 @@ def _from_json(body: bytes, max_images: int):
         doc = json.loads(body)
     except (ValueError, UnicodeDecodeError) as e:
         raise ClientError(400, f"request body is not valid JSON: {e}") from None
+    except RecursionError:  # e.g. 200k nested arrays: the parser's stack, not a server fault
+        raise ClientError(400, "request body is JSON nested too deeply") from None
     if not isinstance(doc, dict) or not ({"image", "images"} & doc.keys()):
         raise ClientError(400, 'JSON body must be an object with "image": BASE64 or "images": [BASE64, ...]')
     items = doc["images"] if "images" in doc else [doc["image"]]
@@ -182,10 +184,13 @@ def parse_topk(value, default: int, n_classes: int) -> int:
     """``topk`` from a query, form field or JSON: an integer >= 1, capped at the number of classes."""
     if value is None:
         return min(default, n_classes)
-    try:
-        k = int(value)
-    except (TypeError, ValueError):
-        raise ClientError(400, f"topk must be an integer >= 1, got {value!r}") from None
+    shown = repr(value)
+    shown = shown if len(shown) <= 40 else shown[:37] + "..."  # never echo a huge value back
+    # JSON true is not 1 and 2.9 is not 2: only an integer (or a string of one) is a count
+    if isinstance(value, bool) or not isinstance(value, (int, str)) \
+            or (isinstance(value, str) and not value.strip().lstrip("+-").isdigit()):
+        raise ClientError(400, f"topk must be an integer >= 1, got {shown}")
+    k = int(value)
     if k < 1:
-        raise ClientError(400, f"topk must be an integer >= 1, got {k}")
+        raise ClientError(400, f"topk must be an integer >= 1, got {shown}")
     return min(k, n_classes)

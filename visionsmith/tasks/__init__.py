@@ -2,7 +2,7 @@
 
 ``get_task(cfg)`` is the entry point; ``base.py`` describes the protocol.  One task per file.
 """
-from .base import Metric, Task, get_task, register_task, task_class, task_names
+from .base import Metric, Task, batch_to, get_task, register_task, task_class, task_names
 from .classification import (
            ClassificationTask,
            compute_metrics,
@@ -10,5 +10,5 @@ from .classification import (
            worst_mistakes,
 )
 
-__all__ = ["ClassificationTask", "Metric", "Task", "compute_metrics", "confusion_matrix", "get_task",
+__all__ = ["ClassificationTask", "Metric", "Task", "batch_to", "compute_metrics", "confusion_matrix", "get_task",
            "register_task", "task_class", "task_names", "worst_mistakes"]

@@ -123,6 +123,11 @@ class Task:
         files the report draws from (e.g. the worst mistakes with their images)."""
         return {}
 
+    def postprocess_settings(self) -> dict:
+        """The run's settings that turn raw model outputs into predictions outside the loop (predict,
+        serve, an export's metadata), e.g. detection's score threshold and NMS IoU; none by default."""
+        return {}
+
     def summary(self, m: dict) -> str:
         """The CLI's one line for a metrics dict, e.g. ``accuracy 0.9343  top-5 ...``."""
         return f"{self.headline} {m[self.headline]:.4f}"
@@ -130,6 +135,12 @@ class Task:
     def per_class_lines(self, m: dict) -> list[str]:
         """The per-class table ``visionsmith eval`` prints under the summary."""
         return []
+
+def batch_to(batch: dict, device) -> dict:
+    """A batch on ``device``: tensors moved, lists of tensors (per-image boxes) moved item by item."""
+    move = lambda v: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v  # noqa: E731
+    return {k: [move(x) for x in v] if isinstance(v, list) else move(v) for k, v in batch.items()}
+
 
 _TASKS: dict[str, type[Task]] = {}
 

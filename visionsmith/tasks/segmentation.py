@@ -95,7 +95,7 @@ class SegmentationTask(Task):
             raise DataError(f"model {m.name!r} has no feature pyramid (feature_info); segmentation needs one")
         levels = [i for i, f in enumerate(info) if f["reduction"] >= s.min_stride] or [len(info) - 1]
         head = build_seg_head(s.head, [info[i]["num_chs"] for i in levels], [info[i]["reduction"] for i in levels],
-                              num_classes, channels=s.channels, min_stride=s.min_stride)
+                              num_classes, channels=s.channels, min_stride=s.min_stride, norm=s.norm)
         return EncoderDecoder(backbone, head, levels)
 
     def make_batch(self, ds, idx: Tensor, transform, generator: torch.Generator | None) -> dict:

@@ -265,8 +265,7 @@ def resolve_source(run_or_model: str | Path, data: str | Path | None = None, spl
         model = create_model(entry.name, num_classes=0, pretrained=use_weights).to(device)
         pc = getattr(model, "pretrained_cfg", {}) or {}
         in_chans = int(pc.get("input_size", (3,))[0])
-        eval_tf = BatchTransform(False, dcfg.image_size, tuple(pc.get("mean", (0.5,) * 3)),
-                                 tuple(pc.get("std", (0.5,) * 3)), in_chans)
+        eval_tf = BatchTransform(False, dcfg.image_size, in_chans)  # pixels: the model normalises them
         info = {"source": "model", "model": entry.name,
                 "weights": entry.pretrained[0] if use_weights else "random init"}
     info.update(data=dcfg.name if dcfg.name in DATASET_NAMES else str(dcfg.root or dcfg.csv or dcfg.name),

@@ -14,7 +14,6 @@ from tqdm import tqdm
 
 from ..errors import UserError
 from ..methods.adversarial import attack, check_eps
-from ..models.pixel import PixelModel
 
 DEFAULT_EPS = "0,1/255,2/255,4/255,8/255"
 
@@ -41,10 +40,11 @@ def curve_key(name: str, norm: str, steps: int) -> str:
     return f"{name}-{norm}" if name == "fgsm" else f"{name}-{norm}-{steps}"
 
 
-def robust_accuracy(model: PixelModel, pixels: torch.Tensor, labels: torch.Tensor, eps: float, name: str = "pgd",
+def robust_accuracy(model: torch.nn.Module, pixels: torch.Tensor, labels: torch.Tensor, eps: float, name: str = "pgd",
                     norm: str = "linf", steps: int = 20, step_size: float | None = None,
                     batch_size: int = 256) -> float:
-    """Accuracy of ``model`` on adversarial versions of ``pixels`` [N, C, S, S] in [0, 1]."""
+    """Accuracy of ``model`` (it takes [0, 1] pixels and normalises them itself) on adversarial
+    versions of ``pixels`` [N, C, S, S] in [0, 1]."""
     device = next(model.parameters()).device
     correct = 0
     for i in range(0, len(pixels), batch_size):
@@ -79,10 +79,10 @@ def robustness_run(run_dir, eps=DEFAULT_EPS, name: str = "pgd", norm: str = "lin
     if not trains_head(cfg):
         raise UserError(f"{run_dir} is a self-supervised pretraining run: it has no trained classifier to attack")
     n = len(ds) if images <= 0 else min(images, len(ds))
-    # Pixels exactly as evaluation sees them (resized, channels matched), before normalisation.
-    pixels = torch.cat([eval_tf.to_pixels(eval_tf(ds.images[i:min(i + 1024, n)])) for i in range(0, n, 1024)])
+    # Pixels exactly as evaluation sees them (resized, channels matched); the model normalises them.
+    pixels = torch.cat([eval_tf(ds.images[i:min(i + 1024, n)]) for i in range(0, n, 1024)])
     labels = ds.labels[:n]
-    pm = PixelModel(model, eval_tf.mean, eval_tf.std).to(device).eval()
+    pm = model.to(device).eval()
     for p in pm.parameters():
         p.requires_grad_(False)  # only the input's gradient is needed
     torch.manual_seed(seed)  # random starts: the same numbers on every call

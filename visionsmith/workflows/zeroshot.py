@@ -18,12 +18,28 @@ import torch.nn.functional as F
 
 from ..data import BatchTransform
 from ..errors import UserError
+from ..models._base import PixelNorm
 from ..models.weights import WeightLoadError
 
 # openai/clip-vit-* preprocessor_config.json values, used when the folder has none
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 DEFAULT_PROMPTS = ("a photo of a {}.",)
+
+
+class ClipPreprocess:
+    """uint8 images ``[N, C, h, w]`` -> CLIP's ``pixel_values`` ``[N, C, S, S]``: the eval ``BatchTransform``
+    (resize, channel matching: [0, 1] pixels), then the image processor's ``(x - mean) / std``.  A
+    ``transformers`` CLIPModel is not a visionsmith model: it does not normalise its input itself, so
+    the normalisation stays here.  ``image_size`` and ``in_chans`` are those of the pixel transform."""
+
+    def __init__(self, image_size: int, in_chans: int, mean, std):
+        self.pixels = BatchTransform(False, image_size, in_chans)
+        self.norm = PixelNorm(mean, std, in_chans)
+        self.image_size, self.in_chans = self.pixels.image_size, self.pixels.in_chans
+
+    def __call__(self, images: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        return self.norm(self.pixels(images, generator))
 
 
 def clip_config(folder: str | Path):
@@ -95,7 +111,7 @@ def load_clip(folder: str | Path, device: torch.device | str = "cpu"):
                               f"tokenizer.save_pretrained): {e}") from None
     mean, std = image_mean_std(folder)
     vc = config.vision_config
-    tf = BatchTransform(False, vc.image_size, mean, std, vc.num_channels)
+    tf = ClipPreprocess(vc.image_size, vc.num_channels, mean, std)
     return model.to(device).eval(), tokenizer, tf
 
 
@@ -136,7 +152,7 @@ def text_embeddings(model, tokenizer, class_names: list[str], prompts=DEFAULT_PR
 
 
 @torch.no_grad()
-def image_embeddings(model, images: torch.Tensor, tf: BatchTransform, batch_size: int = 128) -> torch.Tensor:
+def image_embeddings(model, images: torch.Tensor, tf: ClipPreprocess, batch_size: int = 128) -> torch.Tensor:
     """Unit-length image embeddings ``[N, E]`` for uint8 images ``[N, C, H, W]``."""
     device = next(model.parameters()).device
     out = []

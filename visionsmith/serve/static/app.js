@@ -1,5 +1,6 @@
 // The visionsmith serve page: pick a model, drop or choose images, see top-k bars (classification) or
-// the returned class mask drawn over the image with a legend (segmentation), and the latency.
+// the returned class mask drawn over the image with a legend (segmentation), boxes drawn on it
+// (detection), and the latency.
 // Plain JavaScript, no libraries, nothing loaded from other hosts (the page's CSP forbids it).
 "use strict";
 
@@ -133,6 +134,50 @@ async function showMask(node, pred, model) {
   node.classList.add("segmentation");
 }
 
+// A detection answer: the upload on a canvas with each detection scoring >= 0.3 as a labelled box in its
+// class colour, and a legend counting the objects found per class.
+async function showBoxes(node, pred) {
+  const img = node.querySelector("img");
+  const shown = await loaded(img);
+  const scale = Math.min(1, 512 / Math.max(pred.width, pred.height));
+  const w = Math.max(1, Math.round(pred.width * scale)), h = Math.max(1, Math.round(pred.height * scale));
+  const canvas = document.createElement("canvas");
+  canvas.width = w; canvas.height = h; canvas.className = "overlay";
+  const fit = 256 / Math.max(w, h);
+  canvas.style.width = Math.round(w * fit) + "px"; canvas.style.height = Math.round(h * fit) + "px";
+  const ctx = canvas.getContext("2d");
+  if (shown) ctx.drawImage(img, 0, 0, w, h); else { ctx.fillStyle = "#ddd"; ctx.fillRect(0, 0, w, h); }
+  const dets = pred.detections.filter((d) => d.score >= 0.3);
+  const font = Math.max(9, Math.round(12 / fit));  // about 12 px on screen whatever the canvas scale
+  ctx.font = `${font}px sans-serif`; ctx.lineWidth = Math.max(1, 2 / fit); ctx.textBaseline = "top";
+  for (const d of dets.slice().reverse()) {  // best drawn last, on top
+    const [x1, y1, x2, y2] = d.box.map((v) => v * scale);
+    const col = pred.colors[d["class"]] || "#e6194b";
+    ctx.strokeStyle = col; ctx.strokeRect(x1, y1, x2 - x1, y2 - y1);
+    const tag = `${d["class"]} ${d.score.toFixed(2)}`;
+    const tw = ctx.measureText(tag).width + 4, ty = y1 - font - 2 >= 0 ? y1 - font - 2 : y1;
+    ctx.fillStyle = col; ctx.fillRect(x1, ty, tw, font + 2);
+    ctx.fillStyle = "#000"; ctx.fillText(tag, x1 + 2, ty + 1);
+  }
+  img.hidden = true;
+  img.after(canvas);
+  const counts = {};
+  for (const d of dets) counts[d["class"]] = (counts[d["class"]] || 0) + 1;
+  const ul = node.querySelector(".legend");
+  ul.hidden = false;
+  ul.replaceChildren(...Object.entries(counts).map(([c, k]) => {
+    const li = document.createElement("li");
+    const sw = document.createElement("span"); sw.className = "swatch"; sw.style.background = pred.colors[c];
+    const label = document.createElement("span"); label.className = "label"; label.textContent = c;
+    const pct = document.createElement("span"); pct.className = "pct"; pct.textContent = `× ${k}`;
+    li.append(sw, label, pct);
+    return li;
+  }));
+  if (!dets.length) ul.replaceChildren(Object.assign(document.createElement("li"), { textContent: "no object scored ≥ 0.3" }));
+  node.classList.add("segmentation");  // the same card layout as a mask
+  return dets.length ? dets[0]["class"] : "";
+}
+
 async function predictOne(file) {
   const node = card(file);
   const body = new FormData();
@@ -156,7 +201,9 @@ async function predictOne(file) {
   }
   const out = await resp.json();
   const pred = out.predictions[0];
-  if (pred.mask) {  // a class mask (segmentation): overlay and legend instead of bars
+  if (pred.detections) {  // boxes (detection): drawn over the image, a legend of the classes found
+    node.dataset.top = await showBoxes(node, pred);
+  } else if (pred.mask) {  // a class mask (segmentation): overlay and legend instead of bars
     await showMask(node, pred, models.find((x) => x.name === out.model));
     node.dataset.top = pred.classes.length ? pred.classes[0]["class"] : "";
   } else {
