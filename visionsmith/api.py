@@ -90,16 +90,32 @@ class PredictResult:
     out: Path | None = None
 
 
-def _expand(inputs) -> list[Path]:
+def _expand(inputs) -> tuple[list[Path], list[tuple[Path, str]]]:
+    """(the files to predict, in order; the entries of the given folders named like images that are not
+    files: a link to nowhere, a FIFO, a folder called x.png, with the reason).  A path given by name is
+    kept as it is: ``load_image`` says what is wrong with it."""
+    import stat
+
     from .data import IMAGE_EXTENSIONS
-    files = []
+    files, odd = [], []
     for item in inputs:
         p = Path(item)
-        if p.is_dir():
-            files += sorted(q for q in p.rglob("*") if q.is_file() and q.suffix.lower() in IMAGE_EXTENSIONS)
-        else:
+        if not p.is_dir():
             files.append(p)
-    return files
+            continue
+        for q in sorted(p.rglob("*")):
+            if q.suffix.lower() not in IMAGE_EXTENSIONS:
+                continue
+            if q.is_file():
+                files.append(q)
+            elif q.is_dir():
+                odd.append((q, "a folder named like an image file"))
+            elif not q.exists():
+                odd.append((q, "a link to nowhere (broken symbolic link)"))
+            else:
+                mode = q.stat().st_mode
+                odd.append((q, "a FIFO, not an image file" if stat.S_ISFIFO(mode) else "not a regular file"))
+    return files, odd
 
 
 @dataclass
@@ -160,6 +176,7 @@ def predict(run_dir: str | Path, inputs, topk: int = 5, batch_size: int = 64,
     listed in ``.bad`` with the reason, never raised.
     """
     from .data import DataError, load_image
+    from .data.images import printable_path
     from .outputs import output_for
 
     runner = _onnx_runner(Path(run_dir)) if str(run_dir).lower().endswith(".onnx") else _torch_runner(run_dir)
@@ -175,22 +192,24 @@ def predict(run_dir: str | Path, inputs, topk: int = 5, batch_size: int = 64,
         logits = torch.cat([runner.run(windows[i:i + batch_size]) for i in range(0, len(windows), batch_size)])
         at = 0
         for f, w, ctx, img in pending:
-            pred, extra = output.predict(str(f), logits[at:at + len(w)], ctx, topk=topk)
+            pred, extra = output.predict(printable_path(f), logits[at:at + len(w)], ctx, topk=topk)
             at += len(w)
             writer.write(pred, img, extra)  # segmentation: the mask, overlay and JSON files
             res.predictions.append(pred)
         pending.clear()
 
     held_windows = held_pixels = 0
-    for f in _expand(inputs):
+    files, odd = _expand(inputs)
+    res.bad += [(printable_path(q), why) for q, why in odd]
+    for f in files:
         if not f.exists():
-            res.bad.append((str(f), "no such file"))
+            res.bad.append((printable_path(f), "no such file"))
             continue
         try:
             img = load_image(f, grayscale=runner.grayscale, max_pixels=runner.max_pixels)
             windows, ctx = output.prepare(img, runner.decode_size, runner.grayscale)
         except DataError as e:
-            res.bad.append((str(f), getattr(e, "reason", str(e))))
+            res.bad.append((printable_path(f), getattr(e, "reason", str(e))))
             continue
         pending.append((f, windows, ctx, img if output.keeps_image else None))
         held_windows += len(windows)

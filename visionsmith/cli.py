@@ -403,16 +403,19 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--json", action="store_true", help="machine-readable output")
 
     sp = add("predict", cmd_predict, "predict image files or folders with a run (or its ONNX export): top-k "
-             "classes, or for a segmentation run a mask, an overlay and a JSON per image (--out DIR); bad files "
+             "classes; for a segmentation run a mask, an overlay and a JSON per image (--out DIR); for a detection "
+             "run boxes, classes and scores (with --out DIR an overlay and a JSON per image); bad files "
              "are listed, good ones always answered", "visionsmith predict runs/fm shoe.png photos/ --topk 3 --json\n"
              "  visionsmith predict runs/fm/export/model.int8.onnx shoe.png       (an exported model)\n"
-             "  visionsmith predict runs/scenes-seg scene.png --out preds/         (a segmentation run)")
+             "  visionsmith predict runs/scenes-seg scene.png --out preds/         (a segmentation run)\n"
+             "  visionsmith predict runs/scenes-det scene.png --out boxes/         (a detection run)")
     sp.add_argument("run", help="a run folder, or an ONNX file written by `visionsmith export`")
     sp.add_argument("inputs", nargs="+", help="image files and/or folders")
     sp.add_argument("--topk", type=_positive_int, default=5, help="classes listed per image (classification)")
     sp.add_argument("--json", action="store_true", help="machine-readable output")
     sp.add_argument("--out", metavar="DIR", help="folder for the output files (required for a segmentation run: "
-                    "per image NAME.mask.png, NAME.overlay.png, NAME.json, and predictions.json)")
+                    "per image NAME.mask.png, NAME.overlay.png, NAME.json, and predictions.json; a detection "
+                    "run: NAME.overlay.png, NAME.json, predictions.json)")
 
     sp = add("fewshot", cmd_fewshot, "N-way K-shot accuracy (mean, 95 percent interval) of frozen features with "
              "nearest-prototype classification, from a run folder or a registered pretrained model",

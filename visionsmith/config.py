@@ -223,7 +223,8 @@ class DetConfig:
     range_scale: float = 4.0  # a level of stride s regresses objects reaching up to range_scale x s
     radius: float = 1.5  # centre sampling: positives lie within radius x stride of an object's centre
     score_threshold: float = 0.05  # detections kept before NMS score at least this
-    nms_iou: float = 0.6  # class-aware NMS IoU threshold
+    nms_iou: float = 0.6  # NMS IoU threshold
+    class_agnostic_nms: bool = False  # true: boxes of any class suppress each other (one label per object)
     max_detections: int = 100  # per image, after NMS
     pre_nms: int = 1000  # top-scoring candidates per image that enter NMS
 

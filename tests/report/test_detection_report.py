@@ -331,7 +331,7 @@ def test_pictures_tolerate_edge_cases():
 
 
 def test_error_kinds_by_hand():
-    from visionsmith.tasks.detection import _box_errors
+    from visionsmith.metrics.detection_errors import box_errors
 
     t = lambda *rows: torch.tensor(rows, dtype=torch.float32)
     gt_boxes = [t([0, 0, 20, 20], [40, 40, 60, 60]), t([0, 0, 30, 30])]
@@ -340,7 +340,7 @@ def test_error_kinds_by_hand():
                          [45, 45, 65, 65]),
               "scores": torch.tensor([0.9, 0.85, 0.8, 0.7, 0.2, 0.6]), "labels": torch.tensor([1, 2, 1, 0, 0, 0])},
              {"boxes": torch.zeros(0, 4), "scores": torch.zeros(0), "labels": torch.zeros(0, dtype=torch.int64)}]
-    e = _box_errors(preds, gt_boxes, gt_labels, ["a", "b", "c"])
+    e = box_errors(preds, gt_boxes, gt_labels, ["a", "b", "c"])
     fp = e["false_positives"]
     # the 0.85 "c" on the same spot as the 0.9 "b" is counted, not listed (one per place)
     assert [(f["score"], f["kind"]) for f in fp] == [(0.9, "wrong_class"), (0.8, "localisation"),

@@ -92,7 +92,7 @@ def test_loss_falls_and_a_batch_is_learned(scenes_root):
         opt.zero_grad()
         loss.backward()
         opt.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
     assert losses[-1] < 0.5 * losses[0]
     model.eval()
     metric = task.metric(ds.classes)
@@ -116,6 +116,9 @@ def test_postprocess_keeps_the_best_of_overlapping_boxes():
     assert res["labels"].tolist() == [1, 2, 0]
     assert torch.equal(res["boxes"], boxes[[0, 2, 3]])
     assert (res["scores"][:-1] >= res["scores"][1:]).all()
+    # class-agnostic NMS: box 3 (another class on box 0's place) is suppressed too
+    (agn,) = get_task(load_config(RECIPE, ["det.class_agnostic_nms=true"])).postprocess(out, (64, 64))
+    assert agn["labels"].tolist() == [1, 2]
 
 
 def test_detection_train_eval_and_cli(scenes_root, tmp_path, cli):

@@ -43,7 +43,8 @@ def cache_key(paths: list[str], size: int, grayscale: bool, max_pixels: int) -> 
             stamp = f"{st.st_size}:{st.st_mtime_ns}"
         except OSError:
             stamp = "missing"
-        h.update(f"{p}\0{stamp}\n".encode())
+        # surrogateescape: a file name that is not valid UTF-8 (bytes decoded by os.fsdecode) hashes as its bytes
+        h.update(f"{p}\0{stamp}\n".encode("utf-8", "surrogateescape"))
     return h.hexdigest()[:32]
 
 

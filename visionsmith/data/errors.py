@@ -1,6 +1,8 @@
 """Errors for bad data: one line each, naming the file, folder or key and what to do about it."""
 from __future__ import annotations
 
+import os
+
 from ..errors import UserError
 
 
@@ -14,7 +16,8 @@ class BadImageError(DataError):
     def __init__(self, path, reason: str):
         self.path = str(path)
         self.reason = reason
-        super().__init__(f"{self.path}: {reason}")
+        # os.fsencode + replace: a name that is not valid UTF-8 prints (U+FFFD) instead of raising on output
+        super().__init__(f"{os.fsencode(self.path).decode('utf-8', 'replace')}: {reason}")
 
     def __reduce__(self):  # keep it picklable (worker processes, multiprocessing pools)
         return (type(self), (self.path, self.reason))

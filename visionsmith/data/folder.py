@@ -44,6 +44,43 @@ def check_root(root: str | os.PathLike | None) -> Path:
     return root
 
 
+def walk_files(top: Path, seen_dirs: set[str], seen_files: set[str], skipped: list[tuple[str, str]],
+               root: Path) -> list[str]:
+    """Every visible file under ``top`` (links followed, hidden names skipped), in a stable order, never twice.
+
+    Links are followed (users link class folders in from elsewhere), but a directory is walked at most once
+    (``seen_dirs``: real paths, shared by every class of one scan, pre-seeded with the class folders) and never
+    one that holds ``root`` (``a/up -> ..`` would walk every class again under ``a``); a file reached twice
+    (two links to it) counts once (``seen_files``).  What is left out goes to ``skipped`` with the reason."""
+    root_real = os.path.realpath(root)
+    out: list[str] = []
+    for dirpath, subdirs, files in os.walk(top, followlinks=True):
+        keep = []
+        for d in sorted(x for x in subdirs if not x.startswith(".")):  # prune hidden, walk in order
+            full = os.path.join(dirpath, d)
+            real = os.path.realpath(full)
+            if real == root_real or root_real.startswith(real.rstrip(os.sep) + os.sep):
+                skipped.append((full, f"a link to {real}, which holds the data root: not followed (it would count "
+                                      "every image again)"))
+            elif real in seen_dirs:
+                skipped.append((full, f"a link to {real}, which is already read: not followed"))
+            else:
+                seen_dirs.add(real)
+                keep.append(d)
+        subdirs[:] = keep
+        for f in sorted(files):
+            if f.startswith("."):
+                continue
+            p = os.path.join(dirpath, f)
+            real = os.path.realpath(p)
+            if real in seen_files:
+                skipped.append((p, f"the same file as one already read ({real})"))
+                continue
+            seen_files.add(real)
+            out.append(p)
+    return out
+
+
 def scan(root: Path, classes: list[str] | None = None,
          allow_missing: bool = False) -> tuple[list[str], list[tuple[str, int]], list[tuple[str, str]]]:
     """Find the files of ``root/<class>/...``.  -> (classes, [(path, label)], skipped).
@@ -70,20 +107,17 @@ def scan(root: Path, classes: list[str] | None = None,
             raise DataError(f"class {missing[0]!r} has no folder {root / missing[0]}")
     skipped = [(p, "not inside a class folder") for p in loose]
     items: list[tuple[str, int]] = []
+    seen_dirs = {os.path.realpath(root / name) for name in classes if name in dirs}  # a link to a class: not again
+    seen_files: set[str] = set()
     for label, name in enumerate(classes):
         if name not in dirs:
             continue
-        for dirpath, subdirs, files in os.walk(root / name, followlinks=True):
-            subdirs[:] = sorted(d for d in subdirs if not d.startswith("."))  # prune hidden, walk in order
-            for f in sorted(files):
-                if f.startswith("."):
-                    continue
-                p = os.path.join(dirpath, f)
-                if has_image_extension(p):
-                    items.append((p, label))
-                else:
-                    skipped.append((p, f"not an image file extension ({Path(f).suffix or 'none'}); "
-                                       f"images are {' '.join(IMAGE_EXTENSIONS)}"))
+        for p in walk_files(root / name, seen_dirs, seen_files, skipped, root):
+            if has_image_extension(p):
+                items.append((p, label))
+            else:
+                skipped.append((p, f"not an image file extension ({Path(p).suffix or 'none'}); "
+                                   f"images are {' '.join(IMAGE_EXTENSIONS)}"))
     return list(classes), items, skipped
 
 
@@ -128,17 +162,12 @@ def load_unlabelled(root: str | os.PathLike, size: int, grayscale: bool = False,
     where = layout["train"] if layout else root
     items: list[tuple[str, int]] = []
     skipped: list[tuple[str, str]] = []
-    for dirpath, subdirs, files in os.walk(where, followlinks=True):
-        subdirs[:] = sorted(d for d in subdirs if not d.startswith("."))
-        for f in sorted(files):
-            if f.startswith("."):
-                continue
-            p = os.path.join(dirpath, f)
-            if has_image_extension(p):
-                items.append((p, 0))
-            else:
-                skipped.append((p, f"not an image file extension ({Path(f).suffix or 'none'}); "
-                                   f"images are {' '.join(IMAGE_EXTENSIONS)}"))
+    for p in walk_files(where, {os.path.realpath(where)}, set(), skipped, where):
+        if has_image_extension(p):
+            items.append((p, 0))
+        else:
+            skipped.append((p, f"not an image file extension ({Path(p).suffix or 'none'}); "
+                               f"images are {' '.join(IMAGE_EXTENSIONS)}"))
     if not items:
         other = f"; {len(skipped)} other file(s) there, e.g. {skipped[0][0]}" if skipped else ""
         raise DataError(f"no image files in {where} or its sub-folders (looked for {' '.join(IMAGE_EXTENSIONS)})"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import os
+import stat
 import warnings
 from pathlib import Path
 
@@ -29,6 +30,18 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".
 _RESAMPLE = Image.Resampling.BILINEAR  # antialiased when shrinking, like F.interpolate(antialias=True)
 
 
+def max_file_bytes(max_pixels: int) -> int:
+    """The largest image file read for ``max_pixels``: 8 bytes a pixel (uncompressed 16-bit RGBA, the
+    widest layout Pillow reads here) plus 16 MB of headers and metadata."""
+    return int(max_pixels) * 8 + 16 * 2**20
+
+
+def printable_path(p: str | os.PathLike) -> str:
+    """A path for messages and JSON: a file name that is not valid UTF-8 (undecodable bytes kept by
+    Python as lone surrogates) shows U+FFFD in their place instead of breaking an encoder."""
+    return os.fsencode(p).decode("utf-8", "replace")
+
+
 def load_image(path: str | os.PathLike, grayscale: bool = False,
                max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
     """Decode ``path`` into an 8-bit PIL image of mode ``"RGB"`` (or ``"L"`` when ``grayscale``).
@@ -40,6 +53,19 @@ def load_image(path: str | os.PathLike, grayscale: bool = False,
     """
     path = Path(path)
     try:
+        # Look before reading: a FIFO would block forever, a link to /dev/zero or a sparse multi-GB file
+        # would be read whole into memory.  Only regular files up to what max_pixels can need are read.
+        st = path.stat()
+        if not stat.S_ISREG(st.st_mode):
+            if stat.S_ISDIR(st.st_mode):
+                raise IsADirectoryError
+            kind = "a FIFO" if stat.S_ISFIFO(st.st_mode) else "a device" if stat.S_ISCHR(st.st_mode) or \
+                stat.S_ISBLK(st.st_mode) else "a socket" if stat.S_ISSOCK(st.st_mode) else "not a regular file"
+            raise BadImageError(path, f"is {kind}, not an image file")
+        limit = max_file_bytes(max_pixels)
+        if st.st_size > limit:
+            raise BadImageError(path, f"is {st.st_size / 2**20:.0f} MB, more than any image of at most {max_pixels} "
+                                      f"pixels needs ({limit / 2**20:.0f} MB); raise data.max_pixels if it is real")
         # Read the bytes ourselves: the OS error (missing, directory, permissions) is then ours to
         # word, and no file handle stays open behind a lazily loaded PIL image.
         data = path.read_bytes()

@@ -54,7 +54,7 @@ def boxes_to_image(outputs: torch.Tensor, t: Tiles, settings: dict) -> dict:
     """The raw outputs of one image's windows ``[n, N, 5 + K]`` -> its detections in the input image's
     pixels: each window decoded, shifted by its offset, all windows merged by class-aware NMS (an
     object in two overlapping windows is found once), scaled back to ``width`` x ``height``."""
-    from ..ops.boxes import batched_nms
+    from ..ops.boxes import batched_nms, nms
     from ..tasks.detection import decode
     s = t.size
     dets = decode(outputs, (s, s), **settings)
@@ -63,7 +63,9 @@ def boxes_to_image(outputs: torch.Tensor, t: Tiles, settings: dict) -> dict:
     scores = torch.cat([d["scores"] for d in dets]) if dets else torch.zeros(0)
     labels = torch.cat([d["labels"] for d in dets]) if dets else torch.zeros(0, dtype=torch.long)
     if len(t.offsets) > 1:
-        keep = batched_nms(boxes, scores, labels, settings.get("nms_iou", 0.6))[:settings.get("max_detections", 100)]
+        iou = settings.get("nms_iou", 0.6)
+        keep = nms(boxes, scores, iou) if settings.get("class_agnostic") else batched_nms(boxes, scores, labels, iou)
+        keep = keep[:settings.get("max_detections", 100)]
         boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
     scale = torch.tensor([t.width / t.rw, t.height / t.rh] * 2)
     return {"boxes": boxes * scale, "scores": scores, "labels": labels}

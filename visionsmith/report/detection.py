@@ -45,7 +45,7 @@ if TYPE_CHECKING:
 SAMPLES = "eval_samples.npz"
 CURVES = "pr_curves.npz"
 ERRORS = "errors.npz"
-SHOW_SCORE = 0.3  # predictions drawn in the grid score at least this (tasks/detection.py ERROR_SCORE)
+SHOW_SCORE = 0.3  # predictions drawn in the grid score at least this (metrics/detection_errors.py ERROR_SCORE)
 MATCH_IOU = 0.5  # a prediction finds a box at IoU >= this (metrics/detection.py MATCH_IOU)
 
 FP_KINDS = {"wrong_class": "wrong class", "localisation": "poorly placed",
