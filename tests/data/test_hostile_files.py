@@ -6,7 +6,6 @@ import os
 import threading
 from pathlib import Path
 
-import pytest
 from PIL import Image
 
 from visionsmith.config import DataConfig

@@ -461,3 +461,32 @@ def load_voc(root: str | os.PathLike, size: int, grayscale: bool = False, strict
                                  max_pixels=max_pixels, skipped=skipped, key_files=[str(m) for _, m in pairs],
                                  where=str(root))
     return out
+
+
+def held_out(ds: SegmentationDataset, fraction: float, seed: int, salt: int):
+    """(rest, held): a random ``fraction`` of ``ds`` held out, by ``seed`` (masks and boxes have no stratum)."""
+    n = len(ds)
+    k = int(round(n * fraction))
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1000 + salt))
+    return ds.subset(perm[k:].sort().values), ds.subset(perm[:k].sort().values)
+
+
+def complete_splits(src: dict, data, seed: int, what: str = "images") -> dict:
+    """``{"train", "val", "test"}`` from a source's splits (``data``: the run's ``DataConfig``): a missing
+    test split is held out of train by ``data.test_fraction`` with a fixed seed (every run scores on the
+    same images), a missing val split by ``data.val_fraction`` and ``seed``; ``data.train_limit`` keeps
+    that many training items; splits are named ``<data.name>/<split>``.  ``what`` words the empty-train error."""
+    train = src["train"]
+    if not len(train):
+        raise DataError(f"data.name={data.name}: no training {what} were found")
+    test = src.get("test")
+    if test is None:
+        train, test = held_out(train, data.test_fraction, 0, 1)
+    val = src.get("val")
+    if val is None:
+        train, val = held_out(train, data.val_fraction, seed, 2)
+    if data.train_limit is not None:
+        train = train.subset(torch.randperm(len(train), generator=torch.Generator().manual_seed(seed * 1000 + 3))
+                             [:data.train_limit].sort().values)
+    return {"train": train.renamed(f"{data.name}/train", src["train"].skipped),
+            "val": val.renamed(f"{data.name}/val"), "test": test.renamed(f"{data.name}/test")}

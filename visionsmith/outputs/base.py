@@ -125,3 +125,28 @@ class Writer:
         pass
 
 
+class FolderWriter(Writer):
+    """A writer of per-image files in the folder ``out`` (made here): names from the input file's stem,
+    made unique (``a/x.png`` and ``b/x.png``, or ``x.png`` and ``x.jpg``: ``x``, ``x-2``, ...)."""
+
+    def __init__(self, out: Path):
+        self.out = out
+        self.used: set[str] = set()
+        out.mkdir(parents=True, exist_ok=True)
+
+    def _name(self, path: str) -> str:
+        stem = Path(path).stem or "image"
+        name, i = stem, 1
+        while name.lower() in self.used:
+            i += 1
+            name = f"{stem}-{i}"
+        self.used.add(name.lower())
+        return name
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """``data`` into ``path`` under a temporary name, then renamed: a file that is there is whole."""
+    import os
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)

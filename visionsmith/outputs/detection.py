@@ -18,8 +18,8 @@ import torch
 from PIL import Image, ImageDraw
 
 from ..errors import UserError
-from .base import TaskOutput, Writer, register_output
-from .segmentation import Tiles, _font, _write_atomic, hex_colour, palette, tile
+from .base import FolderWriter, TaskOutput, Writer, register_output, write_atomic
+from .segmentation import Tiles, _font, hex_colour, palette, tile
 
 DRAW_MIN_SCORE = 0.3  # overlays draw detections scoring at least this (the JSON lists them all)
 
@@ -92,23 +92,13 @@ def draw_boxes(img: Image.Image, pred: BoxPrediction, colours: dict[str, tuple])
     return im
 
 
-class BoxWriter(Writer):
+class BoxWriter(FolderWriter):
     """predict's files for a detection model in ``out``: per image ``NAME.overlay.png`` and
     ``NAME.json``; at the end ``predictions.json`` with every image and every skipped file."""
 
     def __init__(self, out: Path, output: BoxOutput, source: str):
-        self.out, self.output, self.source = out, output, source
-        self.used: set[str] = set()
-        out.mkdir(parents=True, exist_ok=True)
-
-    def _name(self, path: str) -> str:
-        stem = Path(path).stem or "image"
-        name, i = stem, 1
-        while name.lower() in self.used:
-            i += 1
-            name = f"{stem}-{i}"
-        self.used.add(name.lower())
-        return name
+        super().__init__(out)
+        self.output, self.source = output, source
 
     def write(self, pred, img, extra):
         name = self._name(pred.path)
@@ -116,14 +106,14 @@ class BoxWriter(Writer):
         pred.files = {k: str(v) for k, v in files.items()}
         buf = io.BytesIO()
         draw_boxes(img, pred, self.output.colours).save(buf, format="PNG")
-        _write_atomic(files["overlay"], buf.getvalue())
-        _write_atomic(files["json"], json.dumps({**pred.as_json(), "model": self.source}, indent=2).encode())
+        write_atomic(files["overlay"], buf.getvalue())
+        write_atomic(files["json"], json.dumps({**pred.as_json(), "model": self.source}, indent=2).encode())
 
     def finish(self, result):
         body = {"model": self.source, "task": self.output.task, "classes": self.output.classes,
                 "predictions": [p.as_json() for p in result.predictions],
                 "bad": [{"path": p, "reason": r} for p, r in result.bad]}
-        _write_atomic(self.out / "predictions.json", json.dumps(body, indent=2).encode())
+        write_atomic(self.out / "predictions.json", json.dumps(body, indent=2).encode())
 
 
 @register_output

@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import json
 import math
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,7 +14,8 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
 
 from ..errors import UserError
-from .base import BACKGROUND_NAMES, MAX_WINDOWS, OVERLAY_ALPHA, TaskOutput, Writer, register_output
+from .base import (BACKGROUND_NAMES, MAX_WINDOWS, OVERLAY_ALPHA, FolderWriter, TaskOutput, register_output,
+                   write_atomic)
 
 
 # -- segmentation: windows, stitching, masks, overlays --------------------------------------------------
@@ -220,25 +220,15 @@ class MaskPrediction:
                 "mean_confidence": round(self.mean_confidence, 6), "files": dict(self.files)}
 
 
-class MaskWriter(Writer):
+class MaskWriter(FolderWriter):
     """predict's files for a segmentation model, in ``out``: per image ``NAME.mask.png`` (palette PNG
     of class indices, the input's size), ``NAME.overlay.png`` and ``NAME.json``; at the end
     ``predictions.json`` with every image and every skipped file.  Each file is written under a
     temporary name and renamed, so a file that is there is whole."""
 
     def __init__(self, out: Path, output: MaskOutput, source: str):
-        self.out, self.output, self.source = out, output, source
-        self.used: set[str] = set()
-        out.mkdir(parents=True, exist_ok=True)
-
-    def _name(self, path: str) -> str:
-        stem = Path(path).stem or "image"
-        name, i = stem, 1
-        while name.lower() in self.used:  # a/x.png and b/x.png, or x.png and x.jpg: x, x-2, ...
-            i += 1
-            name = f"{stem}-{i}"
-        self.used.add(name.lower())
-        return name
+        super().__init__(out)
+        self.output, self.source = output, source
 
     def write(self, pred, img, cls_map):
         name = self._name(pred.path)
@@ -246,24 +236,18 @@ class MaskWriter(Writer):
                  "json": self.out / f"{name}.json"}
         pred.files = {k: str(v) for k, v in files.items()}
         o = self.output
-        _write_atomic(files["mask"], mask_png(cls_map, o.colours))
+        write_atomic(files["mask"], mask_png(cls_map, o.colours))
         frac = np.array([pred.fractions[c] for c in o.classes])
         buf = io.BytesIO()
         overlay(img, cls_map, o.classes, o.colours, frac).save(buf, format="PNG")
-        _write_atomic(files["overlay"], buf.getvalue())
-        _write_atomic(files["json"], json.dumps({**pred.as_json(), "model": self.source, **o.legend()}, indent=2).encode())
+        write_atomic(files["overlay"], buf.getvalue())
+        write_atomic(files["json"], json.dumps({**pred.as_json(), "model": self.source, **o.legend()}, indent=2).encode())
 
     def finish(self, result):
         body = {"model": self.source, "task": self.output.task, **self.output.legend(),
                 "predictions": [p.as_json() for p in result.predictions],
                 "bad": [{"path": p, "reason": r} for p, r in result.bad]}
-        _write_atomic(self.out / "predictions.json", json.dumps(body, indent=2).encode())
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
+        write_atomic(self.out / "predictions.json", json.dumps(body, indent=2).encode())
 
 
 @register_output

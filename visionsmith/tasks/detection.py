@@ -86,12 +86,6 @@ def decode(out: Tensor, size: tuple[int, int] | None = None, score_threshold: fl
     return res
 
 
-def _split(ds, fraction: float, seed: int, salt: int):
-    n, k = len(ds), int(round(len(ds) * fraction))
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1000 + salt))
-    return ds.subset(perm[k:].sort().values), ds.subset(perm[:k].sort().values)
-
-
 @register_task
 class DetectionTask(Task):
     name = "detection"
@@ -104,22 +98,11 @@ class DetectionTask(Task):
 
     # -- data and model -----------------------------------------------------------------------
     def build_datasets(self, seed: int) -> dict:
-        d = self.cfg.data
+        """The source's splits (background dropped from the classes); a missing val (test) split is held
+        out of train by ``data.val_fraction`` (``data.test_fraction``)."""
+        from ..data.segmentation import complete_splits
         src = {k: _objects_only(v) for k, v in _sources(self.cfg).items()}
-        train = src["train"]
-        if not len(train):
-            raise DataError(f"data.name={d.name}: no training images were found")
-        test = src.get("test")
-        if test is None:
-            train, test = _split(train, d.test_fraction, 0, 1)
-        val = src.get("val")
-        if val is None:
-            train, val = _split(train, d.val_fraction, seed, 2)
-        if d.train_limit is not None:
-            train = train.subset(torch.randperm(len(train), generator=torch.Generator().manual_seed(seed * 1000 + 3))
-                                 [:d.train_limit].sort().values)
-        return {"train": train.renamed(f"{d.name}/train", src["train"].skipped),
-                "val": val.renamed(f"{d.name}/val"), "test": test.renamed(f"{d.name}/test")}
+        return complete_splits(src, self.cfg.data, seed, "images")
 
     def _levels(self, backbone) -> list[int]:
         info = getattr(backbone, "feature_info", None)

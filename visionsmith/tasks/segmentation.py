@@ -39,14 +39,6 @@ def _seg_sources(cfg, seed: int) -> dict:
     raise DataError(f"data.name={d.name!r} holds no masks; task segmentation reads {', '.join(SOURCES)}")
 
 
-def _split(ds, fraction: float, seed: int, salt: int):
-    """(rest, held): a random ``fraction`` of ``ds`` held out, by ``seed`` (masks have no stratum)."""
-    n = len(ds)
-    k = int(round(n * fraction))
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1000 + salt))
-    return ds.subset(perm[k:].sort().values), ds.subset(perm[:k].sort().values)
-
-
 @register_task
 class SegmentationTask(Task):
     name = "segmentation"
@@ -61,23 +53,8 @@ class SegmentationTask(Task):
     def build_datasets(self, seed: int) -> dict:
         """The source's splits; a missing val (test) split is held out of train by ``data.val_fraction``
         (``data.test_fraction``, with a fixed seed so every run scores on the same images)."""
-        d = self.cfg.data
-        src = _seg_sources(self.cfg, seed)
-        train = src["train"]
-        if not len(train):
-            raise DataError(f"data.name={d.name}: no training images with masks were found")
-        test = src.get("test")
-        if test is None:
-            train, test = _split(train, d.test_fraction, 0, 1)
-        val = src.get("val")
-        if val is None:
-            train, val = _split(train, d.val_fraction, seed, 2)
-        if d.train_limit is not None:
-            train = train.subset(torch.randperm(len(train), generator=torch.Generator().manual_seed(seed * 1000 + 3))
-                                 [:d.train_limit].sort().values)
-        base = d.name
-        return {"train": train.renamed(f"{base}/train", src["train"].skipped),
-                "val": val.renamed(f"{base}/val"), "test": test.renamed(f"{base}/test")}
+        from ..data.segmentation import complete_splits
+        return complete_splits(_seg_sources(self.cfg, seed), self.cfg.data, seed, "images with masks")
 
     def build_model(self, num_classes: int, pretrained: bool | str | None = None) -> nn.Module:
         from ..models import create_model
