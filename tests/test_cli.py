@@ -188,3 +188,12 @@ def test_eval_of_an_unfinished_run_says_so(tmp_path, cli):
     assert "this run is unfinished (status" in res.stderr and "step 5 of 40" in res.stderr and "accuracy" in res.stdout
     js = json.loads(cli("eval", part, "--json").stdout)
     assert js["run_status"] != "done" and js["run_step"] == 5 and js["run_total_steps"] == 40
+
+
+def test_datasets_lists_every_task_source(cli):
+    from visionsmith.tasks import task_class, task_names
+    out = cli("datasets").stdout
+    rows = {tuple(line.split()[:2]) for line in out.splitlines()[1:]}
+    for task in task_names():  # every data.name a task reads is listed under that task
+        for source in task_class(task).data_sources:
+            assert (task, source) in rows, (task, source)

@@ -281,7 +281,12 @@ def cmd_datasets(a) -> int:
              "palette) and ROOT/classes.txt"),
             ("segmentation", "voc", "Pascal VOC layout: data.root=ROOT with JPEGImages/, SegmentationClass/, ImageSets/Segmentation/"),
             ("segmentation", "coco", "COCO JSON: data.root=ROOT with annotations/{train,val,test}.json + images/{train,val,test}/ "
-             "(polygons or RLE)")]
+             "(polygons or RLE)"),
+            ("detection", "scenes", "the same scenes, with the box of each item's visible part (background not a class)"),
+            ("detection", "coco", "COCO JSON as above, the bbox of each annotation (crowds left out)"),
+            ("detection", "voc", "Pascal VOC layout: data.root=ROOT with Annotations/*.xml, JPEGImages/, ImageSets/Main/"),
+            ("detection", "yolo", "YOLO txt: data.root=ROOT with images/<split>/* + labels/<split>/*.txt (class cx cy w h, "
+             "normalised) and classes.txt or data.yaml")]
     print(f"{'task':<15} {'data.name':<14} description")
     for task, name, desc in rows:
         print(f"{task:<15} {name:<14} {desc}")
