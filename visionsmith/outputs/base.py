@@ -91,6 +91,10 @@ class TaskOutput:
         """Extra fields of ``GET /v1/models`` and of the export metadata."""
         return {}
 
+    def legend(self) -> dict:
+        """What predict's per-image JSON and ``predictions.json`` say about the classes."""
+        return {"classes": self.classes}
+
     def writer(self, out: str | Path | None, source: str) -> Writer:
         """Where predict puts its files for ``out`` (raises ``UserError`` when this task needs a folder)."""
         return Writer()
@@ -127,12 +131,20 @@ class Writer:
 
 class FolderWriter(Writer):
     """A writer of per-image files in the folder ``out`` (made here): names from the input file's stem,
-    made unique (``a/x.png`` and ``b/x.png``, or ``x.png`` and ``x.jpg``: ``x``, ``x-2``, ...)."""
+    made unique (``a/x.png`` and ``b/x.png``, or ``x.png`` and ``x.jpg``: ``x``, ``x-2``, ...); at the end
+    ``predictions.json`` with every image, every skipped file and the output's ``legend()``."""
 
-    def __init__(self, out: Path):
-        self.out = out
+    def __init__(self, out: Path, output: TaskOutput, source: str):
+        self.out, self.output, self.source = out, output, source
         self.used: set[str] = set()
         out.mkdir(parents=True, exist_ok=True)
+
+    def finish(self, result) -> None:
+        import json
+        body = {"model": self.source, "task": self.output.task, **self.output.legend(),
+                "predictions": [p.as_json() for p in result.predictions],
+                "bad": [{"path": p, "reason": r} for p, r in result.bad]}
+        write_atomic(self.out / "predictions.json", json.dumps(body, indent=2).encode())
 
     def _name(self, path: str) -> str:
         stem = Path(path).stem or "image"

@@ -96,9 +96,6 @@ class BoxWriter(FolderWriter):
     """predict's files for a detection model in ``out``: per image ``NAME.overlay.png`` and
     ``NAME.json``; at the end ``predictions.json`` with every image and every skipped file."""
 
-    def __init__(self, out: Path, output: BoxOutput, source: str):
-        super().__init__(out)
-        self.output, self.source = output, source
 
     def write(self, pred, img, extra):
         name = self._name(pred.path)
@@ -108,12 +105,6 @@ class BoxWriter(FolderWriter):
         draw_boxes(img, pred, self.output.colours).save(buf, format="PNG")
         write_atomic(files["overlay"], buf.getvalue())
         write_atomic(files["json"], json.dumps({**pred.as_json(), "model": self.source}, indent=2).encode())
-
-    def finish(self, result):
-        body = {"model": self.source, "task": self.output.task, "classes": self.output.classes,
-                "predictions": [p.as_json() for p in result.predictions],
-                "bad": [{"path": p, "reason": r} for p, r in result.bad]}
-        write_atomic(self.out / "predictions.json", json.dumps(body, indent=2).encode())
 
 
 @register_output

@@ -226,9 +226,6 @@ class MaskWriter(FolderWriter):
     ``predictions.json`` with every image and every skipped file.  Each file is written under a
     temporary name and renamed, so a file that is there is whole."""
 
-    def __init__(self, out: Path, output: MaskOutput, source: str):
-        super().__init__(out)
-        self.output, self.source = output, source
 
     def write(self, pred, img, cls_map):
         name = self._name(pred.path)
@@ -242,12 +239,6 @@ class MaskWriter(FolderWriter):
         overlay(img, cls_map, o.classes, o.colours, frac).save(buf, format="PNG")
         write_atomic(files["overlay"], buf.getvalue())
         write_atomic(files["json"], json.dumps({**pred.as_json(), "model": self.source, **o.legend()}, indent=2).encode())
-
-    def finish(self, result):
-        body = {"model": self.source, "task": self.output.task, **self.output.legend(),
-                "predictions": [p.as_json() for p in result.predictions],
-                "bad": [{"path": p, "reason": r} for p, r in result.bad]}
-        write_atomic(self.out / "predictions.json", json.dumps(body, indent=2).encode())
 
 
 @register_output

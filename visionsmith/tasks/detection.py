@@ -133,11 +133,8 @@ class DetectionTask(Task):
         return [bb.feature_info[i]["reduction"] for i in self._levels(bb)]
 
     def points(self, size: tuple[int, int], device=None) -> tuple[Tensor, Tensor]:
-        import math
-
-        from ..models.heads.detection import level_points
-        sizes = [(math.ceil(size[0] / s), math.ceil(size[1] / s)) for s in self.strides]
-        return level_points(sizes, self.strides, device)
+        from ..models.heads.detection import input_points
+        return input_points(size, self.strides, device)
 
     def make_batch(self, ds, idx: Tensor, transform, generator: torch.Generator | None) -> dict:
         """``{"image": float [B, C, S, S], "boxes": [M_i, 4] per image, "labels": [M_i] per image}``:

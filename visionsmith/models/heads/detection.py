@@ -31,7 +31,7 @@ from torch import Tensor, nn
 
 from .segmentation import _check_pyramid, _conv_block
 
-__all__ = ["FCOSHead", "FPNNeck", "level_points"]
+__all__ = ["FCOSHead", "FPNNeck", "input_points", "level_points"]
 
 
 class FPNNeck(nn.Module):
@@ -71,6 +71,13 @@ def level_points(sizes: list[tuple[int, int]], strides: list[int], device=None) 
         pts.append(torch.stack([xs.reshape(-1), ys.reshape(-1)], 1).add_(0.5).mul_(s))
         st.append(torch.full((h * w,), float(s), device=device))
     return torch.cat(pts), torch.cat(st)
+
+
+def input_points(size: tuple[int, int], strides: list[int], device=None) -> tuple[Tensor, Tensor]:
+    """``level_points`` for an input of ``size`` (H, W): a level's side is the input side over its stride,
+    rounded up, as the backbone's padded strided convolutions give."""
+    sizes = [(math.ceil(size[0] / s), math.ceil(size[1] / s)) for s in strides]
+    return level_points(sizes, strides, device)
 
 
 class FCOSHead(nn.Module):
@@ -125,8 +132,7 @@ class FCOSHead(nn.Module):
         """(``[N, 2]`` location centres, ``[N]`` strides) for an input of ``size`` (H, W): the rows of
         ``forward``'s output (a level's side is the input side over its stride, rounded up, as the
         backbone's padded strided convolutions give)."""
-        sizes = [(math.ceil(size[0] / s), math.ceil(size[1] / s)) for s in self.strides]
-        return level_points(sizes, self.strides, device)
+        return input_points(size, self.strides, device)
 
     def forward(self, feats: list[Tensor], out_size=None) -> Tensor:
         feats = self.neck(feats)
