@@ -46,8 +46,22 @@ robust to a neighbour's job hogging the cores for a few steps of one run.
     ``TrainerCallback.on_step_end``; the Trainer fetches the next batch before ``on_step_begin``,
     so step_end-to-step_end intervals include data loading.
 
+EMA on, the recipe as it is: the three above run with EMA off (``train.ema=false``), so that they
+measure the loop alone.  The recipes train with EMA on (``train.ema: true``, decay 0.998), so two
+more contenders measure that as well (``--no-ema`` leaves them out):
+
+  * plain+ema: the plain loop plus an EMA written by hand the fast way (timm's ``ModelEmaV3``):
+    the tensor lists built once, one ``torch._foreach_lerp_`` a step over the float weights and
+    buffers (BatchNorm statistics averaged too, as visionsmith does), integer buffers copied, the
+    recipe's decay with the same warm-up ``min(decay, (1 + n) / (10 + n))``.
+  * visionsmith+ema: ``fit`` with the recipe's ``train.ema`` and ``train.ema_decay``, timed as
+    visionsmith above.
+
+Ratios: visionsmith+ema/plain+ema (the loop's overhead with EMA on), visionsmith+ema/visionsmith
+and plain+ema/plain (what EMA costs each).
+
 A short untimed plain run warms the process up first.  Contenders then run in rounds,
-interleaved and rotated (round r starts with contender r mod 3), so
+interleaved and rotated (round r starts with contender r mod the number of contenders), so
 slow drift of the shared machine's load hits all of them alike.  Reported: the median images/s
 of each over the rounds, the ratios of those medians, and the median of the per-round ratios,
 for both measures.  The target (visionsmith >= 0.95x plain) is checked on the timed window.
@@ -57,6 +71,7 @@ Writes ``benchmarks/results/loop_overhead.json`` (``loop_overhead-quick.json`` w
 from __future__ import annotations
 
 import argparse
+import copy
 import datetime as _dt
 import gc
 import json
@@ -79,12 +94,13 @@ from common import cpu_model, loadavg, write_result  # noqa: E402  (benchmarks/c
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = {"classification": ROOT / "recipes" / "fashion-mnist-quick.yaml",
            "segmentation": ROOT / "recipes" / "scenes-seg.yaml"}
-CONTENDERS = ("plain", "visionsmith", "trainer")
+CONTENDERS = ("plain", "visionsmith", "trainer", "plain+ema", "visionsmith+ema")  # the last two: EMA on
 
 
 # -- shared setup --------------------------------------------------------------------------------
 
-def make_config(args):
+def make_config(args, ema: bool = False):
+    """The recipe with the benchmark's settings; EMA off unless ``ema`` (then the recipe's decay)."""
     from visionsmith.config import load_config
     from visionsmith.models import get_model_entry
     pretrained = bool(get_model_entry(args.model).pretrained)  # embedded weights where the model has them
@@ -92,7 +108,7 @@ def make_config(args):
                  f"data.image_size={args.image_size}", f"train.batch_size={args.batch_size}",
                  f"train.threads={args.threads}", f"train.max_steps={args.warmup + args.steps}",
                  "train.epochs=1", "train.log_every=1",
-                 "train.checkpoint_every=0", "train.ema=false"]
+                 "train.checkpoint_every=0", f"train.ema={str(ema).lower()}"]
     return load_config(RECIPES[args.task], overrides)
 
 
@@ -137,7 +153,30 @@ def rates(stamps: dict[int, float], warmup: int, steps: int, batch: int) -> dict
 
 # -- (a) the plain loop ------------------------------------------------------------------------
 
-def plain_loop(cfg, train, args) -> dict:
+class PlainEMA:
+    """EMA as one writes it by hand, the fast way (timm ``ModelEmaV3``): tensor lists built once, one
+    ``torch._foreach_lerp_`` per step over float weights and buffers, integer buffers copied; decay
+    ``min(decay, (1 + n) / (10 + n))``, as visionsmith's ``ModelEMA``."""
+
+    def __init__(self, model: nn.Module, decay: float):
+        self.module = copy.deepcopy(model).eval().requires_grad_(False)
+        self.decay, self.n = decay, 0
+        ema, cur = self.module.state_dict(), model.state_dict()
+        fl = [k for k, v in ema.items() if v.is_floating_point()]
+        other = [k for k, v in ema.items() if not v.is_floating_point()]
+        self.ef, self.mf = [ema[k] for k in fl], [cur[k].detach() for k in fl]
+        self.eo, self.mo = [ema[k] for k in other], [cur[k].detach() for k in other]
+
+    @torch.no_grad()
+    def update(self) -> None:
+        self.n += 1
+        d = min(self.decay, (1 + self.n) / (10 + self.n))
+        torch._foreach_lerp_(self.ef, self.mf, 1.0 - d)
+        if self.eo:
+            torch._foreach_copy_(self.eo, self.mo)
+
+
+def plain_loop(cfg, train, args, ema: bool = False) -> dict:
     t = cfg.train
     from visionsmith.tasks import get_task
     task = get_task(cfg)
@@ -148,6 +187,7 @@ def plain_loop(cfg, train, args) -> dict:
     sched = torch.optim.lr_scheduler.LambdaLR(opt, cosine_lambda(cfg, total, len(train) // B))
     gen = torch.Generator().manual_seed(cfg.seed)
     perm = torch.randperm(len(train), generator=gen)
+    averaged = PlainEMA(model, t.ema_decay) if ema else None
     model.train()
     stamps = {0: time.perf_counter()}
     for step in range(total):
@@ -157,6 +197,8 @@ def plain_loop(cfg, train, args) -> dict:
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        if averaged is not None:
+            averaged.update()
         sched.step()
         loss.item()
         stamps[step + 1] = time.perf_counter()
@@ -165,7 +207,7 @@ def plain_loop(cfg, train, args) -> dict:
 
 # -- (b) visionsmith ---------------------------------------------------------------------------
 
-def visionsmith_loop(cfg, train, args, tmp: Path, r: int) -> dict:
+def visionsmith_loop(cfg, train, args, tmp: Path, r: int | str) -> dict:
     from visionsmith.engine import loop as vloop
     from visionsmith.engine import runfolder
     stamps: dict[int, float] = {}
@@ -273,6 +315,8 @@ def parse_args(argv=None):
     p.add_argument("--image-size", type=int, default=None, help="default 32 (96 for segmentation)")
     p.add_argument("--trainer-optim", default="adamw_torch_fused",
                    help="the Trainer's optim (default adamw_torch_fused: the same fused AdamW as the other two)")
+    p.add_argument("--no-ema", action="store_true",
+                   help="leave out the EMA-on contenders (plain+ema, visionsmith+ema): the recipe trains with EMA on")
     p.add_argument("--quick", action="store_true", help="smoke run: simple_cnn, few steps")
     p.add_argument("--out", type=Path, default=None, help="JSON result (default benchmarks/results/loop_overhead.json)")
     args = p.parse_args(argv)
@@ -299,31 +343,35 @@ def main(argv=None) -> dict:
 
     import visionsmith
     from visionsmith.tasks import get_task
-    cfg = make_config(args)
+    cfg, cfg_ema = make_config(args), make_config(args, ema=True)
+    contenders = CONTENDERS[:3] if args.no_ema else CONTENDERS
     train = get_task(cfg).build_datasets(cfg.seed)["train"]
     if len(train) < (args.warmup + args.steps) * args.batch_size:
         sys.exit(f"{len(train)} training images are fewer than (warmup + steps) x batch; lower --steps")
     load_before = loadavg()
     print(f"loop_overhead: {args.task}, {args.model}, batch {args.batch_size}, {args.image_size}px, {args.threads} threads, "
-          f"{args.warmup} warm-up + {args.steps} timed steps, {args.rounds} rounds; load average {load_before}",
-          flush=True)
+          f"{args.warmup} warm-up + {args.steps} timed steps, {args.rounds} rounds; load average {load_before}"
+          + ("" if args.no_ema else f"; +ema rows: EMA on, decay {cfg_ema.train.ema_decay}"), flush=True)
 
     # One short untimed plain run first: process-wide first-use costs (oneDNN kernels, allocator
     # pools, lazy imports) would otherwise land on whichever contender runs first.
     plain_loop(cfg, train, argparse.Namespace(**{**vars(args), "warmup": 1, "steps": 2}))
 
-    runs: dict[str, list[dict]] = {c: [] for c in CONTENDERS}
+    runs: dict[str, list[dict]] = {c: [] for c in contenders}
     threads_seen = set()
     with tempfile.TemporaryDirectory(prefix="vs-bench-") as tmpdir:
         tmp = Path(tmpdir)
         for r in range(args.rounds):
-            order = CONTENDERS[r % 3:] + CONTENDERS[:r % 3]
+            k = r % len(contenders)
+            order = contenders[k:] + contenders[:k]
             for name in order:
                 torch.set_num_threads(args.threads)
-                if name == "plain":
-                    res = plain_loop(cfg, train, args)
+                if name in ("plain", "plain+ema"):
+                    res = plain_loop(cfg, train, args, ema=name == "plain+ema")
                 elif name == "visionsmith":
                     res = visionsmith_loop(cfg, train, args, tmp, r)
+                elif name == "visionsmith+ema":
+                    res = visionsmith_loop(cfg_ema, train, args, tmp, f"ema-{r}")
                 else:
                     res = trainer_loop(cfg, train, args, tmp, r)
                 threads_seen.add(torch.get_num_threads())
@@ -333,11 +381,13 @@ def main(argv=None) -> dict:
                 print(f"  round {r + 1}/{args.rounds} {name:<12} {res['img_per_s']:8.1f} img/s", flush=True)
 
     def summary(key: str) -> dict:
-        med = {c: statistics.median(x[key] for x in runs[c]) for c in CONTENDERS}
+        med = {c: statistics.median(x[key] for x in runs[c]) for c in contenders}
 
         def per_round(a, b):
             return statistics.median(x[key] / y[key] for x, y in zip(runs[a], runs[b]))
         pairs = (("visionsmith", "plain"), ("visionsmith", "trainer"), ("trainer", "plain"))
+        if not args.no_ema:
+            pairs += (("visionsmith+ema", "plain+ema"), ("visionsmith+ema", "visionsmith"), ("plain+ema", "plain"))
         return {"median_img_per_s": med,
                 "ratios": {f"{a}/{b}": med[a] / med[b] for a, b in pairs},
                 "ratios_median_per_round": {f"{a}/{b}": per_round(a, b) for a, b in pairs}}
@@ -351,18 +401,23 @@ def main(argv=None) -> dict:
         med = s["median_img_per_s"]
         print(f"\n{title}")
         print(f"  {'contender':<20}{'median img/s':>14}{'vs plain':>10}   per round")
-        for c in CONTENDERS:
+        for c in contenders:
             rr = " ".join(f"{x[key]:.1f}" for x in runs[c])
             print(f"  {c:<20}{med[c]:>14.1f}{med[c] / med['plain']:>9.3f}x   {rr}")
         if key == "img_per_s":
-            rr = " ".join(f"{x['self_img_per_s']:.1f}" for x in runs["visionsmith"])
-            print(f"  {'visionsmith (self)':<20}{med_self:>14.1f}{med_self / med['plain']:>9.3f}x   {rr}"
-                  "   (fit's own `time` column)")
+            for c in [c for c in contenders if c.startswith("visionsmith")]:
+                ms = statistics.median(x["self_img_per_s"] for x in runs[c])
+                rr = " ".join(f"{x['self_img_per_s']:.1f}" for x in runs[c])
+                print(f"  {c + ' (self)':<20}{ms:>14.1f}{ms / med['plain']:>9.3f}x   {rr}"
+                      "   (fit's own `time` column)")
         for k, v in s["ratios"].items():
             print(f"  {k:<20} {v:.3f}x ratio of medians   "
                   f"{s['ratios_median_per_round'][k]:.3f}x median of per-round ratios")
     target = window["ratios"]["visionsmith/plain"] >= 0.95
     print(f"\ntarget visionsmith >= 0.95x plain (timed window, ratio of medians): {'met' if target else 'NOT met'}")
+    target_ema = None if args.no_ema else window["ratios"]["visionsmith+ema/plain+ema"] >= 0.95
+    if target_ema is not None:
+        print(f"with EMA on (the recipe as it is), visionsmith+ema >= 0.95x plain+ema: {'met' if target_ema else 'NOT met'}")
     print(f"load average: before {load_before}, after {load_after}")
 
     result = {
@@ -375,11 +430,15 @@ def main(argv=None) -> dict:
                      "image_size": args.image_size, "data": train.name, "train_images": len(train),
                      "channels_last": cfg.train.channels_last, "label_smoothing": cfg.train.label_smoothing,
                      "recipe": str(RECIPES[args.task].relative_to(ROOT)),
-                     "log_every": cfg.train.log_every, "trainer_optim": args.trainer_optim, "quick": args.quick},
+                     "log_every": cfg.train.log_every, "trainer_optim": args.trainer_optim, "quick": args.quick,
+                     "contenders": list(contenders), "ema_decay": None if args.no_ema else cfg_ema.train.ema_decay},
         "timed_window": window,
         "median_step": step,
         "visionsmith_self_median_img_per_s": med_self,
+        "visionsmith_ema_self_median_img_per_s": None if args.no_ema else
+        statistics.median(x["self_img_per_s"] for x in runs["visionsmith+ema"]),
         "target_visionsmith_vs_plain_0.95": target,
+        "target_visionsmith_ema_vs_plain_ema_0.95": target_ema,
         "runs": runs,
         "env": {"date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
                 "torch": torch.__version__, "transformers": transformers.__version__,

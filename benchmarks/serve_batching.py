@@ -1,13 +1,23 @@
-"""Serving throughput and latency: dynamic batching vs one-by-one, at concurrency 1, 8 and 32.
+"""Serving throughput and latency: dynamic batching vs one-by-one, on eager PyTorch and on ONNX
+Runtime, at concurrency 1, 8 and 32.
 
     python benchmarks/serve_batching.py                # MobileNetV2 run folder, Fashion-MNIST 32 px
+    python benchmarks/serve_batching.py --run runs/fm  # an existing run folder (the quickstart's)
     python benchmarks/serve_batching.py --quick        # smoke run: simple_cnn on digits, few requests
 
-Two real servers run side by side, both ``python -m visionsmith serve`` subprocesses on loopback
-with the same run folder and the same torch threads (``--threads``, default serve's own: all cores
-but one): *batched* (``--max-batch 32 --max-wait-ms 5``, the defaults) and *unbatched*
-(``--max-batch 1``: every image is its own model call).  Only one of them has traffic at a time;
-an idle server costs no CPU.
+Four real servers run side by side, all ``python -m visionsmith serve`` subprocesses on loopback
+with the same run folder and the same inference threads (``--threads``, default serve's own: all
+cores but one).  Per backend (``--backend pytorch``: the checkpoint in eager PyTorch; ``--backend
+onnx``: the run's graph on ONNX Runtime, serve's default, exported and parity-checked once before
+the servers start and cached as ``RUN/export/serve.onnx``) one is *batched* (``--max-batch 32
+--max-wait-ms 5``, the defaults) and one *unbatched* (``--max-batch 1``: every image is its own
+model call).  Only one of them has traffic at a time; an idle server costs no CPU.  ``--backends``
+picks fewer.
+
+Why both backends: eager PyTorch pays a few milliseconds of Python and dispatch per call, which is
+exactly what batching amortises, so batching measured against eager alone flatters batching.  The
+table gives the batching gain on each backend, and one-at-a-time ONNX Runtime against batched eager
+PyTorch (is the fast runtime alone worth more than batching?).
 
 The model: a MobileNetV2 run folder at 32 px on Fashion-MNIST (the quickstart's model and
 recipe, ``recipes/fashion-mnist-quick.yaml``).  Batching matters for it: on CPU a single 32 px
@@ -28,12 +38,14 @@ both servers).  First each server is warmed at every concurrency level (so at ev
 it will run); then per concurrency level and round: W warm-up requests, then N timed requests;
 throughput = N / wall time, latency = per-request send-to-last-byte time.
 
-Rounds interleave the two servers (round r starts with the other one than round r-1), so slow
-drift in the machine's load hits both alike.  Reported per concurrency: median requests/s over
+Rounds interleave the servers (each round of a level starts with the next server in turn), so slow
+drift in the machine's load hits all alike.  Reported per concurrency: median requests/s over
 the rounds, p50 and p99 latency over all timed requests of all rounds, the mean batch size the
-batched server ran (from its ``/metrics``), and the ratios batched/unbatched.  Issue target: at
-concurrency 32, >= 3x the requests/s with p99 no worse than unbatched.  Absolute numbers on a
-shared machine are noise; the ratios measured in one run are the result.
+batched servers ran (from their ``/metrics``), the batching gain per backend (batched / unbatched
+requests/s, and the p99 ratio), and across backends: ONNX unbatched / PyTorch batched, ONNX
+batched / PyTorch batched.  The first issue target (at concurrency 32, >= 3x the requests/s with p99
+no worse than unbatched) is reported per backend.  Absolute numbers on a shared machine are noise;
+the ratios measured in one run are the result.
 Writes ``benchmarks/results/serve_batching.json`` (``serve_batching-quick.json`` with --quick).
 """
 from __future__ import annotations
@@ -60,7 +72,8 @@ import numpy as np  # noqa: E402
 from common import cpu_model, loadavg, write_result  # noqa: E402  (benchmarks/common.py)
 
 ROOT = Path(__file__).resolve().parents[1]
-MODES = ("batched", "unbatched")
+BACKENDS = ("pytorch", "onnx")
+BATCHING = ("batched", "unbatched")
 BOUNDARY = "vsbenchboundary7f3a"
 
 
@@ -110,10 +123,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(run: Path, port: int, max_batch: int, max_wait_ms: float, threads: int, log: Path):
+def start_server(run: Path, port: int, max_batch: int, max_wait_ms: float, threads: int, log: Path,
+                 backend: str = "pytorch"):
     cmd = [sys.executable, "-m", "visionsmith", "serve", f"bench={run}", "--port", str(port),
            "--max-batch", str(max_batch), "--max-wait-ms", str(max_wait_ms), "--threads", str(threads),
-           "--no-access-log"]
+           "--no-access-log", "--backend", backend]
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     return subprocess.Popen(cmd, stdout=log.open("w"), stderr=subprocess.STDOUT, env=env, cwd=ROOT)
 
@@ -211,6 +225,10 @@ def pct(xs: list[float], q: float) -> float:
 
 
 
+def mode_name(backend: str, batching: str) -> str:
+    return f"{backend}-{batching}"
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -220,11 +238,13 @@ def parse_args(argv=None):
                    help="timed requests per level and round (default 500; 40 with --quick)")
     p.add_argument("--warmup", type=int, default=None,
                    help="untimed requests before each timed run (default 2x the concurrency, at least 20)")
-    p.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 3)")
-    p.add_argument("--max-batch", type=int, default=32, help="the batched server's --max-batch")
-    p.add_argument("--max-wait-ms", type=float, default=5.0, help="the batched server's --max-wait-ms")
+    p.add_argument("--rounds", type=int, default=None, help="interleaved rounds (default 3; 1 with --quick)")
+    p.add_argument("--max-batch", type=int, default=32, help="the batched servers' --max-batch")
+    p.add_argument("--max-wait-ms", type=float, default=5.0, help="the batched servers' --max-wait-ms")
     p.add_argument("--threads", type=int, default=None,
-                   help="torch threads of each server (default: serve's own default, all cores but one)")
+                   help="inference threads of each server (default: serve's own default, all cores but one)")
+    p.add_argument("--backends", default="pytorch,onnx",
+                   help="comma-separated serve backends to measure (default pytorch,onnx: both, in the same run)")
     p.add_argument("--quick", action="store_true", help="smoke run: simple_cnn on digits, few requests")
     p.add_argument("--out", type=Path, default=None,
                    help="JSON result (default benchmarks/results/serve_batching.json)")
@@ -235,12 +255,19 @@ def parse_args(argv=None):
         if getattr(args, k) is None:
             setattr(args, k, v)
     args.levels = [int(c) for c in args.concurrency.split(",")]
+    args.backends = [b.strip() for b in args.backends.split(",") if b.strip()]
+    if not args.backends or any(b not in BACKENDS for b in args.backends) or len(set(args.backends)) != len(args.backends):
+        p.error(f"--backends takes a comma-separated subset of {','.join(BACKENDS)}, got {','.join(args.backends)!r}")
     if args.out is None:
         name = "serve_batching-quick.json" if args.quick else "serve_batching.json"
         args.out = ROOT / "benchmarks" / "results" / name
     if args.requests < 1 or args.rounds < 1 or min(args.levels) < 1:
         p.error("--requests, --rounds and every concurrency must be >= 1")
     return args
+
+
+def _ratio(a: float, b: float) -> float | None:
+    return round(a / b, 3) if b else None
 
 
 def main(argv=None) -> dict:
@@ -250,7 +277,9 @@ def main(argv=None) -> dict:
     import visionsmith
     from visionsmith.serve.server import default_threads
     args.threads = args.threads or default_threads()
+    modes = [mode_name(b, m) for b in args.backends for m in BATCHING]
     load_before = loadavg()
+    export_info = None
     with tempfile.TemporaryDirectory(prefix="serve-bench-") as tmp:
         tmp = Path(tmp)
         t0 = time.perf_counter()
@@ -260,33 +289,45 @@ def main(argv=None) -> dict:
         pngs = sample_pngs(run)
         from PIL import Image
         side = Image.open(io.BytesIO(pngs[0])).size[0]
+        if "onnx" in args.backends:
+            # What `visionsmith serve RUN` does on its first start, done once here so that the two ONNX
+            # servers start from the same cached file instead of both exporting it.
+            from visionsmith.export.cached import cached_onnx
+            got = cached_onnx(run, threads=args.threads)
+            print(f"onnx: {got.note}", flush=True)
+            export_info = {"file": str(got.path), "reused": got.reused, "where": got.where,
+                           "export_s": got.record["export_s"] if got.record else None}
         print(f"serve_batching: {cfg.model.name} at {cfg.data.image_size} px ({run}), {len(pngs)} test images as PNG; "
-              f"levels {args.levels}, {args.requests} timed requests x {args.rounds} rounds, {args.threads} threads; "
-              f"setup {time.perf_counter() - t0:.1f} s", flush=True)
-        ports = {m: free_port() for m in MODES}
+              f"backends {', '.join(args.backends)}; levels {args.levels}, {args.requests} timed requests x "
+              f"{args.rounds} rounds, {args.threads} threads; setup {time.perf_counter() - t0:.1f} s", flush=True)
+        ports = {m: free_port() for m in modes}
         procs = {}
         try:
-            for m in MODES:
-                mb = args.max_batch if m == "batched" else 1
-                procs[m] = start_server(run, ports[m], mb, args.max_wait_ms, args.threads, tmp / f"{m}.log")
-            for m in MODES:
+            for m in modes:
+                backend, batching = m.split("-")
+                mb = args.max_batch if batching == "batched" else 1
+                procs[m] = start_server(run, ports[m], mb, args.max_wait_ms, args.threads, tmp / f"{m}.log", backend)
+            for m in modes:
                 wait_ready(procs[m], ports[m], tmp / f"{m}.log")
-            reqs = {m: [request_bytes("bench", p, ports[m]) for p in pngs] for m in MODES}
-            # Warm both servers at every batch size they will see (oneDNN sets up each new shape once).
-            for m in MODES:
+                want, log = m.split("-")[0], (tmp / f"{m}.log").read_text()
+                if f"model bench: {want} " not in log:  # e.g. a server that did not get the backend it was asked for
+                    raise RuntimeError(f"the {m} server does not run on {want}:\n{log[-3000:]}")
+            reqs = {m: [request_bytes("bench", p, ports[m]) for p in pngs] for m in modes}
+            # Warm every server at every batch size it will see (oneDNN / ORT set up each new shape once).
+            for m in modes:
                 for c in sorted(set(args.levels)):
                     asyncio.run(_load(ports[m], reqs[m], c, 3 * c + 10))
-            raw = {m: {c: [] for c in args.levels} for m in MODES}
-            for c in args.levels:
+            raw = {m: {c: [] for c in args.levels} for m in modes}
+            for li, c in enumerate(args.levels):
                 warm = args.warmup if args.warmup is not None else max(20, 2 * c)
                 for r in range(args.rounds):
-                    order = MODES if (r + args.levels.index(c)) % 2 == 0 else MODES[::-1]
-                    for m in order:
+                    k = (r + li) % len(modes)  # each round starts with another server: drift hits all alike
+                    for m in modes[k:] + modes[:k]:
                         res = measure(ports[m], reqs[m], c, args.requests, warm)
                         res["round"], res["load_avg"] = r, loadavg()
                         raw[m][c].append(res)
                         mb = f", mean batch {res['mean_batch']:.1f}" if res["mean_batch"] else ""
-                        print(f"  c={c:<3} round {r + 1}/{args.rounds} {m:<10} {res['req_per_s']:8.1f} req/s  "
+                        print(f"  c={c:<3} round {r + 1}/{args.rounds} {m:<18} {res['req_per_s']:8.1f} req/s  "
                               f"p50 {pct(res['lat_s'], 50):7.1f} ms  p99 {pct(res['lat_s'], 99):7.1f} ms"
                               f"{mb}{'  ERRORS ' + str(len(res['errors'])) if res['errors'] else ''}", flush=True)
         finally:
@@ -300,7 +341,7 @@ def main(argv=None) -> dict:
     table, errors = [], 0
     for c in args.levels:
         row = {"concurrency": c}
-        for m in MODES:
+        for m in modes:
             rs = raw[m][c]
             lat = [x for res in rs for x in res["lat_s"]]
             errors += sum(len(res["errors"]) for res in rs)
@@ -309,40 +350,58 @@ def main(argv=None) -> dict:
                       "per_round_req_per_s": [round(res["req_per_s"], 1) for res in rs],
                       "mean_batch": (round(statistics.mean(res["mean_batch"] for res in rs), 2)
                                      if all(res["mean_batch"] for res in rs) else None)}
-        row["throughput_ratio"] = round(row["batched"]["req_per_s"] / row["unbatched"]["req_per_s"], 3)
-        row["p99_ratio"] = round(row["batched"]["p99_ms"] / row["unbatched"]["p99_ms"], 3)
+        # The batching gain on each backend: batched / unbatched requests/s, and the p99 ratio.
+        row["batching_gain"] = {b: _ratio(row[mode_name(b, "batched")]["req_per_s"],
+                                          row[mode_name(b, "unbatched")]["req_per_s"]) for b in args.backends}
+        row["batching_p99_ratio"] = {b: _ratio(row[mode_name(b, "batched")]["p99_ms"],
+                                               row[mode_name(b, "unbatched")]["p99_ms"]) for b in args.backends}
+        if set(BACKENDS) <= set(args.backends):  # across backends, against the strongest eager baseline
+            eager = row["pytorch-batched"]["req_per_s"]
+            row["onnx_unbatched_vs_pytorch_batched"] = _ratio(row["onnx-unbatched"]["req_per_s"], eager)
+            row["onnx_batched_vs_pytorch_batched"] = _ratio(row["onnx-batched"]["req_per_s"], eager)
         table.append(row)
 
-    print(f"\n{'conc':>4}  {'mode':<10}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'batch':>7}")
+    print(f"\n{'conc':>4}  {'server':<18}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}{'batch':>7}")
     for row in table:
-        for m in MODES:
+        for m in modes:
             x = row[m]
             b = f"{x['mean_batch']:.1f}" if x["mean_batch"] else "-"
-            print(f"{row['concurrency']:>4}  {m:<10}{x['req_per_s']:>9.1f}{x['p50_ms']:>9.1f}{x['p99_ms']:>9.1f}{b:>7}")
-        print(f"{'':>4}  batched/unbatched: {row['throughput_ratio']:.2f}x req/s, p99 {row['p99_ratio']:.2f}x")
+            print(f"{row['concurrency']:>4}  {m:<18}{x['req_per_s']:>9.1f}{x['p50_ms']:>9.1f}{x['p99_ms']:>9.1f}{b:>7}")
+        for bk in args.backends:
+            print(f"{'':>4}  {bk} batching gain: {row['batching_gain'][bk]:.2f}x req/s, "
+                  f"p99 {row['batching_p99_ratio'][bk]:.2f}x")
+        if "onnx_unbatched_vs_pytorch_batched" in row:
+            print(f"{'':>4}  vs pytorch batched: onnx unbatched {row['onnx_unbatched_vs_pytorch_batched']:.2f}x, "
+                  f"onnx batched {row['onnx_batched_vs_pytorch_batched']:.2f}x req/s")
     top = max(args.levels)
     row = next(r for r in table if r["concurrency"] == top)
-    target = row["throughput_ratio"] >= 3.0 and row["p99_ratio"] <= 1.0
-    print(f"\ntarget at concurrency {top}: >= 3x req/s and p99 no worse: {'met' if target else 'NOT met'} "
-          f"({row['throughput_ratio']:.2f}x, p99 {row['p99_ratio']:.2f}x); errors: {errors}")
+    targets = {bk: bool(row["batching_gain"][bk] >= 3.0 and row["batching_p99_ratio"][bk] <= 1.0)
+               for bk in args.backends}
+    print(f"\nat concurrency {top}: " + "; ".join(
+        f"{bk} batching {row['batching_gain'][bk]:.2f}x (p99 {row['batching_p99_ratio'][bk]:.2f}x; >= 3x with p99 "
+        f"no worse: {'met' if targets[bk] else 'not met'})" for bk in args.backends) + f"; errors: {errors}")
+    if "onnx_unbatched_vs_pytorch_batched" in row:
+        print(f"one-at-a-time ONNX Runtime serving = {row['onnx_unbatched_vs_pytorch_batched']:.2f}x batched eager "
+              f"PyTorch; batched ONNX Runtime = {row['onnx_batched_vs_pytorch_batched']:.2f}x batched eager PyTorch")
     print(f"load average: before {load_before}, after {load_after}")
 
     result = {
         "benchmark": "serve_batching",
         "command": " ".join(["python benchmarks/serve_batching.py", *(sys.argv[1:] if argv is None else argv)]),
         "what": "closed-loop HTTP load on `visionsmith serve` over loopback: requests/s and latency, dynamic "
-                "batching vs --max-batch 1; see the script's docstring",
+                "batching vs --max-batch 1, on eager PyTorch and on ONNX Runtime; see the script's docstring",
         "settings": {"model": cfg.model.name, "image_size": cfg.data.image_size, "data": cfg.data.name,
                      "run": str(args.run) if args.run else "trained for 2 steps (timing only)",
+                     "backends": args.backends, "onnx_export": export_info,
                      "levels": args.levels, "requests": args.requests, "rounds": args.rounds,
                      "max_batch": args.max_batch, "max_wait_ms": args.max_wait_ms, "threads": args.threads,
                      "payload": f"{len(pngs)} test images, {side}x{side} PNG, as multipart/form-data",
                      "quick": args.quick},
         "table": table,
-        "target_3x_at_max_concurrency_p99_not_worse": target,
+        "target_3x_at_max_concurrency_p99_not_worse": targets,
         "errors": errors,
         "rounds": {m: {str(c): [{k: v for k, v in res.items() if k != "lat_s"} for res in raw[m][c]]
-                       for c in args.levels} for m in MODES},
+                       for c in args.levels} for m in modes},
         "env": {"date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
                 "torch": torch.__version__, "visionsmith": visionsmith.__version__,
                 "python": platform.python_version(), "cpu_count": os.cpu_count(), "cpu_model": cpu_model(),

@@ -19,6 +19,14 @@ if [ ! -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq dataset-fashion-mnist >/dev/null
 fi
 
+# Photographs for the enhancement task (data.name=photos): OpenCV's sample images, Apache-2.0/BSD-3.
+if [ ! -f /usr/share/doc/opencv-doc/examples/data/baboon.jpg ]; then
+  SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
+  echo "[setup] installing Debian package opencv-doc (sample photographs for the enhancement task)"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends opencv-doc >/dev/null
+fi
+
 # Headless Chromium + chromedriver: the end-to-end test of `visionsmith serve`'s web page
 # (tests/serve/test_serve_browser.py) drives them with Selenium.
 if ! command -v chromedriver >/dev/null || ! command -v chromium >/dev/null; then

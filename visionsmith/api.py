@@ -90,34 +90,6 @@ class PredictResult:
     out: Path | None = None
 
 
-def _expand(inputs) -> tuple[list[Path], list[tuple[Path, str]]]:
-    """(the files to predict, in order; the entries of the given folders named like images that are not
-    files: a link to nowhere, a FIFO, a folder called x.png, with the reason).  A path given by name is
-    kept as it is: ``load_image`` says what is wrong with it."""
-    import stat
-
-    from .data import IMAGE_EXTENSIONS
-    files, odd = [], []
-    for item in inputs:
-        p = Path(item)
-        if not p.is_dir():
-            files.append(p)
-            continue
-        for q in sorted(p.rglob("*")):
-            if q.suffix.lower() not in IMAGE_EXTENSIONS:
-                continue
-            if q.is_file():
-                files.append(q)
-            elif q.is_dir():
-                odd.append((q, "a folder named like an image file"))
-            elif not q.exists():
-                odd.append((q, "a link to nowhere (broken symbolic link)"))
-            else:
-                mode = q.stat().st_mode
-                odd.append((q, "a FIFO, not an image file" if stat.S_ISFIFO(mode) else "not a regular file"))
-    return files, odd
-
-
 @dataclass
 class _Runner:
     """A trained model behind one call, for predict: uint8 images ``[N, C, s, s]`` (the decode size)
@@ -133,6 +105,7 @@ class _Runner:
 
 
 def _torch_runner(run_dir) -> _Runner:
+    from .data import decode_size
     from .engine.build import build_transforms, load_trained
     from .tasks import get_task
     cfg, model, classes, info = load_trained(run_dir)
@@ -142,9 +115,13 @@ def _torch_runner(run_dir) -> _Runner:
                          f"model.pretrained={run_dir}) and predict with that run")
     _, eval_tf = build_transforms(cfg, model)
     task = get_task(cfg)
-    return _Runner(str(run_dir), task.name, list(classes), cfg.data.cache_size or cfg.data.image_size,
+    # The memory layout `eval` uses (channels-last for the CNN recipes): the same layout gives the
+    # same kernels, so a PNG of a test image gets exactly the probabilities `eval` computes.
+    layout = torch.channels_last if cfg.train.channels_last else torch.contiguous_format
+    model = model.to(memory_format=layout)
+    return _Runner(str(run_dir), task.name, list(classes), decode_size(cfg.data),
                    info.get("data", {}).get("channels", 3) == 1, cfg.data.max_pixels,
-                   lambda u8: model(eval_tf(u8, None)), task.postprocess_settings())
+                   lambda u8: model(eval_tf(u8, None).contiguous(memory_format=layout)), task.postprocess_settings())
 
 
 def _onnx_runner(path: Path) -> _Runner:
@@ -199,7 +176,8 @@ def predict(run_dir: str | Path, inputs, topk: int = 5, batch_size: int = 64,
         pending.clear()
 
     held_windows = held_pixels = 0
-    files, odd = _expand(inputs)
+    from .data.folder import list_image_inputs
+    files, odd = list_image_inputs(inputs)
     res.bad += [(printable_path(q), why) for q, why in odd]
     for f in files:
         if not f.exists():
@@ -220,6 +198,13 @@ def predict(run_dir: str | Path, inputs, topk: int = 5, batch_size: int = 64,
     flush()
     writer.finish(res)
     return res
+
+
+def enhance(run_dir: str | Path, inputs, out: str | Path, tile: int | None = None):
+    """Restore image files with an enhancement run (denoise, upscale); writes ``out/<name>.png`` and
+    ``out/enhanced.json``.  Returns ``workflows.enhance.EnhanceResult``."""
+    from .workflows.enhance import enhance as run
+    return run(run_dir, inputs, out, tile)
 
 
 def export(run_dir: str | Path, format: str = "onnx", int8: str | None = None, opset: int | None = None,

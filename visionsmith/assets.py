@@ -76,6 +76,69 @@ ASSETS: dict[str, Asset] = {a.name: a for a in [
 ]}
 
 
+def _package_dir(package: str, *sub: str) -> str:
+    """Where an installed package's data files are, without importing it (None-safe: '' if absent)."""
+    import importlib.util
+    spec = importlib.util.find_spec(package)
+    base = (spec.submodule_search_locations or [""])[0] if spec else ""
+    return os.path.join(base, *sub) if base else ""
+
+
+# Photographs for the enhancement task (data.name=photos; data/photos.py assigns the splits).  Licences:
+# scikit-image's are public domain or CC0 (NASA, SpaceX, the photographers; see skimage.data's docstrings),
+# scikit-learn's two are CC-BY 2.0 (danielbuechele, vultilion on Flickr), opencv-doc's samples ship under
+# Apache-2.0 / BSD-3-Clause (debian/copyright of opencv-doc).
+_SKIMAGE, _SKLEARN = _package_dir("skimage", "data"), _package_dir("sklearn", "datasets", "images")
+_OPENCV = "/usr/share/doc/opencv-doc/examples/data"
+PHOTO_ASSETS = [
+    ("skimage", "astronaut.png", "88431cd9653ccd539741b555fb0a46b61558b301d4110412b5bc28b5e3ea6cb5"),
+    ("skimage", "coffee.png", "cc02f8ca188b167c775a7101b5d767d1e71792cf762c33d6fa15a4599b5a8de7"),
+    ("skimage", "chelsea.png", "596aa1e7cb875eb79f437e310381d26b338a81c2da23439704a73c4651e8c4bb"),
+    ("sklearn", "china.jpg", "8378025ad2519d649d02e32bd98990db4ab572357d9f09841c2fbfbb4fefad29"),
+    ("sklearn", "flower.jpg", "a77f6ec41e353afdf8bdff2ea981b2955535d8d83294f8cfa49cf4e423dd5638"),
+    ("opencv", "baboon.jpg", "1a1dd18d78eec44420af3b0b7f08ee3d41c982916cae3ce203d7ff35d754cc0f"),
+    ("opencv", "fruits.jpg", "9c031d80a1c52da5eca790db896baffec6a7e52bf786cdb7bbfca5c7f880e6a1"),
+    ("opencv", "butterfly.jpg", "34a99716b78ded10eae87b4880de739d3e68cc7dd1a96812bb28f469d5eeaea8"),
+    ("skimage", "rocket.jpg", "c2dd0de7c538df8d111e479619b129464d0269d0ae5fd18ca91d33a7fdfea95c"),
+    ("opencv", "building.jpg", "742a1baad62ac82e91e718e77eedf7e85c2eddc4badfb8c87c6cbc86c45a8b07"),
+    ("skimage", "motorcycle_left.png", "db18e9c4157617403c3537a6ba355dfeafe9a7eabb6b9b94cb33f6525dd49179"),
+    ("skimage", "hubble_deep_field.jpg", "3a19c5dd8a927a9334bb1229a6d63711b1c0c767fb27e2286e7c84a3e2c2f5f4"),
+    ("skimage", "ihc.png", "f8dd1aa387ddd1f49d8ad13b50921b237df8e9b262606d258770687b0ef93cef"),
+    ("opencv", "aero1.jpg", "d9a69191f6e3642ea361bc3c62e677b2f40fe6534b78da540f4155e0734b59ef"),
+    ("opencv", "aero3.jpg", "1c407146f8762b3b14a7953ff9bc4c01ed64c467d7277122e769bf7e816017a4"),
+    ("opencv", "apple.jpg", "e86879de3d9a807dedc742a8f464f39e6b74bbb531a1fba3583155d94997d1cd"),
+    ("opencv", "board.jpg", "4c9a24ba67138ad5486d550f586cc5dd1161be112f1c1bea336d6c550cdf255f"),
+    ("opencv", "home.jpg", "23b8cf46a1965d0ec33459b875aed43187802834db49e0daa9fa2cc842e9d8d2"),
+    ("opencv", "leuvenA.jpg", "b2977cdbd9fb3f94dadd6f76cf586d145676deb8a22b5f0f42149d21c058c09f"),
+    ("opencv", "leuvenB.jpg", "5bb41a60038a2baa5d8ea0eaba55e6e3050d721b254cf79d8d8998d7e49d664a"),
+    ("opencv", "messi5.jpg", "1d570e49654e84c7a943918537bd9e5e1ef82920152e147c834006e235be97c9"),
+    ("opencv", "orange.jpg", "152c20d2f380ac985de25e474e1a5f06ed34b932191342099b8272a63a15a079"),
+    ("opencv", "squirrel_cls.jpg", "20bb6e8ae96918a36c9886b6d48e54eedeb3948591e1485c206bc1dc60c8dc8b"),
+    ("opencv", "smarties.png", "ad3f751c053fdcf432687c1bc0e56a61a9119d2bb2ae29365f8aa6534fc77417"),
+    ("opencv", "rubberwhale1.png", "eb312435369dac9efcc92f7e098edbd9ed8d7e6dfede8b3b4d8e3702cd80b796"),
+    ("opencv", "graf1.png", "1504b769303c7bde00fa578eeaad3c68e02aceabeb1242e556f1f8d19e4bdea5"),
+    ("opencv", "stuff.jpg", "21cd00afbdd0727f445dd91c0a09633e6345ed5b05a3d2355453a1f3c314c6c5"),
+    ("opencv", "left.jpg", "fb314330c3eb0a81651c682803e73b348898157267fbc37c4c2c07d1b3a8e321"),
+    ("opencv", "aloeL.jpg", "cce5736808efe80d9f04b118dbb978c344d4345672b332718c3e039a3eeb8eee"),
+    ("opencv", "ela_original.jpg", "b55798b35e2dcb24675f0865a2442d0e4887eeb6aff322ecb1968d936cc23e7f"),
+]
+
+
+def photo_asset_name(file: str) -> str:
+    """``"astronaut.png"`` -> ``"photo-astronaut"`` (the asset that declares it)."""
+    return "photo-" + file.rsplit(".", 1)[0].lower().replace("_", "-")
+
+
+_PHOTO_HOME = {"skimage": (_SKIMAGE, None, "scikit-image's bundled photographs"),
+               "sklearn": (_SKLEARN, None, "scikit-learn's sample images"),
+               "opencv": (_OPENCV, "opencv-doc", "OpenCV's sample images (Debian opencv-doc)")}
+for _src, _file, _sha in PHOTO_ASSETS:
+    _dir, _apt, _what = _PHOTO_HOME[_src]
+    _name = photo_asset_name(_file)
+    ASSETS[_name] = Asset(_name, _file, _sha, f"{_file} from {_what}",
+                          os.path.join(_dir, _file) if _dir else None, _apt)
+
+
 def home() -> Path:
     return Path(os.environ.get("VISIONSMITH_HOME", Path.home() / ".cache" / "visionsmith"))
 

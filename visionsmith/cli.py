@@ -148,6 +148,22 @@ def cmd_predict(a) -> int:
     return 0 if res.predictions else 1
 
 
+def cmd_enhance(a) -> int:
+    from . import api
+    res = api.enhance(a.run, a.inputs, a.out, tile=a.tile)
+    for e in res.images:
+        note = f"  ({'; '.join(e.notes)})" if e.notes else ""
+        print(f"{e.path}: {e.size_in[0]}x{e.size_in[1]} -> {e.out} {e.size_out[0]}x{e.size_out[1]} "
+              f"in {e.seconds:.2f} s{note}")
+    for path, reason in res.bad:
+        print(f"skipped {path}: {reason}", file=sys.stderr)
+    if not res.images and not res.bad:
+        print("no image files found in the given inputs", file=sys.stderr)
+        return 1
+    print(f"wrote {len(res.images)} image(s) to {res.out} (index: {res.out / 'enhanced.json'})")
+    return 0 if res.images else 1
+
+
 def cmd_export(a) -> int:
     from . import api
     r = api.export(a.run, a.format, int8=a.int8, opset=a.opset, out=a.out, calib=a.calib, calib_data=a.calib_data,
@@ -286,7 +302,11 @@ def cmd_datasets(a) -> int:
             ("detection", "coco", "COCO JSON as above, the bbox of each annotation (crowds left out)"),
             ("detection", "voc", "Pascal VOC layout: data.root=ROOT with Annotations/*.xml, JPEGImages/, ImageSets/Main/"),
             ("detection", "yolo", "YOLO txt: data.root=ROOT with images/<split>/* + labels/<split>/*.txt (class cx cy w h, "
-             "normalised) and classes.txt or data.yaml")]
+             "normalised) and classes.txt or data.yaml"),
+            ("enhancement", "photos", "27 real colour photographs (scikit-image, scikit-learn, Debian opencv-doc): 17 train "
+             "(as patches), 2 val, 8 held-out test (astronaut, coffee, chelsea, china, flower, baboon, fruits, butterfly)"),
+            ("enhancement", "images", "your clean images: data.root=ROOT with ROOT/{train,val,test}/* or one folder "
+             "split by data.val_fraction / data.test_fraction")]
     print(f"{'task':<15} {'data.name':<14} description")
     for task, name, desc in rows:
         print(f"{task:<15} {name:<14} {desc}")
@@ -362,7 +382,9 @@ def cmd_serve(a) -> int:
     from .serve import serve
     serve(a.models, host=a.host, port=a.port, token=a.token, max_batch=a.max_batch, max_wait_ms=a.max_wait_ms,
           max_upload_mb=a.max_upload_mb, max_pixels=a.max_pixels, threads=a.threads,
-          access_log=not a.no_access_log, ssl_certfile=a.ssl_certfile, ssl_keyfile=a.ssl_keyfile)
+          access_log=not a.no_access_log, ssl_certfile=a.ssl_certfile, ssl_keyfile=a.ssl_keyfile,
+          backend=a.backend, max_inflight_mb=a.max_inflight_mb, header_timeout=a.header_timeout,
+          body_timeout=a.body_timeout, keepalive_timeout=a.keepalive_timeout)
     return 0
 
 
@@ -421,6 +443,17 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--out", metavar="DIR", help="folder for the output files (required for a segmentation run: "
                     "per image NAME.mask.png, NAME.overlay.png, NAME.json, and predictions.json; a detection "
                     "run: NAME.overlay.png, NAME.json, predictions.json)")
+
+    sp = add("enhance", cmd_enhance, "restore image files with an enhancement run (denoise, upscale): one PNG per "
+             "image in --out (any size: large images run tile by tile, with the same result as whole), and "
+             "enhanced.json listing outputs, notes and skipped files",
+             "visionsmith enhance runs/denoise noisy.png photos/ --out clean/\n"
+             "  visionsmith enhance runs/sr-x2 small.jpg --out big/ --tile 128")
+    sp.add_argument("run", help="a run folder of task enhancement")
+    sp.add_argument("inputs", nargs="+", help="image files and/or folders")
+    sp.add_argument("--out", metavar="DIR", required=True, help="folder for the restored PNG files")
+    sp.add_argument("--tile", type=int, default=None, metavar="N",
+                    help="tile side in input pixels (default: the run's enhance.tile; 0: whole images)")
 
     sp = add("fewshot", cmd_fewshot, "N-way K-shot accuracy (mean, 95 percent interval) of frozen features with "
              "nearest-prototype classification, from a run folder or a registered pretrained model",
@@ -534,11 +567,26 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--max-upload-mb", type=float, default=16.0, help="request body limit (default %(default)s MB)")
     sp.add_argument("--max-pixels", type=int, default=4096 * 4096,
                     help="per-image pixel limit, checked before decoding (default %(default)s)")
+    sp.add_argument("--max-inflight-mb", type=float, default=None,
+                    help="request-body bytes the server holds at once, from the first byte to the answer; beyond, "
+                    "503 with Retry-After (default 256, or 4x --max-upload-mb if larger; 0 = no limit)")
+    sp.add_argument("--header-timeout", type=float, default=10.0, metavar="S",
+                    help="seconds a request's head (request line and headers) may take to arrive, and a new "
+                    "connection may stay silent; then 408 and closed (default %(default)s)")
+    sp.add_argument("--body-timeout", type=float, default=60.0, metavar="S",
+                    help="seconds a request's whole body may take to arrive; then 408 and closed "
+                    "(default %(default)s: a 16 MB upload needs at least 0.27 MB/s)")
+    sp.add_argument("--keepalive-timeout", type=float, default=5.0, metavar="S",
+                    help="seconds an idle kept-alive connection stays open (default %(default)s)")
     sp.add_argument("--threads", type=int, help="torch/ONNX Runtime threads of the inference thread "
                     "(default: all cores but one, which is left to HTTP and decoding)")
     sp.add_argument("--no-access-log", action="store_true", help="do not log every request")
     sp.add_argument("--ssl-certfile", help="serve HTTPS with this certificate (and --ssl-keyfile)")
     sp.add_argument("--ssl-keyfile")
+    sp.add_argument("--backend", choices=["auto", "onnx", "pytorch"], default="auto",
+                    help="how run folders are served: auto (default) = ONNX Runtime, exported and parity-checked "
+                    "once and cached as RUN/export/serve.onnx, else PyTorch with the reason printed; onnx = ONNX "
+                    "Runtime or an error; pytorch = the checkpoint in eager PyTorch. .onnx files always use ONNX Runtime")
 
     sp = add("models", cmd_models, "list registered models; with a NAME, list its layers that adapt.lora.targets "
              "can match", "visionsmith models mobilenetv2")

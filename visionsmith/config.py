@@ -44,7 +44,9 @@ class DataConfig:
     # classification: fashion_mnist, digits, folder, csv; segmentation: scenes (fashion-mnist scenes, embedded),
     # masks (root/images + root/masks PNGs), voc (Pascal VOC layout), coco (root/annotations/<split>.json + images);
     # detection: scenes, coco, voc (Annotations/*.xml), yolo (images/<split> + labels/<split> txt)
-    name: Literal["fashion_mnist", "digits", "folder", "csv", "scenes", "masks", "voc", "coco", "yolo"] = "fashion_mnist"
+    # enhancement: photos (the embedded photographs), images (a folder of clean images)
+    name: Literal["fashion_mnist", "digits", "folder", "csv", "scenes", "masks", "voc", "coco", "yolo",
+                  "photos", "images"] = "fashion_mnist"
     root: str | None = None  # folder: root/<class>/*.png; csv: base folder for relative paths; masks/voc/coco: the dataset
     csv: str | None = None  # csv: file with `path,label` rows
     classes: list[str] | None = None  # csv: the class list (default: sorted labels seen)
@@ -230,10 +232,27 @@ class DetConfig:
 
 
 @dataclass
+class EnhanceConfig:
+    """Image enhancement (tasks/enhancement.py); ``task: enhancement``.  Inputs are made from clean
+    photographs by a degradation (data/degrade.py); the network learns to undo it."""
+    degradation: Literal["noise", "sr"] = "noise"  # noise: denoising; sr: super-resolution
+    noise: Literal["gaussian", "poisson"] = "gaussian"
+    sigma: float = 25.0  # Gaussian noise std on the 0-255 scale: what val/test are scored at
+    sigma_max: float = 0.0  # > 0: blind training, each image's sigma drawn uniformly from [0, sigma_max]
+    peak: float = 30.0  # poisson: photons at white (lower: noisier)
+    scale: int = 2  # sr: the upscaling factor (2, 3, 4)
+    loss: Literal["l1", "mse", "charbonnier"] = "l1"
+    tile: int = 256  # inference tile side in input pixels (0: the whole image at once)
+    baselines: bool = True  # the test evaluation also scores the classical methods on the same inputs
+    eval_seed: int = 0  # the noise of the val/test images: the same for every run and baseline
+
+
+@dataclass
 class Config:
     name: str = "run"
     seed: int = 0
-    task: str = "classification"  # a registered task (tasks/<task>.py): classification, segmentation, detection
+    task: str = "classification"  # a registered task (tasks/<task>.py): classification, segmentation, detection,
+    # enhancement
     method: Literal["supervised", "distill", "simclr", "mim", "adversarial"] = "supervised"
     device: str = "auto"  # auto: cuda when available, else cpu
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -246,6 +265,7 @@ class Config:
     prune: PruneConfig = field(default_factory=PruneConfig)
     seg: SegConfig = field(default_factory=SegConfig)
     det: DetConfig = field(default_factory=DetConfig)
+    enhance: EnhanceConfig = field(default_factory=EnhanceConfig)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -488,6 +508,10 @@ def validate(cfg: Config) -> None:
         (0 <= cfg.det.score_threshold < 1 and 0 < cfg.det.nms_iou <= 1,
          "det.score_threshold must be in [0, 1) and det.nms_iou in (0, 1]"),
         (cfg.det.max_detections >= 1 and cfg.det.pre_nms >= 1, "det.max_detections and det.pre_nms must be >= 1"),
+        (cfg.enhance.sigma >= 0 and cfg.enhance.sigma_max >= 0 and cfg.enhance.peak > 0,
+         "enhance.sigma and enhance.sigma_max must be >= 0, enhance.peak > 0"),
+        (cfg.enhance.scale in (2, 3, 4), "enhance.scale must be 2, 3 or 4"),
+        (cfg.enhance.tile >= 0, "enhance.tile must be >= 0 (0: whole images)"),
         (cfg.distill.temperature > 0, "distill.temperature must be > 0"),
         (0 <= cfg.distill.alpha <= 1, "distill.alpha must be in [0, 1]"),
         (cfg.ssl.temperature > 0, "ssl.temperature must be > 0"),

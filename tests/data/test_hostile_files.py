@@ -86,3 +86,35 @@ def test_predict_lists_odd_folder_entries_and_answers_the_good_files(tmp_path):
     why = {Path(p).name: r for p, r in res.bad}
     assert set(why) == {"dangling.png", "pipe.png", "folder.png", "also.jpg"}
     assert "link to nowhere" in why["dangling.png"] and "FIFO" in why["pipe.png"] and "folder" in why["folder.png"]
+
+
+def test_test_images_that_are_also_training_images_are_reported(tmp_path, capsys):
+    """A training image copied into test (another name, another format) is found by its pixels, named in
+    run.json and the report, and warned about; a clean split reports 0."""
+    import json
+    import shutil
+
+    import visionsmith
+    from visionsmith.data.leaks import find_leaks
+    root = synthetic.make_image_folder(tmp_path / "d", classes=2, per_class=12, size=16, seed=2)
+    clean = find_leaks(build_datasets(DataConfig(name="folder", root=str(root), image_size=16, test_fraction=0.25), 0))
+    assert clean["test"] == {"count": 0, "of": 6, "examples": []} and clean["val"]["count"] == 0
+    tree = tmp_path / "split"  # tree/train/<class>/: 10 images, tree/test/<class>/: 2 images
+    for c in sorted(root.iterdir()):
+        for split, files in (("train", sorted(c.iterdir())[:10]), ("test", sorted(c.iterdir())[10:])):
+            (tree / split / c.name).mkdir(parents=True)
+            for f in files:
+                shutil.copy(f, tree / split / c.name / f.name)
+    cls = sorted((tree / "train").iterdir())[0]
+    leaked = sorted(cls.iterdir())[3]
+    Image.open(leaked).save(tree / "test" / cls.name / "renamed-copy.bmp")
+    res = visionsmith.train(None, overrides=["model.name=simple_cnn", "data.name=folder", f"data.root={tree}",
+                                             "data.image_size=16", "data.val_fraction=0", "train.max_steps=2",
+                                             "train.batch_size=4", "train.threads=1", "train.ema=false"],
+                            out=tmp_path / "run", report=True)
+    leak = json.loads((res / "run.json").read_text())["data"]["leaks"]["test"]
+    assert leak["count"] == 1 and leak["of"] == 5
+    assert leak["examples"][0]["image"].endswith("renamed-copy.bmp") and leak["examples"][0]["train"] == str(leaked)
+    assert "1 of 5 test images have the same pixels as a training image" in capsys.readouterr().out
+    html = (res / "report.html").read_text()
+    assert "1 of 5 test images are also training images" in html and "renamed-copy.bmp" in html

@@ -18,8 +18,10 @@ PREDICT = "/v1/models/digits:predict"
 
 @pytest.fixture(scope="module")
 def client(digits_run):
-    app = create_app([load_backend(str(digits_run))], ServeOptions(max_upload_bytes=200_000, max_pixels=1_000_000,
-                                                                    max_images=4))
+    # PyTorch: these answers are compared with `visionsmith predict` on the checkpoint (test_serve_backend
+    # covers the default, ONNX Runtime)
+    app = create_app([load_backend(str(digits_run), backend="pytorch")],
+                     ServeOptions(max_upload_bytes=200_000, max_pixels=1_000_000, max_images=4))
     with TestClient(app) as c:
         yield c
 

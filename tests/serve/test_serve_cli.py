@@ -89,4 +89,6 @@ def test_cli_serves_until_stopped(digits_run, digit_pngs, tmp_path):
     # uvicorn shuts down gracefully on SIGTERM, then re-raises the signal: exit status 0 or -SIGTERM
     assert proc.returncode in (0, -15), out
     assert "Application shutdown complete" in out
-    assert "serving on http://127.0.0.1:" in out and "token required" in out and "model d: pytorch" in out
+    assert "serving on http://127.0.0.1:" in out and "token required" in out
+    # a run folder is served on ONNX Runtime by default (exported once into RUN/export/serve.onnx)
+    assert "model d: onnx" in out and (digits_run / "export" / "serve.onnx").is_file()

@@ -28,6 +28,7 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
 def export_onnx(run_dir, path, dynamic_batch=True, metadata=True):
     """The run's best weights as ``path`` (an .onnx file following the export contract)."""
+    from visionsmith.data import decode_size
     from visionsmith.engine.build import load_trained
     cfg, model, classes, info = load_trained(run_dir)
     pm = model.eval()  # [0, 1] pixels in: the model normalises them itself
@@ -40,7 +41,7 @@ def export_onnx(run_dir, path, dynamic_batch=True, metadata=True):
         m = onnx.load(str(path))
         m.metadata_props.add(key="visionsmith", value=json.dumps(
             {"classes": classes, "image_size": s, "in_chans": c, "task": "classification",
-             "preprocess": {"decode_size": s, "grayscale": info["data"]["channels"] == 1}}))
+             "preprocess": {"decode_size": decode_size(cfg.data), "grayscale": info["data"]["channels"] == 1}}))
         onnx.save(m, str(path))
     return path
 

@@ -20,7 +20,8 @@ PREDICT = "/v1/models/seg:predict"
 
 @pytest.fixture(scope="module")
 def client(seg_run):
-    app = create_app([load_backend(f"seg={seg_run}")], ServeOptions(max_images=4))
+    # PyTorch: the masks are compared bit for bit with `visionsmith predict` on the checkpoint
+    app = create_app([load_backend(f"seg={seg_run}", backend="pytorch")], ServeOptions(max_images=4))
     with TestClient(app) as c:
         yield c
 

@@ -10,7 +10,7 @@ Sources: ``fashion_mnist`` (Debian idx files), ``digits`` (scikit-learn), ``fold
 ``$VISIONSMITH_HOME/cache``.  Bad files are skipped and listed (``ImageDataset.skipped``), or
 raised with ``data.strict``; data that cannot make a classifier is a ``DataError``.
 """
-from .build import build_datasets
+from .build import build_datasets, decode_size
 from .dataset import ImageDataset
 from .errors import BadImageError, DataError
 from .images import (
@@ -24,5 +24,5 @@ from .images import (
 from .transforms import BatchTransform
 
 __all__ = ["BadImageError", "BatchTransform", "DEFAULT_MAX_PIXELS", "DataError", "IMAGE_EXTENSIONS",
-           "ImageDataset", "build_datasets", "decode_to_tensor", "image_to_uint8", "images_to_tensor",
+           "ImageDataset", "build_datasets", "decode_size", "decode_to_tensor", "image_to_uint8", "images_to_tensor",
            "load_image"]

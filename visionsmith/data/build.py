@@ -25,8 +25,23 @@ TEST_SEED = 0  # the hold-out test split does not move with the run seed
 DIGITS_TEST_FRACTION = 0.2
 
 
+# Sources whose images come at a fixed size (the arrays in the package or the IDX files).
+NATIVE_SIZE = {"fashion_mnist": 28, "digits": 8}
+
+
+def decode_size(cfg: DataConfig) -> int:
+    """The side a run's images are held at before ``BatchTransform`` resizes them to
+    ``image_size``: the source's own size (28 for Fashion-MNIST, 8 for digits), else
+    ``cache_size or image_size`` (folders, csv, and the segmentation/detection sources).
+
+    ``predict``, ``serve``, ``export`` and calibration decode a file to this side with
+    ``image_to_uint8`` and then take the eval ``BatchTransform`` like ``eval`` does, so a PNG of a
+    test image gives exactly the probabilities ``eval`` computes for it (one preprocessing path)."""
+    return NATIVE_SIZE.get(cfg.name) or cfg.cache_size or cfg.image_size
+
+
 def _source(cfg: DataConfig, max_pixels: int) -> dict[str, ImageDataset]:
-    size = cfg.cache_size or cfg.image_size
+    size = decode_size(cfg)
     if cfg.name == "fashion_mnist":
         return fashion_mnist.load()
     if cfg.name == "digits":

@@ -174,3 +174,30 @@ def load_unlabelled(root: str | os.PathLike, size: int, grayscale: bool = False,
                         f"{other}: self-supervised pretraining needs a folder of images")
     return {"train": dataset_from_files(items, [UNLABELLED], "folder/train", size, grayscale, strict, skipped,
                                         where=str(where), max_pixels=max_pixels)}
+
+
+def list_image_inputs(inputs) -> tuple[list[Path], list[tuple[Path, str]]]:
+    """(the image files to read, in order: predict's and enhance's inputs; the entries of the given folders
+    named like images that are not files: a link to nowhere, a FIFO, a folder called x.png, with the
+    reason).  A path given by name is kept as it is: ``load_image`` says what is wrong with it."""
+    import stat
+
+    files, odd = [], []
+    for item in inputs:
+        p = Path(item)
+        if not p.is_dir():
+            files.append(p)
+            continue
+        for q in sorted(p.rglob("*")):
+            if q.suffix.lower() not in IMAGE_EXTENSIONS:
+                continue
+            if q.is_file():
+                files.append(q)
+            elif q.is_dir():
+                odd.append((q, "a folder named like an image file"))
+            elif not q.exists():
+                odd.append((q, "a link to nowhere (broken symbolic link)"))
+            else:
+                mode = q.stat().st_mode
+                odd.append((q, "a FIFO, not an image file" if stat.S_ISFIFO(mode) else "not a regular file"))
+    return files, odd

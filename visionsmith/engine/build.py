@@ -117,8 +117,8 @@ def load_trained(run_dir, which: str = "best", device: torch.device | str = "cpu
                               "last.safetensors): the run stopped before its first epoch ended")
     meta = read_meta(path)
     info = read_json(run_dir / "run.json")
-    classes = meta.get("classes") or info.get("classes")
-    if not classes:
+    classes = meta.get("classes") if meta.get("classes") is not None else info.get("classes")
+    if classes is None or (not classes and get_task(cfg).has_classes):  # [] is right for enhancement only
         raise CheckpointError(f"{path} does not record its classes; was it written by visionsmith?")
     model = build_model(cfg, len(classes), pretrained=False)
     if cfg.prune.source:  # narrower layers than cfg builds, or pruning masks: no pickled module needed

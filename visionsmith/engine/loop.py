@@ -19,6 +19,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..config import Config, save_config, to_dict
+from ..data.leaks import find_leaks, leak_warning
 from ..errors import UserError
 from ..methods import build_method, method_spec
 from ..models.weights import load_strict
@@ -35,6 +36,7 @@ from .build import (
 )
 from .checkpoint import load_checkpoint, never_checkpointed, save_checkpoint, save_weights
 from .ema import ModelEMA
+from .flops import training_flops_record
 from .runfolder import (
     MetricsLog,
     command_line,
@@ -146,6 +148,9 @@ def fit(cfg: Config, out: str | Path | None = None, resume: str | Path | None = 
         if d.main:
             truncate_metrics(run_dir / "metrics.jsonl", step)
     if d.main:
+        leaks = find_leaks(data)  # test images that are also training images (an optimistic score)
+        if (warning := leak_warning(leaks)) and resume is None:
+            print(warning, flush=True)
         save_config(cfg, run_dir / "config.yaml")
         update_run_json(run_dir, name=cfg.name, status="running", seed=cfg.seed, task=cfg.task, method=cfg.method,
                         adapt=cfg.adapt.mode, git=git_info(),
@@ -153,7 +158,7 @@ def fit(cfg: Config, out: str | Path | None = None, resume: str | Path | None = 
                         data={"name": train_ds.name, "channels": int(train_ds.images.shape[1]),
                               "train": len(train_ds), "val": len(val_ds) if val_ds is not None else 0,
                               "test": len(data["test"]) if "test" in data else 0,
-                              "skipped": [list(s) for ds in data.values() for s in ds.skipped]},
+                              "skipped": [list(s) for ds in data.values() for s in ds.skipped], "leaks": leaks},
                         steps_per_epoch=steps_per_epoch, total_steps=total_steps,
                         # The command that made the run stays; a resume is recorded beside it.
                         **({"command": command_line()} if resume is None else {"resumed_by": command_line()}))
@@ -303,9 +308,14 @@ def fit(cfg: Config, out: str | Path | None = None, resume: str | Path | None = 
         if old_term is not None:
             signal.signal(signal.SIGTERM, old_term)
     if d.main:
+        img_per_s, peak_mem = round(step * per_step / max(train_time, 1e-9), 1), peak_memory_mb(device)
+        # Training FLOPs per image (one forward of one image) and the machine's matmul peak: how much of
+        # the machine the run used.  Never fails the run: a null figure and a reason instead.
+        flops, flop_timing = training_flops_record(
+            model, (cfg.model.in_chans, cfg.data.image_size, cfg.data.image_size), device,
+            img_per_s if step else None, d.world, cfg.method, amp_dtype or torch.float32)
         update_run_json(run_dir, status=status, timing={"train_s": round(train_time, 2),
-                        "train_img_per_s": round(step * per_step / max(train_time, 1e-9), 1),
-                        "peak_mem_mb": peak_memory_mb(device)},
-                        steps_done=step)
+                        "train_img_per_s": img_per_s, "peak_mem_mb": peak_mem, **flop_timing},
+                        flops=flops, steps_done=step)
     D.barrier(d)
     return run_dir

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from ..data import BatchTransform, DataError
+from ..data import BatchTransform, DataError, decode_size
 from ..errors import UserError
 
 
@@ -84,7 +84,7 @@ def _folder_pixels(folder: Path, cfg, eval_tf: BatchTransform, n: int, gray: boo
         raise FileNotFoundError(f"calibration folder {folder} does not exist")
     files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
     files = [files[i] for i in _pick(len(files), n, seed).tolist()] if files else []
-    size = cfg.data.cache_size or cfg.data.image_size
+    size = decode_size(cfg.data)
     images = []
     for f in files:
         try:

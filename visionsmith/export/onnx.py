@@ -32,6 +32,7 @@ from pathlib import Path
 
 import torch
 
+from ..data import decode_size
 from ..errors import UserError
 from .parity import FP32_ATOL, ExportError
 from .runtime import INPUT_NAME, METADATA_KEY, OUTPUT_NAME, OnnxModel
@@ -79,14 +80,17 @@ def default_path(run_dir: Path, int8: str | None) -> Path:
 def export_onnx(run_dir: str | Path, int8: str | None = None, opset: int = DEFAULT_OPSET,
                 out: str | Path | None = None, calib: int = DEFAULT_CALIB, calib_data: str | Path | None = None,
                 check: int = DEFAULT_CHECK, max_drop: float | None = None, atol: float = FP32_ATOL,
-                threads: int | None = None, which: str = "best") -> ExportResult:
+                threads: int | None = None, which: str = "best", extra_meta: dict | None = None,
+                record: bool = True) -> ExportResult:
     """Export the run's ``which`` weights to ONNX; ``int8``: None (fp32), "static" or "dynamic".
 
     ``out``: the file (default ``RUN/export/model.onnx`` or ``model.int8.onnx``).  ``calib``:
     training images for static INT8 (or the images under ``calib_data``).  ``check``: held-out
     images (test split, else val) for parity.  ``max_drop``: points of the task's headline metric INT8
     may lose (None: the task's default, 1.0 accuracy points or 0.5 mIoU points).
-    ``atol``: fp32 max |logit difference|.  Records the result in ``RUN/export/export.json``.
+    ``atol``: fp32 max |logit difference|.  Records the result in ``RUN/export/export.json`` (unless
+    ``record`` is False: for a read-only run folder).  ``extra_meta``: more entries for the file's
+    ``visionsmith`` metadata (the serving cache's key, ``visionsmith.export.cached``).
     Raises ``CheckpointError`` (no weights), ``ExportError``/``ParityError``/``ValueError``/``DataError``.
     """
     from ..engine.build import build_transforms, load_trained
@@ -124,9 +128,9 @@ def export_onnx(run_dir: str | Path, int8: str | None = None, opset: int = DEFAU
     cache: dict = {}  # what the task's comparison keeps between the fp32 and the INT8 check
     meta = {"classes": list(classes), "image_size": eval_tf.image_size, "in_chans": eval_tf.in_chans,
             "task": task.name, "output": output.onnx_output, "run": str(run_dir), "int8": bool(int8),
-            "opset": opset, "preprocess": {"decode_size": cfg.data.cache_size or cfg.data.image_size,
+            "opset": opset, "preprocess": {"decode_size": decode_size(cfg.data),
                                            "grayscale": grayscale},
-            "weights": which, **output.describe()}
+            "weights": which, **output.describe(), **(extra_meta or {})}
     tmp_fp32 = out.with_name(f".{out.stem}.fp32-{os.getpid()}.tmp.onnx")
     tmp_int8 = out.with_name(f".{out.stem}.int8-{os.getpid()}.tmp.onnx")
     try:
@@ -150,9 +154,10 @@ def export_onnx(run_dir: str | Path, int8: str | None = None, opset: int = DEFAU
     finally:
         for p in (tmp_fp32, tmp_int8):
             p.unlink(missing_ok=True)
-    record = _record(out, run_dir, meta, quant, parity, output.bounds(atol, max_drop), time.perf_counter() - t0)
-    _update_export_json(run_dir, out, record)
-    return ExportResult(out, record)
+    rec = _record(out, run_dir, meta, quant, parity, output.bounds(atol, max_drop), time.perf_counter() - t0)
+    if record:
+        _update_export_json(run_dir, out, rec)
+    return ExportResult(out, rec)
 
 
 def _torch_export(model, eval_tf, opset: int, path: Path, run_dir: Path, cfg) -> None:

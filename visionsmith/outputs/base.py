@@ -55,7 +55,8 @@ def output_for(task: str, classes: list[str], settings: dict | None = None) -> T
     ``Task.postprocess_settings()`` (detection: score threshold, NMS IoU...), as the export records them."""
     if task not in _OUTPUTS:
         raise UserError(f"a {task!r} model cannot be run by predict, export or serve yet; "
-                        f"they handle {', '.join(output_tasks())}")
+                        f"they handle {', '.join(output_tasks())}"
+                        + (" (restore images with `visionsmith enhance RUN IMAGES --out DIR`)" if task == "enhancement" else ""))
     return _OUTPUTS[task](classes, settings)
 
 

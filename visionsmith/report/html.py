@@ -88,7 +88,8 @@ def _kpis(data: RunData) -> str:
          f"{', ' + str(data.run['adapt']) if data.run.get('adapt', 'full') != 'full' else ''}"
          f"{', ' + str(data.run['method']) if data.run.get('method', 'supervised') != 'supervised' else ''}"
          if get(data.run, "params.total") else ""),
-        ("train time", fmt.seconds(timing.get("train_s")), fmt.rate(timing.get("train_img_per_s"))),
+        ("train time", fmt.seconds(timing.get("train_s")),
+         fmt.rate(timing.get("train_img_per_s")) + _compute_text(data.run, short=True)),
         ("steps", fmt.num(last_train.get("step")), f"epoch {fmt.num(last_train.get('epoch'))}"),
     ]
     return '<div class="kpis">' + "".join(
@@ -107,6 +108,15 @@ def _notices(data: RunData) -> str:
     if data.problems:
         items = "".join(f"<li>{esc(p)}</li>" for p in data.problems)
         out += f'<div class="notice err"><h2>Problems reading the run folder</h2><ul>{items}</ul></div>'
+    leaks = get(data.run, "data.leaks") if data.run else None
+    for split, leak in (leaks.items() if isinstance(leaks, dict) else []):
+        if not isinstance(leak, dict) or not leak.get("count"):
+            continue
+        ex = "".join(f"<li><code>{esc(str(e.get('image')))}</code> = training image <code>{esc(str(e.get('train')))}</code></li>"
+                     for e in leak.get("examples", []) if isinstance(e, dict))
+        out += (f'<div class="notice warn"><h2>{esc(fmt.num(leak["count"]))} of {esc(fmt.num(leak.get("of")))} '
+                f"{esc(split)} images are also training images</h2><p>Identical pixels: the {esc(split)} score is "
+                f"optimistic. Remove the duplicates from the data.</p><ul>{ex}</ul></div>")
     return out
 
 
@@ -148,6 +158,24 @@ def _training(data: RunData) -> str:
     return _section("training", "Training", esc(sub), body)
 
 
+def _compute_text(run: dict, short: bool = False) -> str:
+    """Achieved training GFLOP/s and its share of the measured matmul peak (run.json ``timing`` and ``flops``,
+    engine/flops.py); '' for runs that predate them."""
+    timing = run.get("timing") if isinstance(run.get("timing"), dict) else {}
+    flops = run.get("flops") if isinstance(run.get("flops"), dict) else {}
+    got, peak, share = (timing.get(k) for k in ("train_gflop_per_s", "matmul_peak_gflop_per_s", "share_of_peak"))
+    if not fmt.is_num(got):
+        return "" if short or not flops else f"not measured: {flops.get('reason') or 'no training step'}"
+    if short:
+        return f", {fmt.num(got, 3)} GFLOP/s" + (f" ({fmt.pct(share, 1)} of peak)" if fmt.is_num(share) else "")
+    mp = flops.get("matmul_peak") if isinstance(flops.get("matmul_peak"), dict) else {}
+    return (f"{fmt.num(got, 3)} GFLOP/s achieved"
+            + (f" = {fmt.pct(share, 1)} of the measured {mp.get('dtype', '')} matmul peak ({fmt.num(peak, 3)} GFLOP/s, "
+               f"{mp.get('threads', '?')} thread{'' if mp.get('threads') == 1 else 's'})" if fmt.is_num(share) else "")
+            + (f"; {fmt.num(flops['train_flop_per_image'] / 1e6, 4)} MFLOP per training image"
+               if fmt.is_num(flops.get("train_flop_per_image")) else ""))
+
+
 def _details(data: RunData) -> str:
     run = data.run
     if not run:
@@ -161,9 +189,11 @@ def _details(data: RunData) -> str:
         ("training", esc(fmt.seconds(timing.get("train_s")))),
         ("evaluation", esc(fmt.seconds(timing.get("eval_s")))),
         ("train throughput", esc(fmt.rate(timing.get("train_img_per_s")))),
+        ("train compute", esc(_compute_text(run) or fmt.DASH)),
         ("eval throughput", esc(fmt.rate(timing.get("eval_img_per_s")))),
     ] + [(k, esc(str(v))) for k, v in timing.items()
-         if k not in ("train_s", "eval_s", "train_img_per_s", "eval_img_per_s")])
+         if k not in ("train_s", "eval_s", "train_img_per_s", "eval_img_per_s", "train_gflop_per_s",
+                      "matmul_peak_gflop_per_s", "share_of_peak")])
     run_t = _kv([
         ("name", esc(data.name)),
         ("status", esc(data.status)),
@@ -173,7 +203,7 @@ def _details(data: RunData) -> str:
                          + (' <b class="no">dirty</b>' if git.get("dirty") else "")),
         ("parameters", esc(f"{fmt.num(get(run, 'params.total'))} total, "
                            f"{fmt.num(get(run, 'params.trainable'))} trainable")),
-    ])
+    ] + _overlap_rows(run))
     cmd = run.get("command")
     cmd_html = f"<h3>Command</h3><pre>{esc(str(cmd))}</pre>" if cmd else ""
     if run.get("resumed_by"):
@@ -182,6 +212,13 @@ def _details(data: RunData) -> str:
             f"<div><h3>Environment</h3>{env_t}</div></div>{cmd_html}")
     return _section("details", "Run details", "What this result is tied to: code revision, seed, "
                     "environment and the exact command.", body)
+
+
+def _overlap_rows(run: dict) -> list[tuple[str, str]]:
+    """'test images also in train': the leak check's count per split (runs before it: no row)."""
+    leaks = get(run, "data.leaks")
+    return [(f"{split} images also in train", esc(f"{fmt.num(v.get('count'))} of {fmt.num(v.get('of'))}"))
+            for split, v in (leaks.items() if isinstance(leaks, dict) else []) if isinstance(v, dict)]
 
 
 def _config(data: RunData) -> str:

@@ -14,7 +14,14 @@ Routes (``/v1/...`` and ``/metrics`` need ``Authorization: Bearer TOKEN`` when a
     GET  /docs, /openapi.json       OpenAPI schema and Swagger UI (served locally, no CDN)
 
 Every client mistake is a 4xx with ``{"detail": "..."}`` saying what to do; a 5xx only ever
-means the server itself failed.
+means the server itself failed (or, 503, is full: queue or bytes in flight; retry after Retry-After).
+A client that goes away before its answer is counted as status 499 in ``/metrics`` (as nginx does),
+with nothing logged.
+
+Memory under load: request bodies share one budget (``ServeOptions.max_inflight_bytes``, see
+``uploads.InflightBytes``); a request holds its share from its first byte until its answer is ready,
+so decoding and the model's work on it are covered.  Slow clients: ``body_timeout_s`` here, the
+head, idle and keep-alive timeouts in the connection protocol (``connections.uvicorn_options``).
 """
 from __future__ import annotations
 
@@ -32,13 +39,14 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from fastapi_offline import FastAPIOffline
+from starlette.requests import ClientDisconnect
 
 from ..data import BadImageError
 from ..errors import UserError
 from .backends import Backend, is_small_image
 from .batching import Batcher, ServerBusy
 from .metrics import Metrics
-from .uploads import ClientError, parse_topk, read_images, status_for
+from .uploads import ClientError, InflightBytes, parse_topk, read_images, status_for
 
 STATIC = Path(__file__).parent / "static"
 # Far below Pillow's ~89 M: a 4096 x 4096 RGB image already decodes to 48 MB, and the server may
@@ -46,6 +54,12 @@ STATIC = Path(__file__).parent / "static"
 SERVE_MAX_PIXELS = 4096 * 4096
 INLINE_MAX_PIXELS = 256 * 256  # uploads up to this size decode on the event loop (see decode_all)
 LOOPBACK_HOSTS = {"127.0.0.1", "localhost", "::1", "[::1]"}
+# Request-body bytes in flight: with the default 16 MB upload limit, 16 uploads of the largest size
+# at once.  Under a flood of large uploads the server's memory grows by about twice this (a body is
+# briefly held twice while its pieces are joined, and decoding needs its own), whatever the number
+# of clients: benchmarks/serve_abuse.py, figures in docs/serving.md "Limits and timeouts".
+DEFAULT_MAX_INFLIGHT = 256 * 2**20
+CLIENT_CLOSED = 499  # nginx's status for a client that closed the connection before the answer
 
 # The page loads nothing but its own files: the browser itself enforces "no CDN".
 PAGE_HEADERS = {"Content-Security-Policy": "default-src 'self'; img-src 'self' blob: data:; "
@@ -67,6 +81,19 @@ class ServeOptions:
     topk: int = 5  # default top-k
     decode_threads: int = 2  # image decoding runs here, off the event loop
     loopback_only: bool = False  # reject requests whose Host header is not loopback (DNS rebinding)
+    # Bytes of request bodies held at once (503 + Retry-After beyond); None: the larger of
+    # DEFAULT_MAX_INFLIGHT and 4 x max_upload_bytes; 0: no limit.
+    max_inflight_bytes: int | None = None
+    header_timeout_s: float = 10.0  # a request's head must arrive within this (408, closed); also a silent connection
+    body_timeout_s: float = 60.0  # the whole body must arrive within this (408, closed)
+    keepalive_timeout_s: float = 5.0  # an idle kept-alive connection is closed after this (uvicorn's own timer)
+    max_head_bytes: int = 64 * 2**10  # request line + headers (431, closed)
+
+    def inflight_limit(self) -> int | None:
+        """The in-flight byte limit in force (None: no limit)."""
+        if self.max_inflight_bytes is None:
+            return max(DEFAULT_MAX_INFLIGHT, 4 * self.max_upload_bytes)
+        return self.max_inflight_bytes or None
 
 
 def create_app(backends: list[Backend], opts: ServeOptions | None = None) -> FastAPI:
@@ -76,6 +103,15 @@ def create_app(backends: list[Backend], opts: ServeOptions | None = None) -> Fas
     opts = opts or ServeOptions()
     if opts.max_queue < opts.max_images:
         raise UserError(f"max_queue ({opts.max_queue}) must be >= max_images ({opts.max_images})")
+    if opts.max_inflight_bytes is not None and opts.max_inflight_bytes < 0:
+        raise UserError(f"--max-inflight-mb must be >= 0 (0: no limit), got {opts.max_inflight_bytes / 2**20:g}")
+    inflight = InflightBytes(opts.inflight_limit())
+    if inflight.limit is not None and inflight.limit < opts.max_upload_bytes:
+        raise UserError(f"the limit on bytes in flight ({inflight.limit / 2**20:g} MB, --max-inflight-mb) is below the "
+                         f"upload limit ({opts.max_upload_bytes / 2**20:g} MB, --max-upload-mb): an upload within its limit "
+                         "could never be received; raise it, or give 0 for no limit")
+    if min(opts.header_timeout_s, opts.body_timeout_s, opts.keepalive_timeout_s) <= 0:
+        raise UserError("--header-timeout, --body-timeout and --keepalive-timeout must be > 0 seconds")
     for b in backends:
         b.max_pixels = min(b.max_pixels, opts.max_pixels)
     models = {b.name: b for b in backends}
@@ -83,6 +119,8 @@ def create_app(backends: list[Backend], opts: ServeOptions | None = None) -> Fas
         dup = sorted({b.name for b in backends if sum(c.name == b.name for c in backends) > 1})
         raise UserError(f"two models are named {', '.join(dup)}; name them with NAME=PATH")
     metrics = Metrics()
+    metrics.inflight_bytes.set_function(lambda: inflight.used)
+    metrics.inflight_limit.set(inflight.limit or 0)
     batchers = {n: Batcher(b, metrics, opts.max_batch, opts.max_wait_ms, opts.max_queue) for n, b in models.items()}
     pools: dict[str, ThreadPoolExecutor] = {}
 
@@ -115,11 +153,17 @@ def create_app(backends: list[Backend], opts: ServeOptions | None = None) -> Fas
                          description="Image classification and segmentation over HTTP with dynamic batching. "
                                      "Send `Authorization: Bearer TOKEN` when the server has a token.")
     app.state.models, app.state.batchers, app.state.metrics, app.state.options = models, batchers, metrics, opts
+    app.state.inflight = inflight
     app.add_middleware(MetricsMiddleware, metrics=metrics, loopback_only=opts.loopback_only)
 
     @app.exception_handler(ClientError)
     async def client_error(request: Request, e: ClientError):
         return JSONResponse({"detail": e.message, **e.extra}, status_code=e.status, headers=e.headers)
+
+    @app.exception_handler(ClientDisconnect)
+    async def client_gone(request: Request, e: ClientDisconnect):
+        # Nobody is there to read an answer (uvicorn drops it): this only tells the metrics what happened.
+        return Response(status_code=CLIENT_CLOSED)
 
     async def auth(request: Request) -> None:  # async: FastAPI would run a plain def in a thread
         if opts.token is None:
@@ -165,26 +209,36 @@ def create_app(backends: list[Backend], opts: ServeOptions | None = None) -> Fas
     async def predict(name: str, request: Request):
         t0 = time.perf_counter()
         backend, batcher = model(name), batchers[name]
-        with batcher.arriving():  # a batch being collected may wait for this request
-            images, options = await read_images(request, opts.max_upload_bytes, opts.max_images)
-            k = parse_topk(options.get("topk", request.query_params.get("topk")), opts.topk, len(backend.classes))
-            prepared = await decode_all(backend, images, pools["decode"])  # per image: (windows, context)
-            try:
-                result = batcher.enqueue(torch.cat([px for px, _ in prepared]))
-            except ServerBusy as e:
-                raise ClientError(503, str(e), headers={"Retry-After": "1"}) from None
-        logits = await result
-        metrics.images.labels(name).inc(len(images))
-        out, at, parts = backend.output, 0, []  # each image's rows (1 per image, or its windows), its context
-        for (n, _), (px, ctx) in zip(images, prepared):
-            parts.append((logits[at:at + len(px)], ctx, n))
-            at += len(px)
-        if out.answer_off_loop:  # a mask answer (stitching, PNG encoding) is real work: off the event loop
-            loop = asyncio.get_running_loop()
-            preds = await asyncio.gather(*(loop.run_in_executor(pools["decode"], out.answer, lg, ctx, n, k)
-                                           for lg, ctx, n in parts))
-        else:
-            preds = [out.answer(lg, ctx, n, k) for lg, ctx, n in parts]
+        # The body's bytes count against the in-flight budget from the first byte (its Content-Length,
+        # before reading) until the answer is ready: the upload bytes live until decoded, and its
+        # decoded windows until the model ran, so the reservation stands for both (the windows, at the
+        # model's size, are also bounded per model by the queue limit).
+        with inflight.reserve() as held:
+            with batcher.arriving():  # a batch being collected may wait for this request
+                images, options = await read_images(request, opts.max_upload_bytes, opts.max_images, held,
+                                                    opts.body_timeout_s)
+                k = parse_topk(options.get("topk", request.query_params.get("topk")), opts.topk, len(backend.classes))
+                prepared = await decode_all(backend, images, pools["decode"])  # per image: (windows, context)
+                names = [n for n, _ in images]
+                del images  # the upload bytes: only the names are needed from here on
+                try:
+                    result = batcher.enqueue(torch.cat([px for px, _ in prepared]))
+                except ServerBusy as e:
+                    raise ClientError(503, str(e), headers={"Retry-After": "1"}) from None
+            logits = await result
+            if await request.is_disconnected():  # answered nobody: count it as what it is (499)
+                raise ClientDisconnect()
+            metrics.images.labels(name).inc(len(names))
+            out, at, parts = backend.output, 0, []  # each image's rows (1 per image, or its windows), its context
+            for n, (px, ctx) in zip(names, prepared):
+                parts.append((logits[at:at + len(px)], ctx, n))
+                at += len(px)
+            if out.answer_off_loop:  # a mask answer (stitching, PNG encoding) is real work: off the event loop
+                loop = asyncio.get_running_loop()
+                preds = await asyncio.gather(*(loop.run_in_executor(pools["decode"], out.answer, lg, ctx, n, k)
+                                               for lg, ctx, n in parts))
+            else:
+                preds = [out.answer(lg, ctx, n, k) for lg, ctx, n in parts]
         # A JSONResponse skips FastAPI's generic encoder walk over the result (plain types already).
         return JSONResponse({"model": name, "predictions": list(preds),
                              "latency_ms": round(1000 * (time.perf_counter() - t0), 2)})
@@ -303,8 +357,10 @@ PREDICT_OPENAPI = {
         "400": {"description": "empty body, corrupt image, bad base64 or JSON"},
         "401": {"description": "missing or wrong token"},
         "404": {"description": "unknown model (the answer lists the known ones)"},
+        "408": {"description": "the body did not arrive within the body timeout (the connection is closed)"},
         "413": {"description": "upload, pixel count or image count over the limit (the answer names it)"},
         "415": {"description": "not an image, or an unsupported Content-Type"},
-        "503": {"description": "queue full; retry later"},
+        "503": {"description": "queue full, or the limit on upload bytes in flight reached; retry after "
+                               "the Retry-After seconds"},
     },
 }

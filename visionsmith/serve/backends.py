@@ -1,7 +1,8 @@
 """What the server runs: a model behind a four-attribute interface, from a run folder or an ONNX file.
 
-    backend = load_backend("runs/digits")                 # the run's best checkpoint (PyTorch)
-    backend = load_backend("runs/digits/export/model.onnx")  # ONNX Runtime
+    backend = load_backend("runs/digits")                 # the run's best weights, on ONNX Runtime (exported once)
+    backend = load_backend("runs/digits", backend="pytorch")  # the same weights in eager PyTorch
+    backend = load_backend("runs/digits/export/model.onnx")  # an exported file, on ONNX Runtime
     pixels = backend.decode(png_bytes)                    # float32 [C, S, S] in [0, 1] (BadImageError)
     logits = backend.run(torch.stack([pixels, ...]))      # numpy float32 [N, K] (or [N, K, S, S])
     pixels, ctx = backend.prepare(png_bytes)              # the task's windows [n, C, S, S] of one upload
@@ -16,6 +17,14 @@ model (its ``pixel_norm`` for a checkpoint, inside the graph for ONNX), so the b
 the tests never care which one they talk to.  Decoding follows ``visionsmith.api.predict`` step for
 step (same ``load_image`` checks, same ``image_to_uint8`` resize rule, same channel handling), so the
 server answers exactly what ``visionsmith predict`` answers for the same file.
+
+A run folder is served on ONNX Runtime by default (``backend="auto"``): its best weights are exported
+once with ``visionsmith.export.cached_onnx`` (the export's own parity check against PyTorch), cached
+as ``RUN/export/serve.onnx`` and reused until the weights, the config or the exporter change.  Eager
+PyTorch pays a few milliseconds of Python per call that ONNX Runtime does not (``docs/serving.md``).
+When the export is impossible (no onnx/onnxruntime, a model the exporter cannot take, a failed parity
+check, no held-out images to check on), "auto" serves the checkpoint in PyTorch and says why in one
+line; ``backend="onnx"`` makes that an error, ``backend="pytorch"`` never exports.
 """
 from __future__ import annotations
 
@@ -28,7 +37,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..data import DEFAULT_MAX_PIXELS, BatchTransform, image_to_uint8
+from ..data import DEFAULT_MAX_PIXELS, BatchTransform, decode_size, image_to_uint8
 from ..data.images import load_image_bytes
 from ..errors import UserError
 
@@ -48,6 +57,8 @@ class Backend:
 
     kind = "?"
     max_batch: int | None = None
+    note: str | None = None  # how the backend was chosen, when that needs saying (``GET /v1/models``: backend_note)
+    run_dir: str | None = None  # the run folder a cached ONNX graph was made from
 
     def __init__(self, name: str, source: str, classes: list[str], image_size: int, in_chans: int,
                  grayscale: bool, decode_size: int | None = None, max_pixels: int = DEFAULT_MAX_PIXELS,
@@ -85,7 +96,8 @@ class Backend:
         """What ``GET /v1/models`` says about this model."""
         return {"name": self.name, "kind": self.kind, "task": self.task, "source": self.source,
                 "classes": self.classes, "image_size": self.image_size, "in_chans": self.in_chans,
-                "grayscale": self.grayscale, "max_batch": self.max_batch, **self.output.describe()}
+                "grayscale": self.grayscale, "max_batch": self.max_batch, **self.output.describe(),
+                **({"run": self.run_dir} if self.run_dir else {}), **({"backend_note": self.note} if self.note else {})}
 
 
 def is_small_image(data: bytes, max_pixels: int) -> bool:
@@ -116,7 +128,7 @@ class TorchBackend(Backend):
                              "was never trained, so there is nothing to serve; fine-tune a classifier from it first")
         super().__init__(name, str(run_dir), classes, cfg.data.image_size, cfg.model.in_chans,
                          grayscale=info.get("data", {}).get("channels", 3) == 1,
-                         decode_size=cfg.data.cache_size or cfg.data.image_size,
+                         decode_size=decode_size(cfg.data),
                          max_pixels=cfg.data.max_pixels, task=get_task(cfg).name,
                          settings=get_task(cfg).postprocess_settings())
         self.model = model.eval()
@@ -143,7 +155,8 @@ class OnnxBackend(Backend):
 
     kind = "onnx"
 
-    def __init__(self, path: str | Path, name: str, threads: int | None = None):
+    def __init__(self, path: str | Path, name: str, threads: int | None = None,
+                 max_pixels: int = DEFAULT_MAX_PIXELS):
         try:
             import onnx  # noqa: F401 - the metadata reader needs both
             import onnxruntime  # noqa: F401
@@ -157,7 +170,7 @@ class OnnxBackend(Backend):
         self.max_batch = batch_dim if isinstance(batch_dim, int) else None
         super().__init__(name, str(path), self.clf.classes, self.clf.image_size, self.clf.in_chans,
                          grayscale=self.clf.grayscale, decode_size=self.clf.decode_size, task=self.clf.task,
-                         settings=self.clf.settings)
+                         settings=self.clf.settings, max_pixels=max_pixels)
 
     def run(self, pixels: torch.Tensor) -> np.ndarray:
         return self.clf.predict_pixels(pixels)
@@ -183,8 +196,20 @@ def default_name(path: Path) -> str:
     return _NAME_OK.sub("-", base).strip("-") or "model"
 
 
-def load_backend(spec: str, threads: int | None = None) -> Backend:
-    """``PATH`` or ``NAME=PATH``: a run folder (checkpoint) or an ``.onnx`` file."""
+BACKENDS = ("auto", "onnx", "pytorch")
+
+
+def load_backend(spec: str, threads: int | None = None, backend: str = "auto",
+                 parity_atol: float | None = None) -> Backend:
+    """``PATH`` or ``NAME=PATH``: a run folder or an ``.onnx`` file.
+
+    ``backend`` says how a run folder is served (an ``.onnx`` file always runs on ONNX Runtime):
+    "auto" (ONNX Runtime when the run exports and passes the parity check, else PyTorch, with a
+    printed reason), "onnx" (ONNX Runtime or an error) or "pytorch" (the checkpoint in eager PyTorch).
+    ``parity_atol``: the fp32 bound the served graph must meet (default the export's, 1e-3).
+    """
+    if backend not in BACKENDS:
+        raise UserError(f"--backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
     name, sep, path_text = spec.partition("=")
     if not sep:
         name, path_text = "", spec
@@ -193,6 +218,73 @@ def load_backend(spec: str, threads: int | None = None) -> Backend:
     if path.is_file() and path.suffix == ".onnx":
         return OnnxBackend(path, name, threads)
     if path.is_dir():
-        return TorchBackend(path, name)
+        return run_backend(path, name, threads, backend, parity_atol)
     raise UserError(f"{spec}: not a run folder or an .onnx file (serve takes `visionsmith train` run folders, "
                      "their export/model.onnx files, or NAME=PATH for either)")
+
+
+def run_backend(run_dir: Path, name: str, threads: int | None = None, backend: str = "auto",
+                parity_atol: float | None = None) -> Backend:
+    """A run folder as a backend, on ``backend`` ("auto", "onnx" or "pytorch"; see ``load_backend``)."""
+    if backend == "pytorch":
+        return TorchBackend(run_dir, name)
+    cfg = _servable_config(run_dir)  # a folder that is no servable run fails the same way on any backend
+    try:
+        return _cached_onnx_backend(run_dir, name, threads, cfg.data.max_pixels, parity_atol)
+    except Exception as e:  # noqa: BLE001 - whatever stops the export, "auto" serves the checkpoint instead
+        reason = _one_line(e)
+        if backend == "onnx":
+            raise UserError(f"--backend onnx: {run_dir} cannot be served on ONNX Runtime: {reason} "
+                            "(--backend auto serves it with PyTorch instead)") from None
+        print(f"model {name}: serving with PyTorch, not ONNX Runtime: {reason}", flush=True)
+        torch_backend = TorchBackend(run_dir, name)
+        torch_backend.note = f"ONNX Runtime not used: {reason}"
+        return torch_backend
+
+
+def _servable_config(run_dir: Path):
+    """The run's config, after the checks ``TorchBackend`` makes: a run folder, with weights, whose
+    classifier (head) was trained."""
+    from ..config import ConfigError, load_config
+    from ..engine.checkpoint import CheckpointError
+    from ..export.cached import weights_file
+    from ..methods import trains_head
+    weights_file(run_dir)  # CheckpointError: no run folder, or no weights yet
+    try:
+        cfg = load_config(run_dir / "config.yaml")
+    except ConfigError as e:
+        raise CheckpointError(f"{run_dir}/config.yaml: {e}") from None
+    if not trains_head(cfg):
+        raise UserError(f"{run_dir} is a self-supervised pretraining run (method={cfg.method}): its classifier "
+                        "was never trained, so there is nothing to serve; fine-tune a classifier from it first")
+    return cfg
+
+
+def _cached_onnx_backend(run_dir: Path, name: str, threads: int | None, max_pixels: int,
+                         parity_atol: float | None) -> OnnxBackend:
+    try:  # (the exporter also needs onnxscript; without it a cached file still serves, an export fails)
+        import onnx  # noqa: F401 - the metadata reader and the runtime
+        import onnxruntime  # noqa: F401
+    except ImportError as e:
+        raise UserError(f"{e.name or 'onnx'} is not installed (pip install onnx onnxruntime)") from None
+    from ..export.cached import cached_onnx, remove_if_temporary
+    from ..export.parity import FP32_ATOL
+    got = cached_onnx(run_dir, threads=threads, atol=FP32_ATOL if parity_atol is None else parity_atol)
+    try:
+        b = OnnxBackend(got.path, name, threads, max_pixels=max_pixels)
+    finally:
+        remove_if_temporary(got)  # the session holds the graph; a temporary file is not kept
+    b.run_dir = str(run_dir)
+    if got.temporary:
+        b.source = f"{run_dir} (exported to a temporary file, not cached)"
+    print(f"model {name}: {got.note}", flush=True)
+    return b
+
+
+def _one_line(e: BaseException, limit: int = 400) -> str:
+    """An exception as one line for the log: the message's first line (with the type for anything that
+    is not a ``UserError``, i.e. not already worded for the user), at most ``limit`` characters."""
+    text = (str(e).strip().splitlines() or [""])[0]
+    if not isinstance(e, UserError):
+        text = f"{type(e).__name__}: {text}" if text else type(e).__name__
+    return text if len(text) <= limit else text[:limit - 3] + "..."

@@ -1,4 +1,5 @@
-"""Prometheus metrics of one app: requests by status, latency, batch sizes, queue depth.
+"""Prometheus metrics of one app: requests by status (499: the client went away before its answer),
+latency, batch sizes, queue depth, request-body bytes in flight, connections closed by a limit.
 
 Each app gets its own ``CollectorRegistry`` (not prometheus_client's global one), so several apps
 in one process (tests, the benchmark) count separately.  ``GET /metrics`` serves ``render(accept)``.
@@ -29,6 +30,16 @@ class Metrics:
         self.inference_seconds = Histogram("visionsmith_inference_seconds", "Time of one batched model call",
                                            ["model"], buckets=LATENCY_BUCKETS, registry=r)
         self.queue_depth = Gauge("visionsmith_queue_depth", "Images waiting for the model", ["model"], registry=r)
+        # The app sets these to read its in-flight budget (``uploads.InflightBytes``) when scraped.
+        self.inflight_bytes = Gauge("visionsmith_inflight_bytes",
+                                    "Bytes of request bodies held now (received or reserved, until answered)",
+                                    registry=r)
+        self.inflight_limit = Gauge("visionsmith_inflight_limit_bytes",
+                                    "Limit on request-body bytes in flight (--max-inflight-mb; 0: none)", registry=r)
+        self.connections_closed = Counter(
+            "visionsmith_connections_closed", "Connections the server closed before a request reached the app: "
+            "header_timeout, idle_timeout (sent nothing), body_timeout (body still arriving after an early "
+            "answer), head_too_large", ["reason"], registry=r)
 
     def render(self, accept: str | None = None) -> tuple[bytes, str]:
         """(body, content type) in the format the scraper's Accept header asks for: Prometheus

@@ -12,6 +12,7 @@ import os
 from ..errors import UserError
 from .app import SERVE_MAX_PIXELS, ServeOptions, create_app
 from .backends import load_backend
+from .connections import uvicorn_options
 
 TOKEN_ENV = "VISIONSMITH_SERVE_TOKEN"
 
@@ -54,9 +55,15 @@ def default_threads() -> int:
 def serve(specs: list[str], host: str = "127.0.0.1", port: int = 8000, token: str | None = None,
           max_batch: int = 32, max_wait_ms: float = 5.0, max_upload_mb: float = 16.0,
           max_pixels: int = SERVE_MAX_PIXELS, threads: int | None = None, access_log: bool = True,
-          ssl_certfile: str | None = None, ssl_keyfile: str | None = None) -> None:
+          ssl_certfile: str | None = None, ssl_keyfile: str | None = None, backend: str = "auto",
+          max_inflight_mb: float | None = None, header_timeout: float = 10.0, body_timeout: float = 60.0,
+          keepalive_timeout: float = 5.0) -> None:
     """Load every model in ``specs`` (run folders, ``.onnx`` files, ``NAME=PATH``) and serve them
-    until interrupted.  Errors in the settings or the models are raised before anything listens."""
+    until interrupted.  Errors in the settings or the models are raised before anything listens.
+    ``backend``: how run folders are served, "auto" (ONNX Runtime, exported once and cached, else
+    PyTorch), "onnx" or "pytorch" (``visionsmith.serve.backends.load_backend``).
+    ``max_inflight_mb`` (None: the larger of 256 and 4 x ``max_upload_mb``; 0: no limit) and the
+    timeouts in seconds: see ``ServeOptions`` and docs/serving.md "Limits and timeouts"."""
     import torch
     import uvicorn
 
@@ -70,10 +77,13 @@ def serve(specs: list[str], host: str = "127.0.0.1", port: int = 8000, token: st
     # Inference runs one batch at a time in one thread, with `threads` intra-op threads.  Large
     # uploads decode in a small pool of their own (PIL releases the GIL), overlapping with inference.
     torch.set_num_threads(threads)
-    backends = [load_backend(s, threads) for s in specs]
+    backends = [load_backend(s, threads, backend) for s in specs]
     opts = ServeOptions(token=token, max_batch=max_batch, max_wait_ms=max_wait_ms,
                         max_upload_bytes=int(max_upload_mb * 2**20), max_pixels=max_pixels,
-                        decode_threads=max(2, min(4, threads)), loopback_only=not token)
+                        decode_threads=max(2, min(4, threads)), loopback_only=not token,
+                        max_inflight_bytes=None if max_inflight_mb is None else int(max_inflight_mb * 2**20),
+                        header_timeout_s=header_timeout, body_timeout_s=body_timeout,
+                        keepalive_timeout_s=keepalive_timeout)
     app = create_app(backends, opts)
     scheme = "https" if ssl_certfile else "http"
     shown = f"[{host}]" if ":" in host else host
@@ -84,4 +94,5 @@ def serve(specs: list[str], host: str = "127.0.0.1", port: int = 8000, token: st
     print(f"serving on {scheme}://{shown}:{port}/  (page /, API /docs, metrics /metrics; max batch {max_batch}, "
           f"max wait {max_wait_ms} ms, {threads_text}{', token required' if token else ''})", flush=True)
     uvicorn.run(app, host=host, port=port, log_level="info", access_log=access_log,
-                ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile, timeout_graceful_shutdown=5)
+                ssl_certfile=ssl_certfile, ssl_keyfile=ssl_keyfile, timeout_graceful_shutdown=5,
+                **uvicorn_options(app))  # timeouts and head limit (serve/connections.py)

@@ -11,9 +11,16 @@ A predict request carries its images in one of three ways:
 
 The body is read with a byte counter, so an upload over the limit is refused (413) after at most
 the limit has been read, whatever Content-Length claims; nothing is parsed before that.
+
+Bodies being received at once share one budget (``InflightBytes``, ``--max-inflight-mb``): a request
+reserves its Content-Length before a byte is read (a chunked body: each chunk as it arrives) and
+holds it until its answer is ready; when the budget is full it is answered 503 with Retry-After at
+once.  The whole body must arrive within ``--body-timeout`` seconds (else 408, and the connection is
+closed); a client that goes away mid-body raises Starlette's ``ClientDisconnect`` (counted as 499).
 """
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import json
@@ -43,25 +50,91 @@ def _mb(n: int) -> str:
     return f"{n / 2**20:.4g} MB ({n} bytes)"
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The whole body, refusing (413) anything over ``limit`` bytes before reading more."""
+class InflightBytes:
+    """The bytes of request bodies the server holds at once, and their limit (``None``: no limit).
+
+    Everything runs on the event loop, so plain integers need no lock.  ``reserve()`` gives a
+    ``Reservation`` to use as a context manager: whatever it took is given back on leaving, whatever
+    the way out (an answer, a 4xx, a disconnect, a cancelled task)."""
+
+    def __init__(self, limit: int | None):
+        self.limit, self.used = limit, 0
+
+    def reserve(self) -> Reservation:
+        return Reservation(self)
+
+
+class Reservation:
+    """One request's share of an ``InflightBytes`` budget (see ``grow_to``)."""
+
+    def __init__(self, budget: InflightBytes):
+        self.budget, self.held = budget, 0
+
+    def grow_to(self, n: int) -> None:
+        """Hold ``n`` bytes in all (never less than already held); 503 with Retry-After if they do
+        not fit next to what the other requests hold."""
+        more = n - self.held
+        if more <= 0:
+            return
+        b = self.budget
+        if b.limit is not None and b.used + more > b.limit:
+            raise ClientError(
+                503, f"the server is full with other uploads: {_mb(b.used)} of its {_mb(b.limit)} limit for "
+                     f"request bodies in flight is taken and this request needs {_mb(n)}; retry after the "
+                     "Retry-After seconds, or send smaller or fewer images at a time (the server sets the "
+                     "limit with --max-inflight-mb)", headers={"Retry-After": "1"}, limit=b.limit)
+        b.used += more
+        self.held = n
+
+    def release(self) -> None:
+        self.budget.used -= self.held
+        self.held = 0
+
+    def __enter__(self) -> Reservation:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+async def read_body(request: Request, limit: int, held: Reservation | None = None,
+                    timeout: float | None = None) -> bytes:
+    """The whole body, refusing (413) anything over ``limit`` bytes before reading more.
+
+    ``held``: the request's share of the in-flight budget; its Content-Length is reserved before
+    anything is read, a chunked body's bytes as they come (503 once the budget is full).
+    ``timeout``: seconds the whole body may take to arrive (408, and the connection is closed).
+    A client that disconnects mid-body raises ``ClientDisconnect``."""
     declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > limit:
-        raise ClientError(413, f"upload of {_mb(int(declared))} is over the limit of {_mb(limit)}; "
+    declared = int(declared) if declared and declared.isdigit() else None
+    if declared is not None and declared > limit:
+        raise ClientError(413, f"upload of {_mb(declared)} is over the limit of {_mb(limit)}; "
                                "send a smaller image (the server sets the limit with --max-upload-mb)", limit=limit)
+    if held is not None and declared:
+        held.grow_to(declared)  # refused before a byte of the body is read
     chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:  # chunked uploads, or a Content-Length that lied
-            raise ClientError(413, f"upload is over the limit of {_mb(limit)}; send a smaller image "
-                                   "(the server sets the limit with --max-upload-mb)", limit=limit)
-        chunks.append(chunk)
+    try:
+        async with asyncio.timeout(timeout):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:  # chunked uploads, or a Content-Length that lied
+                    raise ClientError(413, f"upload is over the limit of {_mb(limit)}; send a smaller image "
+                                           "(the server sets the limit with --max-upload-mb)", limit=limit)
+                if held is not None:
+                    held.grow_to(size)  # a no-op while within the declared length
+                chunks.append(chunk)
+    except TimeoutError:
+        raise ClientError(408, f"the request body did not arrive within {timeout:g} s ({_mb(size)} received); "
+                               "send it faster or in smaller requests (the server sets the time with "
+                               "--body-timeout)", headers={"Connection": "close"}) from None
     return b"".join(chunks)
 
 
-async def read_images(request: Request, limit: int, max_images: int) -> tuple[list[tuple[str, bytes]], dict]:
-    """-> ([(name, image bytes), ...], options such as ``{"topk": "3"}``); ``ClientError`` otherwise."""
-    body = await read_body(request, limit)
+async def read_images(request: Request, limit: int, max_images: int, held: Reservation | None = None,
+                      timeout: float | None = None) -> tuple[list[tuple[str, bytes]], dict]:
+    """-> ([(name, image bytes), ...], options such as ``{"topk": "3"}``); ``ClientError`` otherwise.
+    ``held`` and ``timeout``: see ``read_body``."""
+    body = await read_body(request, limit, held, timeout)
     if not body:
         raise ClientError(400, f"empty request body: {HOW_TO_SEND}")
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()

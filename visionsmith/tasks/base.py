@@ -47,6 +47,7 @@ class Task:
     val_keys: ClassVar[tuple[str, ...]] = ()  # the scalars logged at every validation
     data_sources: ClassVar[tuple[str, ...]] = ()  # the data.name values this task reads
     test_keys: ClassVar[tuple[str, ...]] = ()  # the scalars run.json keeps as the run's test result
+    has_classes: ClassVar[bool] = True  # False: outputs are images, the class list is empty (enhancement)
 
     def __init__(self, cfg):
         self.cfg = cfg

@@ -1,0 +1,177 @@
+"""Image-to-image networks for enhancement (``task: enhancement``): pixels in, pixels out.
+
+    net = create_enhancer("dncnn", in_chans=3, scale=1)      # denoising
+    net = create_enhancer("edsr", in_chans=3, scale=2)       # super-resolution x2
+    y = net(x)          # x: [B, C, H, W] in [0, 1] -> y: [B, C, H*scale, W*scale], [0, 1] range (unclamped)
+
+Every network has ``scale`` (output side / input side), ``in_chans`` and ``receptive_radius``: how
+many input pixels on each side an output pixel depends on (3x3 convolutions add one each).  Tiled
+inference (``ops/tiles.py``) overlaps tiles by at least that much, so tiled and whole-image outputs
+agree.  Normalisation is inside the model like every visionsmith model (``pixel_norm``: the pixels
+are centred on 0.5), and each network adds its input (or its bicubic upsampling) back, so it learns
+the residual: the noise, or the detail bicubic interpolation misses.
+
+These are small and fast on purpose (two CPU cores, 30 minutes of training):
+- ``dncnn``: Zhang et al., "Beyond a Gaussian Denoiser" (TIP 2017): ``depth`` 3x3 convolutions,
+  BatchNorm in the middle ones, predicts the noise (residual learning).
+- ``edsr``: Lim et al., "Enhanced Deep Residual Networks for Single Image Super-Resolution" (CVPRW
+  2017): residual blocks without BatchNorm, residual scaling, a pixel-shuffle upsampler; at
+  ``scale=1`` it is a stronger denoiser than DnCNN for the same depth.
+- ``espcn``: Shi et al., "Real-Time Single Image and Video Super-Resolution Using an Efficient
+  Sub-Pixel Convolutional Neural Network" (CVPR 2016): three convolutions and a pixel shuffle.
+The classification registry (``models/registry.py``) holds backbones with a classifier interface;
+these have none, so they have their own small registry here.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import UnknownNameError
+from ._base import PixelNorm
+
+_ENHANCERS: dict[str, Callable[..., nn.Module]] = {}
+
+
+def register_enhancer(fn):
+    _ENHANCERS[fn.__name__] = fn
+    return fn
+
+
+def enhancer_names() -> list[str]:
+    return sorted(_ENHANCERS)
+
+
+def create_enhancer(name: str, in_chans: int = 3, scale: int = 1, **kwargs) -> nn.Module:
+    if name not in _ENHANCERS:
+        raise UnknownNameError(f"model.name={name!r} is not an enhancement network; task enhancement builds "
+                               f"{', '.join(enhancer_names())}")
+    return _ENHANCERS[name](in_chans=in_chans, scale=scale, **kwargs)
+
+
+def _norm(in_chans: int) -> PixelNorm:
+    return PixelNorm([0.5] * in_chans, [1.0] * in_chans, in_chans)  # centre only: the output keeps the input's scale
+
+
+class _Upsample(nn.Sequential):
+    """conv -> pixel shuffle, once per factor 2 (or once for 3): [B, F, h, w] -> [B, F, h*s, w*s]."""
+
+    def __init__(self, scale: int, width: int):
+        layers: list[nn.Module] = []
+        if scale in (2, 4, 8):
+            for _ in range(scale.bit_length() - 1):
+                layers += [nn.Conv2d(width, 4 * width, 3, padding=1), nn.PixelShuffle(2)]
+        elif scale == 3:
+            layers += [nn.Conv2d(width, 9 * width, 3, padding=1), nn.PixelShuffle(3)]
+        elif scale != 1:
+            raise ValueError(f"scale {scale} is not supported (1, 2, 3, 4 or 8)")
+        super().__init__(*layers)
+        self.convs = sum(isinstance(m, nn.Conv2d) for m in layers)
+
+
+class _Enhancer(nn.Module):
+    """Shared tail: ``forward(x) = base(x) + body(x - 0.5)`` where ``base`` is ``x`` at scale 1 and
+    its bicubic upsampling otherwise."""
+
+    scale: int
+
+    def base(self, x: torch.Tensor) -> torch.Tensor:
+        if self.scale == 1:
+            return x
+        return F.interpolate(x, scale_factor=self.scale, mode="bicubic", align_corners=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.base(x) + self.residual(self.pixel_norm(x))
+
+    def residual(self, z: torch.Tensor) -> torch.Tensor:  # pragma: no cover - interface
+        raise NotImplementedError
+
+
+class DnCNN(_Enhancer):
+    """``depth`` convolutions of ``width`` channels: conv-ReLU, (conv-BN-ReLU) x (depth - 2), conv."""
+
+    def __init__(self, in_chans: int = 3, scale: int = 1, depth: int = 17, width: int = 64, bn: bool = True):
+        super().__init__()
+        if scale != 1:
+            raise ValueError("dncnn denoises (scale 1); use edsr or espcn for super-resolution")
+        self.in_chans, self.scale, self.pixel_norm = in_chans, 1, _norm(in_chans)
+        layers: list[nn.Module] = [nn.Conv2d(in_chans, width, 3, padding=1), nn.ReLU(inplace=True)]
+        for _ in range(depth - 2):
+            layers += [nn.Conv2d(width, width, 3, padding=1, bias=not bn)]
+            layers += [nn.BatchNorm2d(width)] if bn else []
+            layers += [nn.ReLU(inplace=True)]
+        layers += [nn.Conv2d(width, in_chans, 3, padding=1)]
+        self.body = nn.Sequential(*layers)
+        self.receptive_radius = depth
+
+    def residual(self, z):
+        return -self.body(z)  # the body predicts the noise; the output is the input minus it
+
+
+class _ResBlock(nn.Module):
+    def __init__(self, width: int, res_scale: float):
+        super().__init__()
+        self.conv1, self.conv2 = nn.Conv2d(width, width, 3, padding=1), nn.Conv2d(width, width, 3, padding=1)
+        self.res_scale = res_scale
+
+    def forward(self, x):
+        return x + self.res_scale * self.conv2(F.relu(self.conv1(x)))
+
+
+class EDSR(_Enhancer):
+    """head conv, ``blocks`` residual blocks + a conv (with a long skip), upsampler, tail conv."""
+
+    def __init__(self, in_chans: int = 3, scale: int = 2, blocks: int = 8, width: int = 48, res_scale: float = 1.0):
+        super().__init__()
+        self.in_chans, self.scale, self.pixel_norm = in_chans, int(scale), _norm(in_chans)
+        self.head = nn.Conv2d(in_chans, width, 3, padding=1)
+        self.body = nn.Sequential(*[_ResBlock(width, res_scale) for _ in range(blocks)],
+                                  nn.Conv2d(width, width, 3, padding=1))
+        self.up = _Upsample(self.scale, width)
+        self.tail = nn.Conv2d(width, in_chans, 3, padding=1)
+        nn.init.zeros_(self.tail.weight)  # starts as the identity / bicubic: training only adds detail
+        nn.init.zeros_(self.tail.bias)
+        # in input pixels: head + 2 per block + body conv, then the upsampler's and tail's (at higher
+        # resolution: one input pixel of context covers them)
+        self.receptive_radius = 2 + 2 * blocks + self.up.convs + 1
+
+    def residual(self, z):
+        h = self.head(z)
+        return self.tail(self.up(h + self.body(h)))
+
+
+class ESPCN(_Enhancer):
+    """5x5 conv (64) - tanh - 3x3 conv (32) - tanh - 3x3 conv (C s^2) - pixel shuffle."""
+
+    def __init__(self, in_chans: int = 3, scale: int = 2, width: int = 64):
+        super().__init__()
+        self.in_chans, self.scale, self.pixel_norm = in_chans, int(scale), _norm(in_chans)
+        self.body = nn.Sequential(nn.Conv2d(in_chans, width, 5, padding=2), nn.Tanh(),
+                                  nn.Conv2d(width, width // 2, 3, padding=1), nn.Tanh(),
+                                  nn.Conv2d(width // 2, in_chans * self.scale ** 2, 3, padding=1),
+                                  nn.PixelShuffle(self.scale))
+        self.receptive_radius = 4
+
+    def residual(self, z):
+        return self.body(z)
+
+
+@register_enhancer
+def dncnn(in_chans: int = 3, scale: int = 1, depth: int = 17, width: int = 64, bn: bool = True) -> nn.Module:
+    """DnCNN denoiser (17 layers of 64 channels by default; residual: predicts the noise)."""
+    return DnCNN(in_chans, scale, depth, width, bn)
+
+
+@register_enhancer
+def edsr(in_chans: int = 3, scale: int = 2, blocks: int = 8, width: int = 48, res_scale: float = 1.0) -> nn.Module:
+    """EDSR-style residual network with a pixel-shuffle upsampler (scale 1: a denoiser)."""
+    return EDSR(in_chans, scale, blocks, width, res_scale)
+
+
+@register_enhancer
+def espcn(in_chans: int = 3, scale: int = 2, width: int = 64) -> nn.Module:
+    """ESPCN: three convolutions and a pixel shuffle on the bicubic residual (the fastest)."""
+    return ESPCN(in_chans, scale, width)
