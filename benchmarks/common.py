@@ -25,6 +25,20 @@ def loadavg() -> list[float] | None:
     return None
 
 
+def env_info(load_before, load_after) -> dict:
+    """What a result JSON records about where it ran: date, versions, CPU, platform, load before and after."""
+    import datetime as dt
+    import os
+
+    import torch
+
+    import visionsmith
+    return {"date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "torch": torch.__version__,
+            "visionsmith": visionsmith.__version__, "python": platform.python_version(), "cpu_count": os.cpu_count(),
+            "cpu_model": cpu_model(), "platform": platform.platform(), "load_avg_before": load_before,
+            "load_avg_after": load_after}
+
+
 def write_result(out: Path, result: dict) -> dict:
     """The result JSON at ``out`` (folders made); -> ``result``."""
     out.parent.mkdir(parents=True, exist_ok=True)

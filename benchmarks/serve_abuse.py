@@ -35,10 +35,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import datetime as _dt
 import io
 import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -50,7 +48,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TQDM_DISABLE", "1")
 
 import numpy as np  # noqa: E402
-from common import cpu_model, loadavg, write_result  # noqa: E402  (benchmarks/common.py)
+from common import env_info, loadavg, write_result  # noqa: E402  (benchmarks/common.py)
 # The same model, test images, ports and readiness check as the batching benchmark.
 from serve_batching import free_port, http_get, make_run, request_bytes, sample_pngs, wait_ready  # noqa: E402
 
@@ -258,9 +256,6 @@ def parse_args(argv=None):
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    import torch
-
-    import visionsmith
     from visionsmith.serve.server import default_threads
     args.threads = args.threads or default_threads()
     load_before = loadavg()
@@ -359,10 +354,7 @@ def main(argv=None) -> dict:
                      "idle_requests": args.idle_requests, "threads": args.threads, "backend": args.backend,
                      "quick": args.quick},
         "results": results,
-        "env": {"date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-                "torch": torch.__version__, "visionsmith": visionsmith.__version__,
-                "python": platform.python_version(), "cpu_count": os.cpu_count(), "cpu_model": cpu_model(),
-                "platform": platform.platform(), "load_avg_before": load_before, "load_avg_after": load_after},
+        "env": env_info(load_before, load_after),
     }
     return write_result(args.out, result)
 

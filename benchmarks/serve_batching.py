@@ -53,10 +53,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import datetime as _dt
 import io
 import os
-import platform
 import socket
 import statistics
 import subprocess
@@ -69,7 +67,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TQDM_DISABLE", "1")
 
 import numpy as np  # noqa: E402
-from common import cpu_model, loadavg, write_result  # noqa: E402  (benchmarks/common.py)
+from common import env_info, loadavg, write_result  # noqa: E402  (benchmarks/common.py)
 
 ROOT = Path(__file__).resolve().parents[1]
 BACKENDS = ("pytorch", "onnx")
@@ -272,9 +270,6 @@ def _ratio(a: float, b: float) -> float | None:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    import torch
-
-    import visionsmith
     from visionsmith.serve.server import default_threads
     args.threads = args.threads or default_threads()
     modes = [mode_name(b, m) for b in args.backends for m in BATCHING]
@@ -402,10 +397,7 @@ def main(argv=None) -> dict:
         "errors": errors,
         "rounds": {m: {str(c): [{k: v for k, v in res.items() if k != "lat_s"} for res in raw[m][c]]
                        for c in args.levels} for m in modes},
-        "env": {"date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-                "torch": torch.__version__, "visionsmith": visionsmith.__version__,
-                "python": platform.python_version(), "cpu_count": os.cpu_count(), "cpu_model": cpu_model(),
-                "platform": platform.platform(), "load_avg_before": load_before, "load_avg_after": load_after},
+        "env": env_info(load_before, load_after),
     }
     return write_result(args.out, result)
 

@@ -115,7 +115,7 @@ def cmd_eval(a) -> int:
     knn = "kNN " if m.get("monitor") == "knn" else ""  # a self-supervised run: no classifier, a kNN vote
     task = _task_of(Path(a.run))
     loss = f"  loss {m['loss']:.4f}" if "loss" in m else ""
-    print(f"{a.split}: {knn}{task.summary(m)}{loss}  ({m['n']} images, {m['eval_img_per_s']:.0f} img/s)")
+    print(f"{a.split}: {knn}{task.summary(m)}{loss}  ({m['n']} images, {m['eval_img_per_s']:.3g} img/s)")
     print("\n".join(task.per_class_lines(m)))
     return 0
 

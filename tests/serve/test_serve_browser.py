@@ -93,3 +93,45 @@ def test_upload_in_the_page_shows_the_prediction(digits_run, digit_pngs, live_se
     # violation or a failed asset load would show here.
     assert all("415" in e["message"] for e in console), console
     assert shot.stat().st_size > 5000 and np.asarray(Image.open(shot)).std() > 0
+
+
+@pytest.mark.timeout(240)
+def test_an_enhancement_model_shows_a_before_after_slider(live_server, browser, tmp_path, artifacts):
+    """A denoising run in the page: the restored image laid over the upload, a slider that moves the
+    boundary, and the restored pixels are the ones the server answered."""
+    import numpy as np
+    from PIL import Image
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as EC
+    from selenium.webdriver.support.ui import WebDriverWait
+    from skimage import data as skdata
+
+    import visionsmith
+    from visionsmith.serve.backends import load_backend
+    run = visionsmith.train(None, out=tmp_path / "dn", report=False, overrides=[
+        "task=enhancement", "data.name=photos", "model.name=dncnn", "model.pretrained=false",
+        "model.kwargs={depth: 5, width: 16}", "data.image_size=40", "train.batch_size=8", "train.max_steps=3",
+        "train.epochs=1", "train.ema=false", "train.threads=1"])
+    rng = np.random.default_rng(0)
+    a = skdata.chelsea()[:120, :160].astype(float)
+    img = tmp_path / "noisy.png"
+    Image.fromarray(np.clip(a + rng.normal(0, 25, a.shape), 0, 255).round().astype(np.uint8)).save(img)
+    app = create_app([load_backend(f"dn={run}")], ServeOptions())
+    wait = WebDriverWait(browser, 60)
+    with live_server(app) as url:
+        browser.get(url + "/")
+        wait.until(lambda d: "denoising" in d.find_element(By.ID, "model-info").text)
+        assert not browser.find_element(By.ID, "topk").is_displayed()  # an image answer has no top-k
+        browser.find_element(By.ID, "file").send_keys(str(img))
+        card = wait.until(EC.presence_of_element_located((By.CSS_SELECTOR, ".result[data-top]")))
+        after = card.find_element(By.CSS_SELECTOR, ".compare img.after")
+        before = card.find_element(By.CSS_SELECTOR, ".compare img.before")
+        slider = card.find_element(By.CSS_SELECTOR, ".compare input.slider")
+        assert after.get_attribute("src").startswith("data:image/png;base64,")
+        assert before.size == after.size and before.size["width"] > 100  # laid exactly over each other
+        assert "inset(0px 0px 0px 50%)" in after.value_of_css_property("clip-path")
+        browser.execute_script("arguments[0].value = 20; arguments[0].dispatchEvent(new Event('input'))", slider)
+        assert "inset(0px 0px 0px 20%)" in after.value_of_css_property("clip-path")
+        legend = card.find_element(By.CSS_SELECTOR, ".legend").text
+        browser.save_screenshot(str(artifacts / "page-enhancement.png"))
+    assert "160×120 → 160×120" in legend and "restored" in legend

@@ -202,3 +202,24 @@ def images_to_tensor(images: list[Image.Image], size: int, grayscale: bool) -> t
 
 def has_image_extension(path: str | os.PathLike) -> bool:
     return Path(path).suffix.lower() in IMAGE_EXTENSIONS
+
+
+def decode_notes(src, in_chans: int) -> list[str]:
+    """What ``load_image`` changes about an image file (a path or a binary file object) for a model of
+    ``in_chans`` channels, in words: more than 8 bits, an alpha channel, grey to colour or colour to grey.
+    Only the header is read."""
+    try:
+        with Image.open(src) as im:
+            mode, info = im.mode, im.info
+    except Exception:  # noqa: BLE001 - load_image reports the real problem
+        return []
+    notes = []
+    if mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        notes.append(f"{mode} image (more than 8 bits) scaled to 8 bits")
+    if mode in ("RGBA", "LA", "PA") or "transparency" in info:
+        notes.append("alpha channel composited on white")
+    if in_chans == 3 and mode in ("L", "LA", "1", "I;16", "I;16B", "I;16L", "I", "F"):
+        notes.append("grey image given to a colour model: converted to RGB (three equal channels)")
+    if in_chans == 1 and mode not in ("L", "LA", "1", "I;16", "I;16B", "I;16L", "I", "F"):
+        notes.append("colour image given to a grey model: converted to luma")
+    return notes

@@ -168,8 +168,8 @@ _PEAK_CACHE: dict[tuple, dict] = {}
 def matmul_peak(device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
                 n: int | None = None, seconds: float = 0.4) -> dict:
     """The fastest ``torch.mm`` of two ``n x n`` matrices (default 2048; 4096 on a GPU) in GFLOP/s,
-    with the current thread count: one warm-up, then repeats for about ``seconds`` (at least 2,
-    at most 10).  Cached per (device, dtype, n, threads) for the process.
+    with the current thread count: three warm-ups, then repeats for about ``seconds`` (at least 3,
+    at most 200).  Cached per (device, dtype, n, threads) for the process.
     -> {"gflop_per_s", "n", "dtype", "threads", "device", "reps"}"""
     device = torch.device(device)
     n = n or (4096 if device.type == "cuda" else 2048)
@@ -186,10 +186,11 @@ def matmul_peak(device: torch.device | str = "cpu", dtype: torch.dtype = torch.f
     # deterministic operands without touching the global random state
     a = torch.linspace(-1, 1, n * n, dtype=torch.float32).reshape(n, n).to(device=device, dtype=dtype)
     b = a.t().contiguous()
-    torch.mm(a, b)  # warm-up: kernel choice, packing buffers
+    for _ in range(3):  # warm-up: kernel choice, packing buffers, and the CPU's move to its matrix-unit
+        torch.mm(a, b)  # power level (AMX/AVX-512 run slower for a while after a core starts using them)
     sync(device)
     best, reps, t_start = math.inf, 0, time.perf_counter()
-    while reps < 2 or (reps < 10 and time.perf_counter() - t_start < seconds):
+    while reps < 3 or (reps < 200 and time.perf_counter() - t_start < seconds):
         t0 = time.perf_counter()
         torch.mm(a, b)
         sync(device)

@@ -311,8 +311,11 @@ def fit(cfg: Config, out: str | Path | None = None, resume: str | Path | None = 
         img_per_s, peak_mem = round(step * per_step / max(train_time, 1e-9), 1), peak_memory_mb(device)
         # Training FLOPs per image (one forward of one image) and the machine's matmul peak: how much of
         # the machine the run used.  Never fails the run: a null figure and a reason instead.
+        # the model's own input shape, as the task makes it (a super-resolution model sees image_size / scale)
+        in_shape = tuple(task.make_batch(train_ds, torch.arange(1), eval_tf, torch.Generator().manual_seed(0))
+                         ["image"].shape[1:])
         flops, flop_timing = training_flops_record(
-            model, (cfg.model.in_chans, cfg.data.image_size, cfg.data.image_size), device,
+            model, in_shape, device,
             img_per_s if step else None, d.world, cfg.method, amp_dtype or torch.float32)
         update_run_json(run_dir, status=status, timing={"train_s": round(train_time, 2),
                         "train_img_per_s": img_per_s, "peak_mem_mb": peak_mem, **flop_timing},

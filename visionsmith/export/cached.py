@@ -30,6 +30,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..assets import sha256_file
 from .onnx import DEFAULT_CHECK, DEFAULT_OPSET, export_onnx
 from .parity import FP32_ATOL
 
@@ -70,14 +71,6 @@ def weights_file(run_dir: str | Path) -> Path:
                           "last.safetensors): the run stopped before its first epoch ended")
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def cache_key(run_dir: str | Path, opset: int = DEFAULT_OPSET, atol: float = FP32_ATOL) -> dict:
     """What a cached file must have been made from (see the module docstring)."""
     import torch
@@ -85,8 +78,8 @@ def cache_key(run_dir: str | Path, opset: int = DEFAULT_OPSET, atol: float = FP3
     from .. import __version__
     run_dir = Path(run_dir)
     weights = weights_file(run_dir)
-    return {"format": CACHE_FORMAT, "weights": weights.name, "weights_sha256": _sha256(weights),
-            "config_sha256": _sha256(run_dir / "config.yaml"), "visionsmith": __version__,
+    return {"format": CACHE_FORMAT, "weights": weights.name, "weights_sha256": sha256_file(weights),
+            "config_sha256": sha256_file(run_dir / "config.yaml"), "visionsmith": __version__,
             "torch": torch.__version__, "opset": int(opset), "atol": float(atol)}
 
 

@@ -114,6 +114,9 @@ def export_onnx(run_dir: str | Path, int8: str | None = None, opset: int = DEFAU
                           "was never trained; fine-tune a classifier from it and export that run")
     task = get_task(cfg)
     output = output_for(task.name, classes, task.postprocess_settings())  # the graph's output, how parity is judged
+    if not output.exportable:
+        raise UserError(f"exporting a {task.name} run to ONNX is not supported yet; serve the run folder "
+                        "(`visionsmith serve RUN`) or run it with its own command")
     max_drop = output.int8_max_drop if max_drop is None else max_drop
     if threads:
         torch.set_num_threads(threads)

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-NLM_H = (0.6, 0.8, 1.0)  # h = factor x sigma
+NLM_H = (0.4, 0.5, 0.6, 0.8, 1.0)  # h = factor x sigma
 TV_WEIGHTS = (0.04, 0.06, 0.08, 0.11, 0.15)
 
 
@@ -68,16 +68,19 @@ def _sigma(x: torch.Tensor, sigma: float | None) -> float:
     return float(np.mean(estimate_sigma(_hwc(x), channel_axis=-1))) * 255
 
 
+def methods_for(degradation: str, scale: int = 1) -> dict:
+    """``{name: (fn(degraded [1, C, h, w], sigma or scale, setting) -> restored, settings to try)}``."""
+    if degradation == "sr":
+        return {"bicubic": (_bicubic, (scale,))}
+    return {"nlm": (_nlm, NLM_H), "tv": (_tv, TV_WEIGHTS), "wavelet": (_wavelet, (None,))}
+
+
 def run_baselines(pairs, degradation: str, sigma: float | None, scale: int, shave: int,
                   tuned_on=None) -> dict:
     """``{name: {"scores": {...}, "outputs": [...]}}`` for ``pairs`` of (degraded [1, C, h, w], clean
     [1, C, H, W]); ``tuned_on``: pairs (validation) to choose each method's setting on."""
-    if degradation == "sr":
-        methods = {"bicubic": (_bicubic, (scale,))}
-    else:
-        methods = {"nlm": (_nlm, NLM_H), "tv": (_tv, TV_WEIGHTS), "wavelet": (_wavelet, (None,))}
     out = {}
-    for name, (fn, grid) in methods.items():
+    for name, (fn, grid) in methods_for(degradation, scale).items():
         setting = grid[0]
         if len(grid) > 1 and tuned_on:
             tries = {g: _score([fn(x, _sigma(x, sigma), g) for x, _ in tuned_on], tuned_on, shave)["psnr"] for g in grid}

@@ -55,8 +55,7 @@ def output_for(task: str, classes: list[str], settings: dict | None = None) -> T
     ``Task.postprocess_settings()`` (detection: score threshold, NMS IoU...), as the export records them."""
     if task not in _OUTPUTS:
         raise UserError(f"a {task!r} model cannot be run by predict, export or serve yet; "
-                        f"they handle {', '.join(output_tasks())}"
-                        + (" (restore images with `visionsmith enhance RUN IMAGES --out DIR`)" if task == "enhancement" else ""))
+                        f"they handle {', '.join(output_tasks())}")
     return _OUTPUTS[task](classes, settings)
 
 
@@ -68,6 +67,8 @@ class TaskOutput:
     answer_off_loop: ClassVar[bool] = False  # serve computes ``answer`` in a thread (it is real work)
     int8_max_drop: ClassVar[float] = 1.0  # headline points INT8 may lose (export's default --max-drop)
     onnx_output: ClassVar[str] = ""  # what the exported graph's ``logits`` output is, in words
+    batched: ClassVar[bool] = True  # uploads become fixed-size windows that serve batches across requests
+    exportable: ClassVar[bool] = True  # ``visionsmith export`` writes an ONNX graph of it
 
     def __init__(self, classes: list[str], settings: dict | None = None):
         self.classes = list(classes)

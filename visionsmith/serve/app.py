@@ -221,10 +221,13 @@ def create_app(backends: list[Backend], opts: ServeOptions | None = None) -> Fas
                 prepared = await decode_all(backend, images, pools["decode"])  # per image: (windows, context)
                 names = [n for n, _ in images]
                 del images  # the upload bytes: only the names are needed from here on
-                try:
-                    result = batcher.enqueue(torch.cat([px for px, _ in prepared]))
-                except ServerBusy as e:
-                    raise ClientError(503, str(e), headers={"Retry-After": "1"}) from None
+                if backend.batched:
+                    try:
+                        result = batcher.enqueue(torch.cat([px for px, _ in prepared]))
+                    except ServerBusy as e:
+                        raise ClientError(503, str(e), headers={"Retry-After": "1"}) from None
+                else:  # whole images of any size (enhancement): each its own call on the inference thread
+                    result = _one_by_one(backend, [px for px, _ in prepared], pools["infer"])
             logits = await result
             if await request.is_disconnected():  # answered nobody: count it as what it is (499)
                 raise ClientDisconnect()
@@ -249,6 +252,13 @@ def create_app(backends: list[Backend], opts: ServeOptions | None = None) -> Fas
         return Response(body, headers={"Content-Type": content_type})
 
     return app
+
+
+async def _one_by_one(backend: Backend, inputs: list, pool: ThreadPoolExecutor) -> list:
+    """``backend.run`` on each input in turn on the inference thread -> the outputs, in order (a list:
+    the predict route slices it per image like a batch's rows)."""
+    loop = asyncio.get_running_loop()
+    return [await loop.run_in_executor(pool, backend.run, x) for x in inputs]
 
 
 async def decode_all(backend: Backend, images: list[tuple[str, bytes]], pool: ThreadPoolExecutor) -> list:

@@ -57,6 +57,7 @@ class Backend:
 
     kind = "?"
     max_batch: int | None = None
+    batched = True  # uploads become fixed-size windows the batcher stacks across requests (ImageBackend: no)
     note: str | None = None  # how the backend was chosen, when that needs saying (``GET /v1/models``: backend_note)
     run_dir: str | None = None  # the run folder a cached ONNX graph was made from
 
@@ -145,6 +146,38 @@ class TorchBackend(Backend):
         return self.model(pixels).float().numpy()
 
 
+class ImageBackend(TorchBackend):
+    """An enhancement run: an upload is restored whole (tile by tile, ``EnhancementTask.run_image``, exactly
+    as ``visionsmith enhance`` restores the same file), one upload at a time on the inference thread, not
+    batched with others (the images differ in size).  ``prepare`` gives the decoded image float
+    ``[1, C, H, W]``; ``run`` the restored ``[1, C, sH, sW]``."""
+
+    batched = False
+
+    def __init__(self, run_dir: str | Path, name: str):
+        from ..config import load_config
+        from ..tasks import get_task
+        super().__init__(run_dir, name)
+        self.enhance_task = get_task(load_config(Path(run_dir) / "config.yaml"))
+        self.min_side = int(getattr(self.model, "receptive_radius", 1))
+
+    def prepare(self, data: bytes, name: str = "upload"):
+        from ..data import BadImageError
+        from ..data.photos import _to_tensor
+        img = load_image_bytes(data, name, grayscale=self.grayscale, max_pixels=self.max_pixels)
+        w, h = img.size
+        if min(w, h) < self.min_side:
+            raise BadImageError(name, f"{w}x{h} pixels is smaller than the network's receptive field "
+                                      f"({self.min_side} pixels on a side): too little image to restore")
+        from ..data.images import decode_notes
+        return (_to_tensor(img, self.in_chans).unsqueeze(0).float() / 255,
+                {"size": (w, h), "notes": decode_notes(io.BytesIO(data), self.in_chans)})
+
+    @torch.inference_mode()
+    def run(self, pixels: torch.Tensor) -> np.ndarray:
+        return self.enhance_task.run_image(self.model, pixels, channels_last=self.channels_last).numpy()
+
+
 class OnnxBackend(Backend):
     """A ``visionsmith export`` file (``RUN/export/model.onnx`` or ``model.int8.onnx``) on ONNX Runtime,
     through ``visionsmith.export.runtime.OnnxClassifier`` (which reads and checks the export contract:
@@ -226,9 +259,15 @@ def load_backend(spec: str, threads: int | None = None, backend: str = "auto",
 def run_backend(run_dir: Path, name: str, threads: int | None = None, backend: str = "auto",
                 parity_atol: float | None = None) -> Backend:
     """A run folder as a backend, on ``backend`` ("auto", "onnx" or "pytorch"; see ``load_backend``)."""
+    cfg = _servable_config(run_dir)  # a folder that is no servable run fails the same way on any backend
+    from ..outputs import output_for
+    from ..tasks import get_task
+    if not output_for(get_task(cfg).name, []).exportable:  # restores whole images (enhancement): PyTorch, tiled
+        if backend == "onnx":
+            raise UserError(f"--backend onnx: {run_dir} is a {cfg.task} run, which serves with PyTorch only")
+        return ImageBackend(run_dir, name)
     if backend == "pytorch":
         return TorchBackend(run_dir, name)
-    cfg = _servable_config(run_dir)  # a folder that is no servable run fails the same way on any backend
     try:
         return _cached_onnx_backend(run_dir, name, threads, cfg.data.max_pixels, parity_atol)
     except Exception as e:  # noqa: BLE001 - whatever stops the export, "auto" serves the checkpoint instead

@@ -40,32 +40,12 @@ class EnhanceResult:
     bad: list[tuple[str, str]] = field(default_factory=list)
 
 
-def _notes(path: Path, in_chans: int) -> list[str]:
-    """What decoding changes about the file, said once per image (the header only is read)."""
-    from PIL import Image
-    try:
-        with Image.open(path) as im:
-            mode, info = im.mode, im.info
-    except Exception:  # noqa: BLE001 - load_image reports the real problem
-        return []
-    notes = []
-    if mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-        notes.append(f"{mode} image (more than 8 bits) scaled to 8 bits")
-    if mode in ("RGBA", "LA", "PA") or "transparency" in info:
-        notes.append("alpha channel composited on white")
-    if in_chans == 3 and mode in ("L", "LA", "1", "I;16", "I;16B", "I;16L", "I", "F"):
-        notes.append("grey image given to a colour model: converted to RGB (three equal channels)")
-    if in_chans == 1 and mode not in ("L", "LA", "1", "I;16", "I;16B", "I;16L", "I", "F"):
-        notes.append("colour image given to a grey model: converted to luma")
-    return notes
-
-
 @torch.no_grad()
 def enhance(run_dir, inputs, out, tile: int | None = None) -> EnhanceResult:
     """Restore every image file in ``inputs`` (folders searched recursively) into ``out``."""
     from ..data import BadImageError, load_image
     from ..data.folder import list_image_inputs
-    from ..data.images import printable_path
+    from ..data.images import decode_notes, printable_path
     from ..data.photos import _to_tensor
     from ..engine.build import load_trained
     from ..metrics.enhancement import to_u8
@@ -114,7 +94,7 @@ def enhance(run_dir, inputs, out, tile: int | None = None) -> EnhanceResult:
         Image.fromarray(arr).save(buf, format="PNG")
         write_atomic(dest, buf.getvalue())
         res.images.append(Enhanced(shown, str(dest), (w, h), (arr.shape[1], arr.shape[0]),
-                                   time.perf_counter() - t0, _notes(Path(f), c)))
+                                   time.perf_counter() - t0, decode_notes(f, c)))
     body = {"model": str(run_dir), "task": task.name, **task.postprocess_settings(),
             "images": [e.as_json() for e in res.images], "bad": [{"path": p, "reason": r} for p, r in res.bad]}
     write_atomic(out / "enhanced.json", json.dumps(body, indent=2).encode())

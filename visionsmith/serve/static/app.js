@@ -1,6 +1,6 @@
-// The visionsmith serve page: pick a model, drop or choose images, see top-k bars (classification) or
+// The visionsmith serve page: pick a model, drop or choose images, see top-k bars (classification),
 // the returned class mask drawn over the image with a legend (segmentation), boxes drawn on it
-// (detection), and the latency.
+// (detection), or the restored image over the upload with a before/after slider (enhancement), and the latency.
 // Plain JavaScript, no libraries, nothing loaded from other hosts (the page's CSP forbids it).
 "use strict";
 
@@ -44,8 +44,11 @@ async function loadModels() {
 
 function showModelInfo() {
   const m = models.find((x) => x.name === $("model").value);
-  $("model-info").textContent = m ? `${m.task}, ${m.classes.length} classes, input ${m.in_chans}×${m.image_size}×${m.image_size}` : "";
-  $("topk").closest("label").hidden = Boolean(m && m.palette);  // a mask model answers with a mask, not top-k
+  const image = m && m.output === "image";  // an enhancement model: any size in, an image out
+  $("model-info").textContent = !m ? "" : image
+    ? `${m.task}: ${m.degradation === "sr" ? "super-resolution ×" + m.scale : "denoising"}, ${m.in_chans} channel${m.in_chans > 1 ? "s" : ""}, any image size`
+    : `${m.task}, ${m.classes.length} classes, input ${m.in_chans}×${m.image_size}×${m.image_size}`;
+  $("topk").closest("label").hidden = Boolean(m && (m.palette || image));  // masks and images have no top-k
 }
 
 function card(file) {
@@ -178,6 +181,37 @@ async function showBoxes(node, pred) {
   return dets.length ? dets[0]["class"] : "";
 }
 
+// An enhancement answer: the restored image laid exactly over the upload; the slider moves the boundary
+// (left of it: the upload as sent, right of it: restored). Super-resolution answers are larger: both are
+// shown at the same display size, so the slider compares the same place.
+async function showSlider(node, pred) {
+  const before = node.querySelector("img");
+  await loaded(before);
+  const after = new Image();
+  after.src = "data:image/png;base64," + pred.image.png_base64;
+  after.alt = "restored " + pred.filename;
+  after.className = "after";
+  await after.decode();
+  const wrap = document.createElement("div");
+  wrap.className = "compare";
+  const range = Object.assign(document.createElement("input"), { type: "range", min: 0, max: 100, value: 50 });
+  range.className = "slider";
+  range.setAttribute("aria-label", "before / after");
+  const set = () => { after.style.clipPath = `inset(0 0 0 ${range.value}%)`; };
+  range.addEventListener("input", set);
+  set();
+  before.replaceWith(wrap);
+  before.className = "before";
+  wrap.append(before, after, range);
+  const ul = node.querySelector(".legend");
+  ul.hidden = false;
+  ul.classList.add("notes");  // plain lines, not the swatch grid of a class legend
+  const lines = [`${pred.size_in[0]}×${pred.size_in[1]} → ${pred.image.width}×${pred.image.height}`,
+                 "left of the slider: as sent · right: restored", ...pred.notes];
+  ul.replaceChildren(...lines.map((t) => Object.assign(document.createElement("li"), { textContent: t })));
+  node.classList.add("segmentation");
+}
+
 async function predictOne(file) {
   const node = card(file);
   const body = new FormData();
@@ -201,7 +235,10 @@ async function predictOne(file) {
   }
   const out = await resp.json();
   const pred = out.predictions[0];
-  if (pred.detections) {  // boxes (detection): drawn over the image, a legend of the classes found
+  if (pred.image) {  // a restored image (enhancement): before/after slider
+    await showSlider(node, pred);
+    node.dataset.top = "restored";
+  } else if (pred.detections) {  // boxes (detection): drawn over the image, a legend of the classes found
     node.dataset.top = await showBoxes(node, pred);
   } else if (pred.mask) {  // a class mask (segmentation): overlay and legend instead of bars
     await showMask(node, pred, models.find((x) => x.name === out.model));
