@@ -56,9 +56,10 @@ def read_metadata(path: str | Path) -> dict:
     missing = [k for k in ("classes", "image_size", "in_chans", "task") if k not in meta]
     if missing:
         raise UserError(f"{path}: its '{METADATA_KEY}' metadata lacks {', '.join(missing)}; re-export it")
-    from ..outputs import output_tasks
-    if meta["task"] not in output_tasks():
-        raise UserError(f"{path} is a {meta['task']!r} export; only {', '.join(output_tasks())} exports can be run here")
+    from ..outputs import output_for, output_tasks
+    runnable = [t for t in output_tasks() if output_for(t, []).exportable]
+    if meta["task"] not in runnable:
+        raise UserError(f"{path} is a {meta['task']!r} export; only {', '.join(runnable)} exports can be run here")
     return meta
 
 
