@@ -181,7 +181,14 @@ def image_to_uint8(img: Image.Image, size: int, grayscale: bool) -> torch.Tensor
         img = img.convert(mode)
     if img.size != (size, size):
         img = ImageOps.fit(img, (size, size), method=_RESAMPLE)
-    a = np.asarray(img, dtype=np.uint8)
+    return pil_to_uint8(img, 1 if grayscale else 3)
+
+
+def pil_to_uint8(img: Image.Image, in_chans: int) -> torch.Tensor:
+    """A decoded image at its own size -> uint8 ``[C, H, W]`` with C = ``in_chans`` (1: luma; 3: RGB);
+    ``image_to_uint8`` is the same with the resize-and-crop to a square."""
+    mode = "L" if in_chans == 1 else "RGB"
+    a = np.asarray(img if img.mode == mode else img.convert(mode), dtype=np.uint8)
     t = torch.from_numpy(a.copy())
     return t.unsqueeze(0) if t.dim() == 2 else t.permute(2, 0, 1).contiguous()
 

@@ -24,12 +24,11 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from ..assets import PHOTO_ASSETS, photo_asset_name, resolve
 from .errors import DataError
-from .images import load_image
+from .images import load_image, pil_to_uint8
 
 TEST = ("astronaut.png", "coffee.png", "chelsea.png", "china.jpg", "flower.jpg", "baboon.jpg", "fruits.jpg",
         "butterfly.jpg")
@@ -51,13 +50,6 @@ class PhotoDataset:
 
     def __len__(self) -> int:
         return len(self.images)
-
-
-def _to_tensor(img, in_chans: int) -> torch.Tensor:
-    """PIL image -> uint8 [C, H, W] with C = in_chans (1: luma; 3: RGB)."""
-    a = np.asarray(img.convert("L" if in_chans == 1 else "RGB"), dtype=np.uint8)
-    t = torch.from_numpy(a.copy())
-    return t.unsqueeze(0) if t.dim() == 2 else t.permute(2, 0, 1).contiguous()
 
 
 def patch_bank(photos: list[torch.Tensor], names: list[str], size: int, stride: int) -> tuple[torch.Tensor, list[str]]:
@@ -106,7 +98,7 @@ def _embedded(in_chans: int) -> dict[str, tuple[list, list[str]]]:
     for _, file, _ in PHOTO_ASSETS:
         img = load_image(resolve(photo_asset_name(file)))  # AssetError (how to get it) when missing
         imgs, names = out[split_of.get(file, "train")]
-        imgs.append(_to_tensor(img, in_chans))
+        imgs.append(pil_to_uint8(img, in_chans))
         names.append(file)
     return out
 
@@ -126,7 +118,7 @@ def _folder(cfg, in_chans: int, seed: int) -> tuple[dict[str, tuple[list, list[s
             if not has_image_extension(p):
                 continue
             try:
-                imgs.append(_to_tensor(load_image(p, max_pixels=cfg.max_pixels), in_chans))
+                imgs.append(pil_to_uint8(load_image(p, max_pixels=cfg.max_pixels), in_chans))
                 names.append(os.path.relpath(p, root))
             except BadImageError as e:
                 if cfg.strict:

@@ -159,18 +159,15 @@ class ImageBackend(TorchBackend):
         from ..tasks import get_task
         super().__init__(run_dir, name)
         self.enhance_task = get_task(load_config(Path(run_dir) / "config.yaml"))
-        self.min_side = int(getattr(self.model, "receptive_radius", 1))
 
     def prepare(self, data: bytes, name: str = "upload"):
         from ..data import BadImageError
-        from ..data.photos import _to_tensor
+        from ..data.images import decode_notes, pil_to_uint8
         img = load_image_bytes(data, name, grayscale=self.grayscale, max_pixels=self.max_pixels)
         w, h = img.size
-        if min(w, h) < self.min_side:
-            raise BadImageError(name, f"{w}x{h} pixels is smaller than the network's receptive field "
-                                      f"({self.min_side} pixels on a side): too little image to restore")
-        from ..data.images import decode_notes
-        return (_to_tensor(img, self.in_chans).unsqueeze(0).float() / 255,
+        if (why := self.enhance_task.too_small(self.model, w, h)) is not None:
+            raise BadImageError(name, why)
+        return (pil_to_uint8(img, self.in_chans).unsqueeze(0).float() / 255,
                 {"size": (w, h), "notes": decode_notes(io.BytesIO(data), self.in_chans)})
 
     @torch.inference_mode()

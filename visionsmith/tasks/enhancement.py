@@ -128,6 +128,15 @@ class EnhancementTask(Task):
 
         return tiled(fn, x, self.cfg.enhance.tile, pad=int(getattr(model, "receptive_radius", 16)), scale=self.scale)
 
+    @staticmethod
+    def too_small(model: nn.Module, width: int, height: int) -> str | None:
+        """Why an image of this size cannot be restored (smaller than the network's receptive field), or None."""
+        radius = int(getattr(model, "receptive_radius", 1))
+        if min(width, height) >= radius:
+            return None
+        return (f"{width}x{height} pixels is smaller than the network's receptive field ({radius} pixels on a "
+                "side): too little image to restore")
+
     def degraded_split(self, ds) -> list[tuple[Tensor, Tensor]]:
         """(degraded float [1, C, h, w], clean float [1, C, H, W]) per image of an evaluation split, the
         noise drawn from ``enhance.eval_seed`` and the image's index: the same inputs every time."""

@@ -45,11 +45,11 @@ def enhance(run_dir, inputs, out, tile: int | None = None) -> EnhanceResult:
     """Restore every image file in ``inputs`` (folders searched recursively) into ``out``."""
     from ..data import BadImageError, load_image
     from ..data.folder import list_image_inputs
-    from ..data.images import decode_notes, printable_path
-    from ..data.photos import _to_tensor
+    from ..data.images import decode_notes, pil_to_uint8, printable_path
     from ..engine.build import load_trained
     from ..metrics.enhancement import to_u8
     from ..outputs.base import write_atomic
+    from ..outputs.enhancement import png_bytes
     from ..tasks import get_task
     cfg, model, _, _ = load_trained(run_dir)
     task = get_task(cfg)
@@ -65,7 +65,7 @@ def enhance(run_dir, inputs, out, tile: int | None = None) -> EnhanceResult:
     res = EnhanceResult(out)
     files, odd = list_image_inputs(inputs)
     res.bad += [(printable_path(p), why) for p, why in odd]
-    c, radius = cfg.model.in_chans, int(getattr(model, "receptive_radius", 1))
+    c = cfg.model.in_chans
     used: set[str] = set()
     for f in files:
         shown = printable_path(f)
@@ -75,25 +75,19 @@ def enhance(run_dir, inputs, out, tile: int | None = None) -> EnhanceResult:
             res.bad.append((shown, e.reason))
             continue
         w, h = img.size
-        if min(w, h) < radius:
-            res.bad.append((shown, f"{w}x{h} pixels is smaller than the network's receptive field ({radius} pixels "
-                                   "on a side): too little image to restore"))
+        if (why := task.too_small(model, w, h)) is not None:
+            res.bad.append((shown, why))
             continue
         t0 = time.perf_counter()
-        x = _to_tensor(img, c).unsqueeze(0).float() / 255  # [1, C, H, W]
+        x = pil_to_uint8(img, c).unsqueeze(0).float() / 255  # [1, C, H, W]
         y = to_u8(task.run_image(model, x)[0])  # uint8 [C, sH, sW]
         name, i = Path(f).stem or "image", 1
         while name.lower() in used:
             i, name = i + 1, f"{Path(f).stem}-{i + 1}"
         used.add(name.lower())
         dest = out / f"{name}.png"
-        from PIL import Image
-        arr = y[0].numpy() if c == 1 else y.permute(1, 2, 0).numpy()
-        import io
-        buf = io.BytesIO()
-        Image.fromarray(arr).save(buf, format="PNG")
-        write_atomic(dest, buf.getvalue())
-        res.images.append(Enhanced(shown, str(dest), (w, h), (arr.shape[1], arr.shape[0]),
+        write_atomic(dest, png_bytes(y.numpy()))
+        res.images.append(Enhanced(shown, str(dest), (w, h), (int(y.shape[2]), int(y.shape[1])),
                                    time.perf_counter() - t0, decode_notes(f, c)))
     body = {"model": str(run_dir), "task": task.name, **task.postprocess_settings(),
             "images": [e.as_json() for e in res.images], "bad": [{"path": p, "reason": r} for p, r in res.bad]}
