@@ -207,6 +207,13 @@ def enhance(run_dir: str | Path, inputs, out: str | Path, tile: int | None = Non
     return run(run_dir, inputs, out, tile)
 
 
+def sample(run_dir: str | Path, n: int = 64, klass: int | None = None, steps: int | None = None,
+           guidance: float | None = None, seed: int = 0, out: str | Path = "samples", sampler: str | None = None):
+    """Draw ``n`` images from a generation run into ``out`` (``workflows/sample.py``)."""
+    from .workflows.sample import sample as _sample
+    return _sample(run_dir, n, klass, steps, guidance, seed, out, sampler)
+
+
 def export(run_dir: str | Path, format: str = "onnx", int8: str | None = None, opset: int | None = None,
            out: str | Path | None = None, calib: int | None = None, calib_data: str | Path | None = None,
            check: int | None = None, max_drop: float | None = None):

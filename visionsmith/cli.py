@@ -164,6 +164,16 @@ def cmd_enhance(a) -> int:
     return 0 if res.images else 1
 
 
+def cmd_sample(a) -> int:
+    from . import api
+    res = api.sample(a.run, n=a.n, klass=a.klass, steps=a.steps, guidance=a.guidance, seed=a.seed, out=a.out,
+                     sampler=a.sampler)
+    how = ", ".join(f"{k} {v}" for k, v in res.settings.items() if k in ("sampler", "steps", "guidance") and v is not None)
+    print(f"drew {len(res.images)} image(s) in {res.seconds:.1f} s ({len(res.images) / max(res.seconds, 1e-9):.1f} img/s"
+          f"{', ' + how if how else ''}); wrote {res.out / 'grid.png'}, sample_*.png and samples.json")
+    return 0
+
+
 def cmd_export(a) -> int:
     from . import api
     r = api.export(a.run, a.format, int8=a.int8, opset=a.opset, out=a.out, calib=a.calib, calib_data=a.calib_data,
@@ -454,6 +464,23 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--out", metavar="DIR", required=True, help="folder for the restored PNG files")
     sp.add_argument("--tile", type=int, default=None, metavar="N",
                     help="tile side in input pixels (default: the run's enhance.tile; 0: whole images)")
+
+    sp = add("sample", cmd_sample, "draw images from a generation run (diffusion, VAE): DIR/grid.png, one PNG "
+             "per image and samples.json; the same --seed gives the same images",
+             "visionsmith sample runs/diffusion --n 64 --out samples/\n"
+             "  visionsmith sample runs/diffusion --n 16 --class 7 --guidance 3 --steps 25 --seed 1 --out sneakers/")
+    sp.add_argument("run", help="a run folder of task generation")
+    sp.add_argument("--n", type=int, default=64, help="images to draw (default 64)")
+    sp.add_argument("--class", dest="klass", type=int, default=None, metavar="K",
+                    help="class index to draw (conditional models; default: every class in turn)")
+    sp.add_argument("--steps", type=int, default=None, metavar="N",
+                    help="DDIM steps (diffusion; default: the run's gen.steps)")
+    sp.add_argument("--sampler", choices=["ddim", "ddpm"], default=None,
+                    help="diffusion sampler (default: the run's gen.sampler; ddpm takes every training step)")
+    sp.add_argument("--guidance", type=float, default=None, metavar="W",
+                    help="classifier-free guidance weight with --class (default: the run's gen.guidance)")
+    sp.add_argument("--seed", type=int, default=0, help="seed of the starting noise (default 0)")
+    sp.add_argument("--out", metavar="DIR", required=True, help="folder for grid.png and the images")
 
     sp = add("fewshot", cmd_fewshot, "N-way K-shot accuracy (mean, 95 percent interval) of frozen features with "
              "nearest-prototype classification, from a run folder or a registered pretrained model",

@@ -248,12 +248,39 @@ class EnhanceConfig:
 
 
 @dataclass
+class GenConfig:
+    """Image generation (tasks/generation.py); ``task: generation`` with ``method: diffusion``, ``vae`` or ``gan``.
+    Samples are scored in the feature space of a Fashion-MNIST classifier (``feature_run``)."""
+    conditional: bool = False  # learn p(image | class) as well: sample --class K, classifier-free guidance
+    class_dropout: float = 0.1  # diffusion, conditional: share of training images shown without their class
+    # (what classifier-free guidance needs; 0 disables guidance)
+    timesteps: int = 1000  # diffusion: the training noise schedule's length (DDPM sampling takes all of them)
+    schedule: Literal["linear", "cosine"] = "linear"  # diffusion: beta schedule (cosine: Nichol & Dhariwal 2021)
+    prediction: Literal["epsilon", "v"] = "epsilon"  # diffusion: what the network predicts
+    sampler: Literal["ddim", "ddpm"] = "ddim"  # how eval and `sample` draw images by default
+    steps: int = 50  # sampler steps (ddpm always takes `timesteps`)
+    guidance: float = 1.0  # classifier-free guidance weight at eval (1: plain conditional sampling)
+    latent_dim: int = 32  # vae, gan: latent size
+    beta: float = 1.0  # vae: weight of the KL term (beta-VAE, Higgins et al. 2017; 1: the ELBO)
+    gan_loss: Literal["hinge", "ns"] = "hinge"  # gan: hinge (Lim & Ye 2017) or non-saturating (Goodfellow 2014)
+    r1: float = 0.0  # gan: weight gamma of the R1 penalty on real images (0: off)
+    d_lr_scale: float = 1.0  # gan: discriminator learning rate / train.lr
+    betas: tuple[float, float] = (0.5, 0.999)  # gan: Adam betas of both players
+    eval_samples: int = 2000  # images drawn for the test scores (precision/recall need a few thousand)
+    val_samples: int = 500  # images drawn at each validation (a cheaper, noisier Frechet distance)
+    val_steps: int = 20  # sampler steps at validation
+    feature_run: str = "auto"  # the classifier whose features score samples: a run folder, or auto
+    # (recipes/fd-classifier-fashion-mnist.yaml, trained once into the cache on first use)
+    eval_seed: int = 0  # the noise the eval samples start from: the same for every run
+
+
+@dataclass
 class Config:
     name: str = "run"
     seed: int = 0
     task: str = "classification"  # a registered task (tasks/<task>.py): classification, segmentation, detection,
-    # enhancement
-    method: Literal["supervised", "distill", "simclr", "mim", "adversarial"] = "supervised"
+    # enhancement, generation
+    method: Literal["supervised", "distill", "simclr", "mim", "adversarial", "diffusion", "vae", "gan"] = "supervised"
     device: str = "auto"  # auto: cuda when available, else cpu
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -266,6 +293,7 @@ class Config:
     seg: SegConfig = field(default_factory=SegConfig)
     det: DetConfig = field(default_factory=DetConfig)
     enhance: EnhanceConfig = field(default_factory=EnhanceConfig)
+    gen: GenConfig = field(default_factory=GenConfig)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -46,16 +46,20 @@ def build_transforms(cfg: Config, model: nn.Module | None = None) -> tuple[Batch
     return mk(True), mk(False)
 
 
-def build_optimizer(cfg: Config, method: nn.Module) -> torch.optim.Optimizer:
+def build_optimizer(cfg: Config, method: nn.Module, only=None, lr_scale: float = 1.0,
+                    betas: tuple[float, float] | None = None) -> torch.optim.Optimizer:
     """AdamW or SGD over the method's trainable parameters (the model's and the method's own, e.g. a
     distillation projector); no weight decay on biases and norm scales (1-D parameters); one
-    group per layer-decay learning-rate scale (``lr_scale``, applied by the loop each step)."""
+    group per layer-decay learning-rate scale (``lr_scale``, applied by the loop each step).
+
+    A method with several phases (a GAN) builds one per phase: ``only(name)`` picks the phase's
+    parameters, ``lr_scale`` multiplies its learning rate, ``betas`` replaces Adam's (0.9, 0.999)."""
     model = getattr(method, "model", method)
     scales = {f"model.{k}" if model is not method else k: v for k, v in lr_scales(model, cfg.adapt).items()}
     buckets: dict[tuple[float, bool], list] = {}
     for name, p in method.named_parameters():
-        if p.requires_grad:
-            buckets.setdefault((scales.get(name, 1.0), p.ndim <= 1), []).append(p)
+        if p.requires_grad and (only is None or only(name)):
+            buckets.setdefault((scales.get(name, 1.0) * lr_scale, p.ndim <= 1), []).append(p)
     if not buckets:
         raise UserError("nothing to train: every parameter is frozen; check adapt.mode")
     groups = [{"params": ps, "lr_scale": scale, "weight_decay": 0.0 if no_decay else cfg.train.weight_decay}
@@ -64,7 +68,7 @@ def build_optimizer(cfg: Config, method: nn.Module) -> torch.optim.Optimizer:
     if t.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=t.lr, momentum=t.momentum, nesterov=t.momentum > 0)
     # fused: one kernel over all parameters, ~5% of a MobileNetV2 step on CPU (deterministic as well)
-    return torch.optim.AdamW(groups, lr=t.lr, fused=True)
+    return torch.optim.AdamW(groups, lr=t.lr, fused=True, **({"betas": tuple(betas)} if betas else {}))
 
 
 def lr_at(cfg: Config, step: int, total_steps: int, steps_per_epoch: int) -> float:

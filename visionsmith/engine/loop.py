@@ -68,6 +68,51 @@ def _method_extra_state(method: nn.Module) -> dict:
     return {k: v for k, v in method.state_dict().items() if not k.startswith(("model.", "teacher."))}
 
 
+def _optimizer_state(opts: dict) -> dict:
+    """One optimizer's state dict as before; several as ``{phase: state dict}``."""
+    return opts[None].state_dict() if None in opts else {ph: o.state_dict() for ph, o in opts.items()}
+
+
+def _load_optimizers(opts: dict, state: dict) -> None:
+    if None in opts:
+        opts[None].load_state_dict(state)
+    else:
+        for ph, o in opts.items():
+            o.load_state_dict(state[ph])
+
+
+def _step(ddp, batch: dict, opts: dict, lr: float, ctx, scaler, grad_clip: float, step: int):
+    """One optimizer step of each phase in turn (one phase for most methods).  Returns the merged output
+    dicts of the phases and the last phase's loss (what the log calls ``loss``; a GAN's other phase
+    reports its own as ``loss_d``)."""
+    merged: dict = {}
+    for ph, opt in opts.items():
+        for g in opt.param_groups:
+            g["lr"] = lr * g.get("lr_scale", 1.0)  # absent in checkpoints written before layer decay
+        with ctx():
+            out = ddp(batch) if ph is None else ddp(batch, phase=ph)
+        loss = out["loss"]
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"loss{'' if ph is None else ' of phase ' + ph} is {loss.item()} at step {step}; "
+                                     "lower train.lr or set train.grad_clip")
+        opt.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.unscale_(opt)
+        else:
+            loss.backward()
+        if grad_clip:  # the parameters this optimizer steps (a distillation projector's too)
+            nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], grad_clip)
+        if scaler is not None:
+            scaler.step(opt)
+        else:
+            opt.step()
+        merged.update(out)
+    if scaler is not None:
+        scaler.update()
+    return merged, loss
+
+
 def fit(cfg: Config, out: str | Path | None = None, resume: str | Path | None = None,
         stop_after_steps: int | None = None) -> Path:
     """Train ``cfg`` into a new run folder ``out`` (or continue the run folder ``resume``).
@@ -107,13 +152,16 @@ def fit(cfg: Config, out: str | Path | None = None, resume: str | Path | None = 
     train_tf, eval_tf = build_transforms(cfg, model)
     teacher = build_teacher(cfg, classes, device) if spec.teacher else None
     method = build_method(cfg, model, task, teacher=teacher).to(device)
-    trained = [p for p in method.parameters() if p.requires_grad]  # what clipping covers: a projector's too
-    opt = build_optimizer(cfg, method)
+    # One optimizer, or one per phase for a method that alternates them (a GAN: discriminator, then
+    # generator); each phase's optimizer covers the parameters the method names for it.
+    phases = getattr(method, "phases", None) or (None,)
+    opts = {ph: build_optimizer(cfg, method) if ph is None else build_optimizer(cfg, method, **method.phase_optim(ph))
+            for ph in phases}
     ema = ModelEMA(model, t.ema_decay) if t.ema else None
     amp_dtype = autocast_dtype(t.amp, device)
     scaler = torch.amp.GradScaler(device.type) if amp_dtype == torch.float16 else None
-    ddp = nn.parallel.DistributedDataParallel(method, device_ids=[device.index] if device.type == "cuda" else None) \
-        if d.enabled else method
+    ddp = nn.parallel.DistributedDataParallel(method, device_ids=[device.index] if device.type == "cuda" else None,
+                                              find_unused_parameters=len(opts) > 1) if d.enabled else method
 
     # The monitored metric: the early-stop setting, else the task's headline (val/acc, val/miou).
     monitor = t.early_stop.metric or f"val/{task.headline}"
@@ -138,7 +186,7 @@ def fit(cfg: Config, out: str | Path | None = None, resume: str | Path | None = 
         load_strict(model, weights, f"checkpoint {run_dir / 'checkpoints' / 'last.safetensors'} (config {cfg.model.name})")
         if state.get("method"):
             method.load_state_dict({**method.state_dict(), **state["method"]})
-        opt.load_state_dict(state["optimizer"])
+        _load_optimizers(opts, state["optimizer"])
         if ema is not None:
             ema.load_state_dict(state["ema"])
         if scaler is not None and state.get("scaler"):
@@ -168,7 +216,7 @@ def fit(cfg: Config, out: str | Path | None = None, resume: str | Path | None = 
     def checkpoint(next_epoch: int, next_batch: int) -> None:
         if d.main:
             state = {"step": step, "epoch": next_epoch, "batch": next_batch, "best": best, "bad_epochs": bad_epochs,
-                     "train_time": train_time, "optimizer": opt.state_dict(),
+                     "train_time": train_time, "optimizer": _optimizer_state(opts),
                      "ema": ema.state_dict() if ema is not None else {},
                      "scaler": scaler.state_dict() if scaler is not None else {}, "config": to_dict(cfg),
                      "method": _method_extra_state(method)}
@@ -191,7 +239,7 @@ def fit(cfg: Config, out: str | Path | None = None, resume: str | Path | None = 
             bar = tqdm(total=steps_per_epoch * per_step, initial=start_batch * per_step, unit="img",
                        unit_scale=True, desc=f"epoch {epoch + 1}/{t.epochs}", disable=not d.main, dynamic_ncols=True)
             loss_sum, loss_n, t_log = 0.0, 0, time.perf_counter()
-            parts: dict[str, float] = {}  # a method's loss terms (loss_kd, ...), summed between log lines
+            parts: dict[str, float] = {}  # a method's other scalars, summed between log lines
             for b in range(start_batch, steps_per_epoch):
                 t0 = time.perf_counter()
                 # This rank's slice of the global batch b: images uint8 [B,C,h,w] -> "image" [B,C,S,S] float,
@@ -207,35 +255,15 @@ def fit(cfg: Config, out: str | Path | None = None, resume: str | Path | None = 
                 if device.type == "cuda":
                     torch.cuda.manual_seed(_seed_for(cfg.seed, 3, step, d.rank))
                 lr = lr_at(cfg, step, total_steps, steps_per_epoch)
-                for g in opt.param_groups:
-                    g["lr"] = lr * g.get("lr_scale", 1.0)  # absent in checkpoints written before layer decay
-                with ctx():
-                    out = ddp(batch)
-                loss = out["loss"]
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(f"loss is {loss.item()} at step {step}; lower train.lr "
-                                             f"(now {t.lr}) or set train.grad_clip")
-                opt.zero_grad(set_to_none=True)
-                if scaler is not None:
-                    scaler.scale(loss).backward()
-                    scaler.unscale_(opt)
-                else:
-                    loss.backward()
-                if t.grad_clip:
-                    nn.utils.clip_grad_norm_(trained, t.grad_clip)
-                if scaler is not None:
-                    scaler.step(opt)
-                    scaler.update()
-                else:
-                    opt.step()
+                out, loss = _step(ddp, batch, opts, lr, ctx, scaler, t.grad_clip, step)
                 if ema is not None:
                     ema.update(model)
                 step += 1
                 dt = time.perf_counter() - t0
                 train_time += dt
                 loss_sum, loss_n = loss_sum + loss.item(), loss_n + 1
-                for k, v in out.items():
-                    if k.startswith("loss_"):
+                for k, v in out.items():  # a method's scalars beside the loss (loss_kd, bits_per_dim, ...)
+                    if k != "loss" and isinstance(v, torch.Tensor) and v.ndim == 0:
                         parts[k] = parts.get(k, 0.0) + float(v)
                 bar.update(per_step)
                 if step % t.log_every == 0 or b == steps_per_epoch - 1 or step >= total_steps:

@@ -45,7 +45,7 @@ def register_method(name: str, *, labels: bool = True, trains_head: bool = True,
 
 
 def _import_methods() -> None:
-    from . import adversarial, distill, ssl_contrastive, ssl_masked, supervised  # noqa: F401  (they register)
+    from . import adversarial, distill, generative, ssl_contrastive, ssl_masked, supervised  # noqa: F401  (they register)
 
 
 def method_spec(name: str) -> MethodSpec:

@@ -1,0 +1,163 @@
+"""The generation task's part of the report: the scores beside their floor (what real images score
+against real images), the first 100 samples by requested class, and samples next to their nearest
+training image (a near-copy would be memorisation).
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+from matplotlib import rc_context
+from matplotlib.figure import Figure
+
+from . import fmt
+from .plots import INK, MUTED, ROSE, SLATE, STYLE, _png
+from .sections import Metric, TaskReport, empty, esc, img, no_eval, register_report, section
+
+if TYPE_CHECKING:
+    from .run_folder import RunData
+
+SAMPLES = "eval_samples.npz"
+
+GENERATION = register_report(TaskReport(
+    task="generation",
+    metrics={"fd": Metric("Frechet classifier distance", "FD", pct=False, digits=4,
+                          note="in the features of a Fashion-MNIST classifier; lower is better"),
+             "fd_floor": Metric("FD floor (real vs real)", "floor", pct=False, digits=4),
+             "precision": Metric("precision (k-NN)", "precision"),
+             "recall": Metric("recall (k-NN)", "recall"),
+             "class_acc": Metric("samples in the requested class", "requested class"),
+             "class_acc_real": Metric("classifier accuracy on real images", "real")},
+    files={SAMPLES: "the first 100 samples and nearest training images"}, optional=frozenset({SAMPLES}),
+    curve=("precision", "recall", "class_acc"), noun="image generator", output="images",
+))
+
+
+def tile(u8: np.ndarray, cols: int) -> np.ndarray:
+    """uint8 [n, C, S, S] -> [rows*S, cols*S] (grey) or [.., .., 3]: a contact sheet without gaps."""
+    n, c, s, _ = u8.shape
+    rows = -(-n // cols)
+    sheet = np.full((c, rows * s, cols * s), 255, np.uint8)
+    for i in range(n):
+        r, k = divmod(i, cols)
+        sheet[:, r * s:(r + 1) * s, k * s:(k + 1) * s] = u8[i]
+    return sheet[0] if c == 1 else sheet.transpose(1, 2, 0)
+
+
+def sample_sheet(z: dict, classes: list[str]) -> str | None:
+    """The samples, one row per requested class when the model is conditional (10 per row)."""
+    x = z.get("samples")
+    if x is None or not len(x):
+        return None
+    labels = z.get("labels")
+    cols = 10
+    with rc_context(STYLE):
+        if labels is not None and len(labels) == len(x) and classes:
+            order = np.argsort(labels, kind="stable")  # class 0's samples first, then class 1's...
+            x, labels = x[order], labels[order]
+            per = np.bincount(labels, minlength=len(classes))
+            cols = int(per.max())
+        sheet = tile(x, cols)
+        fig = Figure(figsize=(0.62 * cols + 1.6, 0.62 * (-(-len(x) // cols)) + 0.3))
+        ax = fig.add_subplot()
+        ax.imshow(sheet, cmap="gray" if sheet.ndim == 2 else None, vmin=0, vmax=255, interpolation="nearest")
+        ax.set_xticks([])
+        s = x.shape[-1]
+        if labels is not None and len(labels) == len(x) and classes:
+            ax.set_yticks([(i + 0.5) * s for i in range(-(-len(x) // cols))],
+                          [classes[int(labels[i * cols])] if i * cols < len(labels) else "" for i in
+                           range(-(-len(x) // cols))], fontsize=8)
+        else:
+            ax.set_yticks([])
+        fig.subplots_adjust(left=0.14, right=0.99, top=0.99, bottom=0.01)
+        return _png(fig)
+
+
+def neighbours(z: dict) -> str | None:
+    """Two rows: samples, and under each its nearest training image with the RMS pixel distance."""
+    x, nb, d = z.get("samples"), z.get("neighbours"), z.get("neighbour_dist")
+    if x is None or nb is None or not len(nb):
+        return None
+    n = len(nb)
+    with rc_context(STYLE):
+        fig = Figure(figsize=(1.05 * n, 2.5))
+        for i in range(n):
+            for row, pic in enumerate((x[i], nb[i])):
+                ax = fig.add_subplot(2, n, row * n + i + 1)
+                a = pic[0] if pic.shape[0] == 1 else pic.transpose(1, 2, 0)
+                ax.imshow(a, cmap="gray" if a.ndim == 2 else None, vmin=0, vmax=255, interpolation="nearest")
+                ax.set_xticks([])
+                ax.set_yticks([])
+                if row == 1 and d is not None:
+                    rms = float(d[i]) / np.sqrt(pic.size)
+                    ax.set_xlabel(f"RMS {rms:.2f}", fontsize=7, color=MUTED)
+                if i == 0:
+                    ax.set_ylabel("sample" if row == 0 else "nearest\ntrain", fontsize=8, color=INK)
+        fig.subplots_adjust(wspace=0.08, hspace=0.25, left=0.08, right=0.99, top=0.97, bottom=0.12)
+        return _png(fig)
+
+
+def per_class_bars(ev: dict) -> str | None:
+    acc, classes = ev.get("class_acc_per_class"), ev.get("classes") or []
+    if not acc or len(acc) != len(classes):
+        return None
+    with rc_context(STYLE):
+        fig = Figure(figsize=(6.4, 0.3 * len(acc) + 1.0))
+        ax = fig.add_subplot()
+        y = np.arange(len(acc))
+        ax.barh(y, acc, color=ROSE, height=0.6)
+        ax.set_yticks(y, classes, fontsize=8)
+        ax.invert_yaxis()
+        ax.set_xlim(0, 1)
+        real = ev.get("class_acc_real")
+        if fmt.is_num(real):
+            ax.axvline(real, color=SLATE, ls="--", lw=1, label=f"classifier on real images ({real:.3f})")
+            ax.legend(loc="lower left", fontsize=8, frameon=False)
+        ax.set_xlabel("share of samples classified as the class asked for", color=MUTED)
+        return _png(fig)
+
+
+@GENERATION.section("evaluation", "Test evaluation")
+def _evaluation(data: RunData) -> str:
+    missing = no_eval(data)
+    if missing is not None:
+        return missing
+    ev = data.eval
+    rows = [("Frechet classifier distance", ev.get("fd"), "lower is better"),
+            ("the same distance, training images vs test images", ev.get("fd_floor"),
+             "the floor: what a perfect generator scores with as many images"),
+            ("precision (k-NN, k=3)", ev.get("precision"), "share of samples inside the real images' manifold"),
+            ("recall (k-NN, k=3)", ev.get("recall"), "share of real images inside the samples' manifold")]
+    if ev.get("class_acc") is not None:
+        rows += [("samples classified as the requested class", ev.get("class_acc"), "conditional sampling"),
+                 ("classifier accuracy on the real test images", ev.get("class_acc_real"), "its ceiling, roughly")]
+    table = "<table><tr><th>score</th><th class=num>value</th><th></th></tr>" + "".join(
+        f"<tr><td>{esc(a)}</td><td class=num>{esc(fmt.num(v, 4))}</td><td>{esc(c)}</td></tr>" for a, v, c in rows) + "</table>"
+    how = [f"{ev.get('n', '?')} samples"]
+    if ev.get("sampler"):
+        how.append(f"{ev['sampler'].upper()} {ev.get('steps')} steps")
+    if ev.get("guidance") is not None:
+        how.append(f"guidance {ev['guidance']}")
+    bars = img(per_class_bars(ev), "per class", "") if ev.get("class_acc_per_class") else ""
+    body = f'<div class="grid2"><div>{table}<p class="sub">{esc(", ".join(how))}; features: ' \
+           f'<code>{esc(str(ev.get("feature_run", "")))}</code></p></div><div>{bars}</div></div>'
+    return section("evaluation", "Test evaluation",
+                   "Samples and the real test images are compared in the penultimate features of a Fashion-MNIST "
+                   "classifier trained by visionsmith (not Inception-v3, so this is not FID and its values are "
+                   "not comparable with published FIDs). The floor is the same distance between as many real "
+                   "training images and the test images.", body)
+
+
+@GENERATION.section("samples", "Samples")
+def _samples(data: RunData) -> str:
+    z = data.arrays.get(SAMPLES, {})
+    sheet = sample_sheet(z, list(data.eval.get("classes") or data.run.get("classes") or [])) if z else None
+    if sheet is None:
+        return section("samples", "Samples", "", empty(f"<code>{SAMPLES}</code> is missing: the test evaluation "
+                                                      "writes it (run <code>visionsmith eval RUN</code>)."))
+    near = img(neighbours(z), "nearest training images", "")
+    return section("samples", "Samples",
+                   "The first 100 images drawn for the test scores (from the evaluation's fixed noise), one row per "
+                   "requested class for a conditional model. Below: samples over their nearest training image in "
+                   "pixels; a sample that copies a training image would sit at RMS near 0.",
+                   f'<div class="center">{img(sheet, "samples", "")}</div><h3>Nearest training images</h3>{near}')

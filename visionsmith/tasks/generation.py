@@ -1,0 +1,248 @@
+"""Image generation: a model that draws new images (optionally of a requested class).
+
+Shapes: a training batch is ``{"image": float [B, C, S, S] in [0, 1], "label": int64 [B]}`` (the
+labels condition a class-conditional model and are ignored otherwise); the methods
+(``methods/generative.py``) map pixels to [-1, 1] and ask the model (``models/generators.py``:
+``ddpm_unet``, ``conv_vae``, ``dcgan``) for its loss.
+
+Evaluation draws images and compares them with the split's real images in the feature space of a
+Fashion-MNIST classifier (``gen.feature_run``, ``metrics/generation.py``): the Frechet distance, its
+floor (the same distance between as many *training* images and the split: what a perfect model would
+score at this sample size), k-NN precision and recall, and for class-conditional models the share of
+samples the classifier puts in the class they were asked for.  Validation draws ``gen.val_samples``
+with ``gen.val_steps`` sampler steps; the official test evaluation (``keep_outputs``) draws
+``gen.eval_samples`` with ``gen.steps``.  Samples start from ``gen.eval_seed``'s noise, so every run
+and every evaluation of a run sees the same starting points.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from ..config import ConfigError, add_check
+from ..errors import UserError
+from .base import Task, register_task
+
+FEATURE_RECIPE = "fd-classifier-fashion-mnist"
+
+
+def auto_feature_run() -> Path:
+    """The cached Fashion-MNIST feature classifier, trained from its recipe on first use."""
+    from .. import assets
+    return assets.home() / "feature-runs" / FEATURE_RECIPE
+
+
+def ensure_feature_run(spec: str, data_name: str) -> Path:
+    """``gen.feature_run`` as a finished run folder: ``auto`` trains the shipped recipe once (into a
+    temporary folder renamed when done, so an interrupted training is never mistaken for a finished one)."""
+    if spec != "auto":
+        path = Path(spec)
+        if not (path / "config.yaml").is_file():
+            raise UserError(f"gen.feature_run={spec} is not a run folder; train a classifier on your images "
+                            "(visionsmith train ...) and pass its folder, or use auto on Fashion-MNIST")
+        return path
+    if data_name != "fashion_mnist":
+        raise UserError(f"gen.feature_run=auto is the Fashion-MNIST classifier; for data.name={data_name} train a "
+                        "classifier on the same images and set gen.feature_run to its run folder")
+    path = auto_feature_run()
+    if (path / "checkpoints" / "best.safetensors").is_file():
+        return path
+    import shutil
+
+    from ..api import train
+    from ..config import find_recipe
+    tmp = path.with_name(path.name + ".partial")
+    shutil.rmtree(tmp, ignore_errors=True)
+    print(f"training the feature classifier for the generation scores (once, ~4 min on two CPU cores): recipes/{FEATURE_RECIPE}.yaml "
+          f"-> {path}", flush=True)
+    train(find_recipe(FEATURE_RECIPE), out=tmp, report=False)
+    tmp.rename(path)
+    return path
+
+
+class FeatureNet:
+    """A trained classifier as a feature extractor: [0, 1] images [N, C, S, S] -> (penultimate
+    features float64 [N, D], predicted class int64 [N]); images are resized to its input size."""
+
+    def __init__(self, run_dir: Path, device: torch.device):
+        from ..engine.build import load_trained
+        cfg, self.model, self.classes, _ = load_trained(run_dir, "best", device)
+        self.size, self.in_chans, self.device = cfg.data.image_size, cfg.model.in_chans, device
+        self.source = str(run_dir)
+
+    @torch.no_grad()
+    def __call__(self, images: Tensor, batch_size: int = 1000) -> tuple[np.ndarray, np.ndarray]:
+        if images.shape[1] != self.in_chans:
+            raise UserError(f"the feature classifier {self.source} reads {self.in_chans}-channel images; these have "
+                            f"{images.shape[1]}")
+        feats, preds = [], []
+        for i in range(0, len(images), batch_size):
+            x = images[i:i + batch_size].float().to(self.device)
+            if x.shape[-1] != self.size:
+                x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", antialias=True, align_corners=False)
+            fmap = self.model.forward_features(x)
+            feats.append(self.model.forward_head(fmap, pre_logits=True).double().cpu())
+            preds.append(self.model.forward_head(fmap).argmax(1).cpu())
+        return torch.cat(feats).numpy(), torch.cat(preds).numpy()
+
+
+@register_task
+class GenerationTask(Task):
+    name = "generation"
+    target_key = "label"
+    headline = "fd"
+    headline_label = "Frechet classifier distance"
+    direction = "min"
+    val_keys = ("fd", "fd_floor", "precision", "recall", "class_acc")
+    test_keys = ("fd", "fd_floor", "precision", "recall", "class_acc")
+    data_sources = ("fashion_mnist", "digits", "folder", "csv")
+
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        self._features: FeatureNet | None = None
+
+    # -- data and model -----------------------------------------------------------------------
+    def build_datasets(self, seed: int) -> dict:
+        from ..data import build_datasets
+        return build_datasets(self.cfg.data, seed)
+
+    def build_model(self, num_classes: int, pretrained: bool | str | None = None) -> nn.Module:
+        from ..models.generators import create_generator
+        c = self.cfg
+        return create_generator(c.model.name, in_chans=c.model.in_chans, image_size=c.data.image_size,
+                                num_classes=num_classes if c.gen.conditional else 0, gen=c.gen, **c.model.kwargs)
+
+    def make_batch(self, ds, idx: Tensor, transform, generator: torch.Generator | None) -> dict:
+        """``{"image": float [B, C, S, S] in [0, 1], "label": int64 [B]}``."""
+        return {"image": transform(ds.images[idx], generator), "label": ds.labels[idx]}
+
+    def loss(self, outputs: Tensor, batch: dict) -> Tensor:
+        raise UserError("a generation model is trained by its method (method: diffusion, vae or gan), not by a "
+                        "supervised loss")
+
+    # -- sampling -----------------------------------------------------------------------------
+    def sample_labels(self, n: int, num_classes: int) -> Tensor | None:
+        """The classes the evaluation asks a conditional model for: 0, 1, ..., K-1, 0, ... (balanced)."""
+        return torch.arange(n) % num_classes if self.cfg.gen.conditional else None
+
+    @torch.no_grad()
+    def draw(self, model: nn.Module, n: int, labels: Tensor | None, steps: int, seed: int, batch_size: int,
+             sampler: str | None = None, guidance: float | None = None, progress: str | None = None) -> Tensor:
+        """``n`` samples as uint8 ``[n, C, S, S]``, batch by batch from one CPU generator seeded ``seed``."""
+        g = self.cfg.gen
+        gen = torch.Generator().manual_seed(seed)
+        was_training = model.training
+        model.eval()
+        out = []
+        bar = tqdm(range(0, n, batch_size), desc=progress, unit="batch", leave=False, disable=progress is None)
+        for i in bar:
+            y = labels[i:i + batch_size] if labels is not None else None
+            x = model.sample(min(batch_size, n - i), y, steps=steps, sampler=sampler or g.sampler,
+                             guidance=g.guidance if guidance is None else guidance, generator=gen)
+            out.append(((x.float().cpu() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8))
+        model.train(was_training)
+        return torch.cat(out)
+
+    # -- evaluation ---------------------------------------------------------------------------
+    def features(self, device: torch.device) -> FeatureNet:
+        if self._features is None:
+            self._features = FeatureNet(ensure_feature_run(self.cfg.gen.feature_run, self.cfg.data.name), device)
+        return self._features
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, ds, transform, batch_size: int, device: torch.device,
+                 channels_last: bool = False, amp_dtype: torch.dtype | None = None,
+                 progress: str | None = None, keep_outputs: bool = False, reduce: bool = False) -> dict:
+        """Draw samples and score them against ``ds``'s real images (module docstring)."""
+        from ..metrics.generation import feature_stats, frechet_distance, precision_recall
+        g = self.cfg.gen
+        n, steps = (g.eval_samples, g.steps) if keep_outputs else (g.val_samples, g.val_steps)
+        labels = self.sample_labels(n, len(ds.classes))
+        import time
+        t0 = time.perf_counter()
+        fake = self.draw(model, n, labels, steps, g.eval_seed, batch_size, progress=progress)
+        sample_s = time.perf_counter() - t0
+        net = self.features(device)
+        real_f, real_pred = net(transform(ds.images, None))
+        fake_f, fake_pred = net(fake.float() / 255)
+        # The floor: as many training images as samples, against the same real split.
+        train = self.build_datasets(self.cfg.seed)["train"]
+        pick = torch.randperm(len(train), generator=torch.Generator().manual_seed(g.eval_seed))[:n]
+        floor_f, _ = net(transform(train.images[pick], None))
+        mu_r, s_r = feature_stats(real_f)
+        sub = real_f[torch.randperm(len(real_f), generator=torch.Generator().manual_seed(1))[:n].numpy()]
+        precision, recall = precision_recall(sub, fake_f)
+        m = {"fd": frechet_distance(mu_r, s_r, *feature_stats(fake_f)),
+             "fd_floor": frechet_distance(mu_r, s_r, *feature_stats(floor_f)),
+             "precision": precision, "recall": recall,
+             "n": n, "n_real": len(ds), "steps": steps if getattr(model, "kind", "") == "diffusion" else None,
+             "sampler": g.sampler if getattr(model, "kind", "") == "diffusion" else None,
+             "guidance": g.guidance if g.conditional and getattr(model, "kind", "") == "diffusion" else None,
+             "sample_img_per_s": round(n / max(sample_s, 1e-9), 2),
+             "feature_run": net.source, "classes": list(ds.classes)}
+        if labels is not None:
+            # the classifier's accuracy on the real images: what a perfect generator would score
+            m["class_acc_real"] = float((real_pred == ds.labels.numpy()).mean())
+            m["class_acc"] = float((fake_pred == labels.numpy()).mean())
+            m["class_acc_per_class"] = [float((fake_pred[labels.numpy() == k] == k).mean())
+                                        for k in range(len(ds.classes))]
+        if keep_outputs:
+            m["outputs"] = fake
+        return m
+
+    def eval_artifacts(self, run_dir, ds, outputs: Tensor, m: dict) -> dict:
+        """For the official evaluation, ``eval_samples.npz``: the first 100 samples (with their requested
+        classes) and, for 8 of them, their nearest training image in pixels (memorisation shows as a
+        near-copy)."""
+        if run_dir is None or not len(outputs):
+            return {}
+        train = self.build_datasets(self.cfg.seed)["train"].images  # uint8 [N, C, h, w]
+        show = outputs[:100]
+        q = show[:8].float()
+        if train.shape[-1] != q.shape[-1]:
+            q = F.interpolate(q, size=train.shape[-2:], mode="bilinear", antialias=True, align_corners=False)
+        d = torch.cdist(q.flatten(1), train.float().flatten(1))  # [8, N] pixel L2
+        nn_dist, nn_idx = d.min(1)
+        labels = self.sample_labels(len(show), len(ds.classes))
+        np.savez_compressed(run_dir / "eval_samples.npz", samples=show.numpy(),
+                            labels=labels.numpy() if labels is not None else np.zeros(0, np.int64),
+                            neighbours=train[nn_idx].numpy(), neighbour_dist=(nn_dist / 255).numpy())
+        return {"nearest_train_rms": float((nn_dist / 255 / q[0].numel() ** 0.5).mean())}
+
+    def summary(self, m: dict) -> str:
+        """e.g. ``Frechet classifier distance 4.1 (floor 0.9: real vs real)  precision ...``; the CLI adds
+        the number of samples drawn (``n``)."""
+        s = (f"Frechet classifier distance {m['fd']:.3f} (floor {m['fd_floor']:.3f}: real vs real)  "
+             f"precision {m['precision']:.3f}  recall {m['recall']:.3f}")
+        if m.get("class_acc") is not None:
+            s += f"  requested class {m['class_acc']:.3f} (real images {m['class_acc_real']:.3f})"
+        return s
+
+
+def check_config(cfg) -> None:
+    if cfg.task != "generation":
+        return
+    from ..models.generators import generator_names
+    if cfg.model.name not in generator_names():
+        raise ConfigError(f"model.name={cfg.model.name} is not a generative model; task generation builds "
+                          f"{', '.join(generator_names())}")
+    want = {"ddpm_unet": "diffusion", "conv_vae": "vae", "dcgan": "gan"}[cfg.model.name]
+    if cfg.method != want:
+        raise ConfigError(f"model.name={cfg.model.name} is trained with method={want}, not {cfg.method}")
+    g = cfg.gen
+    if g.steps < 1 or g.val_steps < 1 or g.steps > g.timesteps or g.val_steps > g.timesteps:
+        raise ConfigError(f"gen.steps and gen.val_steps must lie in [1, gen.timesteps={g.timesteps}]")
+    if g.eval_samples < 10 or g.val_samples < 10:
+        raise ConfigError("gen.eval_samples and gen.val_samples must be at least 10 (the scores need a spread)")
+    if g.guidance != 1.0 and not (g.conditional and g.class_dropout > 0):
+        raise ConfigError(f"gen.guidance={g.guidance}: classifier-free guidance needs a conditional model trained "
+                          "with class dropout (gen.conditional=true, gen.class_dropout > 0)")
+
+
+add_check(check_config)
