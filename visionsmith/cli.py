@@ -174,6 +174,14 @@ def cmd_sample(a) -> int:
     return 0
 
 
+def cmd_interpolate(a) -> int:
+    from .workflows.sample import interpolate
+    res = interpolate(a.run, n=a.n, rows=a.rows, klass=a.klass, steps=a.steps, seed=a.seed, out=a.out)
+    print(f"{a.rows} interpolation(s) of {a.n} images in {res.settings['space']} in {res.seconds:.1f} s; "
+          f"wrote {res.out / 'interpolation.png'}")
+    return 0
+
+
 def cmd_export(a) -> int:
     from . import api
     r = api.export(a.run, a.format, int8=a.int8, opset=a.opset, out=a.out, calib=a.calib, calib_data=a.calib_data,
@@ -481,6 +489,20 @@ def build_parser() -> argparse.ArgumentParser:
                     help="classifier-free guidance weight with --class (default: the run's gen.guidance)")
     sp.add_argument("--seed", type=int, default=0, help="seed of the starting noise (default 0)")
     sp.add_argument("--out", metavar="DIR", required=True, help="folder for grid.png and the images")
+
+    sp = add("interpolate", cmd_interpolate, "walk between random starting points of a generation run: the "
+             "latent z of a VAE or GAN, the starting noise of a diffusion model (deterministic DDIM); one row per walk "
+             "in DIR/interpolation.png",
+             "visionsmith interpolate runs/vae --n 8 --out interp/\n"
+             "  visionsmith interpolate runs/diffusion --n 10 --rows 2 --class 0 --out interp/")
+    sp.add_argument("run", help="a run folder of task generation")
+    sp.add_argument("--n", type=int, default=8, help="images per row, both ends included (default 8)")
+    sp.add_argument("--rows", type=int, default=4, help="independent walks (default 4)")
+    sp.add_argument("--class", dest="klass", type=int, default=None, metavar="K",
+                    help="class of every row (conditional models; default: row r draws class r)")
+    sp.add_argument("--steps", type=int, default=None, metavar="N", help="DDIM steps (diffusion)")
+    sp.add_argument("--seed", type=int, default=0, help="seed of the end points (default 0)")
+    sp.add_argument("--out", metavar="DIR", required=True, help="folder for interpolation.png")
 
     sp = add("fewshot", cmd_fewshot, "N-way K-shot accuracy (mean, 95 percent interval) of frozen features with "
              "nearest-prototype classification, from a run folder or a registered pretrained model",

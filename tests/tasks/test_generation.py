@@ -226,3 +226,33 @@ def test_diffusion_sampling_arguments_are_checked(tmp_path, feature_run):
     assert res.images.shape == (4, 1, 32, 32) and res.settings["steps"] == 2
     with pytest.raises(ConfigError, match="class dropout"):
         load_config(REPO / "recipes" / "diffusion-fashion-mnist.yaml", ["gen.class_dropout=0"])
+
+
+def test_interpolation_walks_smoothly_between_two_samples(vae_run, tmp_path):
+    """Consecutive images of a latent walk are closer to each other than the two ends are."""
+    from visionsmith.workflows.sample import interpolate, slerp
+    res = interpolate(vae_run, n=8, rows=2, seed=5, out=tmp_path)
+    x = res.images.float().view(2, 8, -1)
+    step = (x[:, 1:] - x[:, :-1]).abs().mean()
+    ends = (x[:, -1] - x[:, 0]).abs().mean()
+    assert step < ends / 2 and res.labels == [0, 1] and (tmp_path / "interpolation.png").is_file()
+    a, b = torch.randn(32), torch.randn(32)
+    path = slerp(a, b, torch.linspace(0, 1, 5))
+    assert torch.allclose(path[0], a, atol=1e-5) and torch.allclose(path[-1], b, atol=1e-5)
+    with pytest.raises(UserError, match="at least 2 images"):
+        interpolate(vae_run, n=1, out=tmp_path)
+
+
+def test_config_and_feature_run_mistakes_are_one_line_errors(tmp_path):
+    from visionsmith.tasks.generation import ensure_feature_run
+    recipe = REPO / "recipes" / "diffusion-fashion-mnist.yaml"
+    with pytest.raises(ConfigError, match="trained with method=diffusion, not vae"):
+        load_config(recipe, ["method=vae"])
+    with pytest.raises(ConfigError, match=r"gen.steps and gen.val_steps must lie in \[1, gen.timesteps=1000\]"):
+        load_config(recipe, ["gen.steps=1001"])
+    with pytest.raises(ConfigError, match="not a generative model"):
+        load_config(recipe, ["model.name=resnet18"])
+    with pytest.raises(UserError, match="is not a run folder"):
+        ensure_feature_run(str(tmp_path), "fashion_mnist")
+    with pytest.raises(UserError, match="is the Fashion-MNIST classifier"):
+        ensure_feature_run("auto", "digits")

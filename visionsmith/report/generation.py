@@ -11,7 +11,7 @@ from matplotlib import rc_context
 from matplotlib.figure import Figure
 
 from . import fmt
-from .plots import INK, MUTED, ROSE, SLATE, STYLE, _png
+from .plots import ACCENT, AMBER, INK, MUTED, ROSE, SLATE, STYLE, TEAL, _png, _series, smooth
 from .sections import Metric, TaskReport, empty, esc, img, no_eval, register_report, section
 
 if TYPE_CHECKING:
@@ -29,7 +29,7 @@ GENERATION = register_report(TaskReport(
              "class_acc": Metric("samples in the requested class", "requested class"),
              "class_acc_real": Metric("classifier accuracy on real images", "real")},
     files={SAMPLES: "the first 100 samples and nearest training images"}, optional=frozenset({SAMPLES}),
-    curve=("precision", "recall", "class_acc"), noun="image generator", output="images",
+    curve=("fd", "fd_floor"), curve_legend="upper right", noun="image generator", output="images",
 ))
 
 
@@ -161,3 +161,45 @@ def _samples(data: RunData) -> str:
                    "requested class for a conditional model. Below: samples over their nearest training image in "
                    "pixels; a sample that copies a training image would sit at RMS near 0.",
                    f'<div class="center">{img(sheet, "samples", "")}</div><h3>Nearest training images</h3>{near}')
+
+
+# the methods' own training scalars, by what they mean: (key, legend, colour, panel)
+TERMS = [("loss_d", "discriminator loss", ACCENT, "players"), ("loss_g", "generator loss", ROSE, "players"),
+         ("d_real", "D(real)", TEAL, "scores"), ("d_fake", "D(generated)", AMBER, "scores"),
+         ("r1", "R1 penalty", SLATE, "scores"),
+         ("loss_rec", "reconstruction (per pixel)", ACCENT, "players"), ("loss_kl", "KL (nats per image)", ROSE, "scores"),
+         ("bits_per_dim", "bits per dim (bound)", TEAL, "bpd")]
+PANELS = {"players": "Losses", "scores": "Discriminator scores / KL", "bpd": "Negative ELBO, bits per dim"}
+
+
+def terms_plot(train: list[dict]) -> str | None:
+    """One panel per group of the method's scalars that the run logged (GAN: both players' losses and the
+    critic's scores; VAE: reconstruction, KL and bits per dim), raw faint and smoothed."""
+    have = [(k, lbl, c, p) for k, lbl, c, p in TERMS if len(_series(train, "step", k)[0])]
+    panels = [p for p in PANELS if any(h[3] == p for h in have)]
+    if not panels:
+        return None
+    with rc_context(STYLE):
+        fig = Figure(figsize=(5.0 * len(panels), 3.0))
+        for i, p in enumerate(panels):
+            ax = fig.add_subplot(1, len(panels), i + 1)
+            for k, lbl, c, q in have:
+                if q == p:
+                    x, y = _series(train, "step", k)
+                    ax.plot(x, y, color=c, alpha=0.2, lw=1)
+                    ax.plot(x, smooth(y), color=c, lw=2, label=lbl)
+            ax.set_title(PANELS[p])
+            ax.set_xlabel("step")
+            ax.legend(loc="best", fontsize=8)
+        fig.tight_layout()
+        return _png(fig)
+
+
+@GENERATION.section("terms", "Training terms")
+def _terms(data: RunData) -> str:
+    pic = terms_plot(data.train)
+    if pic is None:
+        return ""
+    return section("terms", "Training terms",
+                   "The method's own quantities per logged step (a GAN's two players; a VAE's reconstruction and KL "
+                   "terms and its likelihood bound in bits per dimension).", img(pic, "training terms", ""))

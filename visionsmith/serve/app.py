@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import hmac
+import re
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
@@ -200,8 +201,9 @@ def create_app(backends: list[Backend], opts: ServeOptions | None = None) -> Fas
     @app.get("/v1/models/{name}", dependencies=[Depends(auth)], summary="One model")
     async def get_model(name: str):
         base, sep, verb = name.rpartition(":")
-        if sep and verb == "predict":  # GET on the predict route lands here (the {name} segment holds the ':')
-            raise ClientError(405, f"{name} takes POST (an image in the body), not GET", headers={"Allow": "POST"})
+        if sep and verb in ("predict", "generate"):  # GET on those routes lands here (the {name} segment holds the ':')
+            raise ClientError(405, f"{name} takes POST ({'an image' if verb == 'predict' else 'JSON'} in the body), "
+                              "not GET", headers={"Allow": "POST"})
         return model(name).describe()
 
     @app.post("/v1/models/{name}:predict", dependencies=[Depends(auth)],
@@ -209,6 +211,9 @@ def create_app(backends: list[Backend], opts: ServeOptions | None = None) -> Fas
     async def predict(name: str, request: Request):
         t0 = time.perf_counter()
         backend, batcher = model(name), batchers[name]
+        if hasattr(backend, "generate"):
+            raise ClientError(400, f"{name} draws images and reads none: POST /v1/models/{name}:generate with JSON "
+                              "such as {\"n\": 8, \"class\": 7}")
         # The body's bytes count against the in-flight budget from the first byte (its Content-Length,
         # before reading) until the answer is ready: the upload bytes live until decoded, and its
         # decoded windows until the model ran, so the reservation stands for both (the windows, at the
@@ -245,6 +250,37 @@ def create_app(backends: list[Backend], opts: ServeOptions | None = None) -> Fas
         # A JSONResponse skips FastAPI's generic encoder walk over the result (plain types already).
         return JSONResponse({"model": name, "predictions": list(preds),
                              "latency_ms": round(1000 * (time.perf_counter() - t0), 2)})
+
+    @app.post("/v1/models/{name}:generate", dependencies=[Depends(auth)],
+              summary="Draw images from a generation model",
+              description='JSON body, every field optional: {"n": 8, "class": 7, "seed": 0, "steps": 50, '
+                          '"guidance": 2.0}.  The same seed gives the same images.')
+    async def generate(name: str, request: Request):
+        backend = model(name)
+        if not hasattr(backend, "generate"):
+            raise ClientError(400, f"{name} is a {backend.task} model: it answers POST /v1/models/{name}:predict")
+        try:
+            body = await request.json() if int(request.headers.get("content-length") or 0) else {}
+        except ValueError:
+            raise ClientError(400, "the body must be JSON, e.g. {\"n\": 8, \"class\": 7}") from None
+        if not isinstance(body, dict):
+            raise ClientError(400, "the body must be a JSON object, e.g. {\"n\": 8, \"class\": 7}")
+
+        def arg(key, kind, default=None):
+            v = body.get(key, default)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, kind)):
+                raise ClientError(400, f"{key} must be a number, got {v!r}")
+            return v
+        n, klass, seed = arg("n", int, 8), arg("class", int), arg("seed", int, 0)
+        steps, guidance = arg("steps", int), arg("guidance", (int, float))
+        loop = asyncio.get_running_loop()
+        try:  # on the inference thread, one request at a time with the other models' batches
+            res = await loop.run_in_executor(pools["infer"], backend.generate, n, klass, seed, steps,
+                                             None if guidance is None else float(guidance))
+        except UserError as e:  # the sample command's checks: name the JSON keys, not the CLI's flags
+            raise ClientError(400, re.sub(r"--(n|class|steps|guidance)\b", r"\1", str(e))) from None
+        metrics.images.labels(name).inc(n)
+        return JSONResponse({"model": name, **res})
 
     @app.get("/metrics", dependencies=[Depends(auth)], summary="Prometheus metrics (text format)")
     async def prometheus(request: Request):

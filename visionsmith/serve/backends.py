@@ -175,6 +175,52 @@ class ImageBackend(TorchBackend):
         return self.enhance_task.run_image(self.model, pixels, channels_last=self.channels_last).numpy()
 
 
+class GeneratorBackend(TorchBackend):
+    """A generation run: nothing is uploaded; ``generate`` draws images (``POST /v1/models/NAME:generate``)
+    with the same sampler and argument checks as ``visionsmith sample``.  ``run`` (the server's warm-up
+    with a zero image) draws one image with one step, so a broken model fails at start-up."""
+
+    batched = False
+    MAX_N = 64  # images per request: a diffusion request costs steps x n network calls
+
+    def __init__(self, run_dir: str | Path, name: str):
+        from ..workflows.sample import load_generator
+        super().__init__(run_dir, name)
+        self.cfg, _, _, self.gen_task = load_generator(run_dir)
+        g = self.cfg.gen
+        self.output.settings = {"conditional": g.conditional, "method": self.cfg.method,
+                                "steps": g.steps if self.cfg.method == "diffusion" else None,
+                                "guidance": g.guidance if self.cfg.method == "diffusion" and g.conditional else None,
+                                "max_n": self.MAX_N}
+
+    def generate(self, n: int, klass: int | None, seed: int, steps: int | None, guidance: float | None) -> dict:
+        """-> ``{"images": [{"png_base64", "class"}], "seconds"}``; ``UserError`` for a bad argument."""
+        import base64
+        import time
+
+        from ..outputs.enhancement import png_bytes
+        from ..workflows.sample import check_args
+        if n > self.MAX_N:
+            raise UserError(f"n={n}: at most {self.MAX_N} images per request")
+        check_args(self.cfg, self.classes, n, klass, steps, guidance)
+        g = self.cfg.gen
+        labels = None
+        if g.conditional:
+            labels = torch.full((n,), klass, dtype=torch.long) if klass is not None else torch.arange(n) % len(self.classes)
+        t0 = time.perf_counter()
+        u8 = self.gen_task.draw(self.model, n, labels, steps or g.steps, seed, n,
+                                guidance=g.guidance if guidance is None else guidance)
+        images = [{"png_base64": base64.b64encode(png_bytes(x.numpy())).decode("ascii"),
+                   "class": self.classes[int(labels[i])] if labels is not None else None} for i, x in enumerate(u8)]
+        return {"images": images, "seconds": round(time.perf_counter() - t0, 3)}
+
+    @torch.inference_mode()
+    def run(self, pixels: torch.Tensor) -> np.ndarray:
+        y = torch.zeros(1, dtype=torch.long) if self.cfg.gen.conditional else None
+        return self.model.sample(1, y, steps=1, sampler="ddim", guidance=1.0,
+                                 generator=torch.Generator().manual_seed(0)).numpy()
+
+
 class OnnxBackend(Backend):
     """A ``visionsmith export`` file (``RUN/export/model.onnx`` or ``model.int8.onnx``) on ONNX Runtime,
     through ``visionsmith.export.runtime.OnnxClassifier`` (which reads and checks the export contract:
@@ -259,10 +305,10 @@ def run_backend(run_dir: Path, name: str, threads: int | None = None, backend: s
     cfg = _servable_config(run_dir)  # a folder that is no servable run fails the same way on any backend
     from ..outputs import output_for
     from ..tasks import get_task
-    if not output_for(get_task(cfg).name, []).exportable:  # restores whole images (enhancement): PyTorch, tiled
+    if not output_for(get_task(cfg).name, []).exportable:  # enhancement (whole images, tiled), generation
         if backend == "onnx":
             raise UserError(f"--backend onnx: {run_dir} is a {cfg.task} run, which serves with PyTorch only")
-        return ImageBackend(run_dir, name)
+        return GeneratorBackend(run_dir, name) if cfg.task == "generation" else ImageBackend(run_dir, name)
     if backend == "pytorch":
         return TorchBackend(run_dir, name)
     try:

@@ -1,6 +1,7 @@
 // The visionsmith serve page: pick a model, drop or choose images, see top-k bars (classification),
 // the returned class mask drawn over the image with a legend (segmentation), boxes drawn on it
-// (detection), or the restored image over the upload with a before/after slider (enhancement), and the latency.
+// (detection), or the restored image over the upload with a before/after slider (enhancement), and the latency;
+// for a generation model, a class picker and a button that draws fresh samples.
 // Plain JavaScript, no libraries, nothing loaded from other hosts (the page's CSP forbids it).
 "use strict";
 
@@ -44,6 +45,18 @@ async function loadModels() {
 
 function showModelInfo() {
   const m = models.find((x) => x.name === $("model").value);
+  const gen = Boolean(m && m.output === "generated images");  // draws images: no upload
+  $("drop").hidden = gen;
+  $("gen").hidden = !gen;
+  if (gen) {
+    const opts = m.conditional ? [new Option("every class in turn", ""), ...m.classes.map((c, i) => new Option(c, i))] : [new Option("(unconditional)", "")];
+    $("gen-class").replaceChildren(...opts);
+    $("gen-class").disabled = !m.conditional;
+    $("model-info").textContent = `${m.task}: ${m.method}${m.conditional ? ", class-conditional" : ""}, ${m.in_chans}×${m.image_size}×${m.image_size}` +
+      (m.steps ? `, DDIM ${m.steps} steps` : "") + (m.guidance ? `, guidance ${m.guidance}` : "");
+    $("topk").closest("label").hidden = true;
+    return;
+  }
   const image = m && m.output === "image";  // an enhancement model: any size in, an image out
   $("model-info").textContent = !m ? "" : image
     ? `${m.task}: ${m.degradation === "sr" ? "super-resolution ×" + m.scale : "denoising"}, ${m.in_chans} channel${m.in_chans > 1 ? "s" : ""}, any image size`
@@ -261,7 +274,46 @@ async function predictFiles(files) {
   setStatus(bad ? `${files.length - bad} answered, ${bad} refused (see the cards)` : `${files.length} answered`, bad > 0);
 }
 
+async function generate() {
+  const name = $("model").value;
+  const seed = Math.floor(Math.random() * 2 ** 31);
+  const body = { n: 8, seed };
+  if ($("gen-class").value !== "") body["class"] = Number($("gen-class").value);
+  const node = $("card").content.firstElementChild.cloneNode(true);
+  node.querySelector("img").remove();
+  node.querySelector(".name").textContent = `${name} · seed ${seed}` + ("class" in body ? ` · ${$("gen-class").selectedOptions[0].text}` : "");
+  $("results").prepend(node);
+  setStatus("drawing…");
+  const t0 = performance.now();
+  const resp = await fetch(`/v1/models/${encodeURIComponent(name)}:generate`, {
+    method: "POST", headers: { "Content-Type": "application/json", ...authHeaders() }, body: JSON.stringify(body) });
+  if (resp.status === 401) needToken();
+  if (!resp.ok) {
+    node.classList.add("error");
+    const text = `${resp.status}: ${await errorText(resp)}`;
+    node.querySelector(".latency").textContent = text;
+    setStatus(text, true);
+    return;
+  }
+  const out = await resp.json();
+  const grid = document.createElement("div");
+  grid.className = "samples";
+  grid.replaceChildren(...out.images.map((im) => {
+    const fig = document.createElement("figure");
+    const img = document.createElement("img");
+    img.src = "data:image/png;base64," + im.png_base64;
+    img.alt = im["class"] || "sample";
+    fig.append(img);
+    if (im["class"]) fig.append(Object.assign(document.createElement("figcaption"), { textContent: im["class"] }));
+    return fig;
+  }));
+  node.querySelector(".bars").replaceWith(grid);
+  node.querySelector(".latency").textContent = `${out.images.length} images in ${out.seconds.toFixed(2)} s on the server · round trip ${(performance.now() - t0).toFixed(0)} ms`;
+  setStatus(`${out.images.length} drawn`);
+}
+
 function setUp() {
+  $("gen-go").addEventListener("click", generate);
   $("model").addEventListener("change", showModelInfo);
   $("file").addEventListener("change", (e) => { predictFiles(e.target.files); e.target.value = ""; });
   $("token").addEventListener("change", (e) => { sessionStorage.setItem("vs-token", e.target.value); loadModels(); });

@@ -1,0 +1,73 @@
+"""Sampling speed and quality of a diffusion run: DDIM with few steps against DDPM with every step of
+the training schedule, on the same starting noise, in one run.
+
+    python benchmarks/generation_speed.py RUN                      # a diffusion run folder
+    python benchmarks/generation_speed.py RUN --n 100 --ddim 10,25,50 --threads 2
+
+Each sampler draws ``--n`` images (the class-balanced requests and the guidance weight of the run's
+evaluation) from the same seed; images/s is ``n`` over the wall time.  Each set is scored like the
+evaluation (Frechet classifier distance against the test split, k-NN precision/recall, requested-class
+accuracy) with the floor at the same ``n``: at small ``n`` every Frechet distance is biased upwards, so
+compare the samplers with each other and with that floor, not with the evaluation's 2,000-sample figure.
+Results: ``benchmarks/results/generation_speed.json``.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from common import env_info, loadavg, write_result  # noqa: E402
+
+
+def main(argv=None) -> dict:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("run", type=Path, help="a diffusion run folder (task generation, method diffusion)")
+    p.add_argument("--n", type=int, default=100, help="images per sampler (default 100)")
+    p.add_argument("--ddim", default="10,25,50", help="DDIM step counts, comma-separated (default 10,25,50)")
+    p.add_argument("--no-ddpm", action="store_true", help="leave out DDPM (all training steps: the slow one)")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--out", type=Path, default=None)
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    load0 = loadavg()
+
+    from visionsmith.engine.build import build_transforms
+    from visionsmith.workflows.sample import load_generator
+    cfg, model, classes, task = load_generator(args.run)
+    if cfg.method != "diffusion":
+        sys.exit(f"{args.run} is a {cfg.method} run; this benchmark compares diffusion samplers")
+    g = cfg.gen
+    cfg.gen.eval_samples = args.n  # the task's evaluation draws eval_samples: score n images of each sampler
+    data = task.build_datasets(cfg.seed)
+    _, eval_tf = build_transforms(cfg)
+    contenders = [("ddim", int(s)) for s in args.ddim.split(",")] + ([] if args.no_ddpm else [("ddpm", g.timesteps)])
+    rows = {}
+    print(f"generation_speed: {args.run}, n={args.n}, guidance {g.guidance if g.conditional else None}, "
+          f"{args.threads} threads; load average {load0}", flush=True)
+    for sampler, steps in contenders:
+        cfg.gen.sampler, cfg.gen.steps = sampler, steps
+        t0 = time.perf_counter()
+        m = task.evaluate(model, data["test"], eval_tf, 250, torch.device("cpu"), keep_outputs=True)
+        secs = time.perf_counter() - t0
+        rows[f"{sampler}-{steps}"] = {"sampler": sampler, "steps": steps, "img_per_s": m["sample_img_per_s"],
+                                      "fd": m["fd"], "fd_floor": m["fd_floor"], "precision": m["precision"],
+                                      "recall": m["recall"], "class_acc": m.get("class_acc"), "wall_s": round(secs, 1)}
+        r = rows[f"{sampler}-{steps}"]
+        print(f"  {sampler:<5}{steps:>5} steps  {r['img_per_s']:>8.2f} img/s  FD {r['fd']:.3f} (floor {r['fd_floor']:.3f})"
+              f"  precision {r['precision']:.3f}  recall {r['recall']:.3f}  class {r['class_acc']}", flush=True)
+    base = rows.get(f"ddpm-{g.timesteps}")
+    if base:
+        for r in rows.values():
+            r["speedup_vs_ddpm"] = round(r["img_per_s"] / base["img_per_s"], 2)
+    result = {"run": str(args.run), "n": args.n, "guidance": g.guidance if g.conditional else None,
+              "threads": args.threads, "contenders": rows, **env_info(load0, loadavg())}
+    return write_result(args.out or Path(__file__).parent / "results" / "generation_speed.json", result)
+
+
+if __name__ == "__main__":
+    main()
