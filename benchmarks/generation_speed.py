@@ -3,13 +3,16 @@ the training schedule, on the same starting noise, in one run.
 
     python benchmarks/generation_speed.py RUN                      # a diffusion run folder
     python benchmarks/generation_speed.py RUN --n 100 --ddim 10,25,50 --threads 2
+    python benchmarks/generation_speed.py RUN --n 500 --ddim 50 --no-ddpm --guidance 1,2,3,4   # a guidance sweep
 
 Each sampler draws ``--n`` images (the class-balanced requests and the guidance weight of the run's
 evaluation) from the same seed; images/s is ``n`` over the wall time.  Each set is scored like the
 evaluation (Frechet classifier distance against the test split, k-NN precision/recall, requested-class
 accuracy) with the floor at the same ``n``: at small ``n`` every Frechet distance is biased upwards, so
 compare the samplers with each other and with that floor, not with the evaluation's 2,000-sample figure.
-Results: ``benchmarks/results/generation_speed.json``.
+``--guidance W1,W2,...`` repeats each sampler at those classifier-free guidance weights (conditional
+models), which trade variety (recall) for class fidelity.
+Results: ``benchmarks/results/generation_speed.json`` (``--out`` for another file).
 """
 from __future__ import annotations
 
@@ -30,6 +33,7 @@ def main(argv=None) -> dict:
     p.add_argument("--n", type=int, default=100, help="images per sampler (default 100)")
     p.add_argument("--ddim", default="10,25,50", help="DDIM step counts, comma-separated (default 10,25,50)")
     p.add_argument("--no-ddpm", action="store_true", help="leave out DDPM (all training steps: the slow one)")
+    p.add_argument("--guidance", default=None, help="guidance weights, comma-separated (default: the run's)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args(argv)
@@ -45,26 +49,29 @@ def main(argv=None) -> dict:
     cfg.gen.eval_samples = args.n  # the task's evaluation draws eval_samples: score n images of each sampler
     data = task.build_datasets(cfg.seed)
     _, eval_tf = build_transforms(cfg)
-    contenders = [("ddim", int(s)) for s in args.ddim.split(",")] + ([] if args.no_ddpm else [("ddpm", g.timesteps)])
+    samplers = [("ddim", int(s)) for s in args.ddim.split(",")] + ([] if args.no_ddpm else [("ddpm", g.timesteps)])
+    weights = [float(w) for w in args.guidance.split(",")] if args.guidance else [g.guidance]
+    contenders = [(s, k, w) for w in weights for s, k in samplers]
     rows = {}
-    print(f"generation_speed: {args.run}, n={args.n}, guidance {g.guidance if g.conditional else None}, "
+    print(f"generation_speed: {args.run}, n={args.n}, guidance {weights if g.conditional else None}, "
           f"{args.threads} threads; load average {load0}", flush=True)
-    for sampler, steps in contenders:
-        cfg.gen.sampler, cfg.gen.steps = sampler, steps
+    for sampler, steps, w in contenders:
+        cfg.gen.sampler, cfg.gen.steps, cfg.gen.guidance = sampler, steps, w
         t0 = time.perf_counter()
         m = task.evaluate(model, data["test"], eval_tf, 250, torch.device("cpu"), keep_outputs=True)
         secs = time.perf_counter() - t0
-        rows[f"{sampler}-{steps}"] = {"sampler": sampler, "steps": steps, "img_per_s": m["sample_img_per_s"],
+        key = f"{sampler}-{steps}" + (f"-w{w:g}" if len(weights) > 1 else "")
+        rows[key] = {"sampler": sampler, "steps": steps, "guidance": w, "img_per_s": m["sample_img_per_s"],
                                       "fd": m["fd"], "fd_floor": m["fd_floor"], "precision": m["precision"],
                                       "recall": m["recall"], "class_acc": m.get("class_acc"), "wall_s": round(secs, 1)}
-        r = rows[f"{sampler}-{steps}"]
-        print(f"  {sampler:<5}{steps:>5} steps  {r['img_per_s']:>8.2f} img/s  FD {r['fd']:.3f} (floor {r['fd_floor']:.3f})"
+        r = rows[key]
+        print(f"  {sampler:<5}{steps:>5} steps  w {w:<4g}{r['img_per_s']:>8.2f} img/s  FD {r['fd']:.3f} (floor {r['fd_floor']:.3f})"
               f"  precision {r['precision']:.3f}  recall {r['recall']:.3f}  class {r['class_acc']}", flush=True)
-    base = rows.get(f"ddpm-{g.timesteps}")
-    if base:
-        for r in rows.values():
+    for r in rows.values():  # against DDPM at the same guidance weight
+        base = next((b for b in rows.values() if b["sampler"] == "ddpm" and b["guidance"] == r["guidance"]), None)
+        if base:
             r["speedup_vs_ddpm"] = round(r["img_per_s"] / base["img_per_s"], 2)
-    result = {"run": str(args.run), "n": args.n, "guidance": g.guidance if g.conditional else None,
+    result = {"run": str(args.run), "n": args.n,
               "threads": args.threads, "contenders": rows, **env_info(load0, loadavg())}
     return write_result(args.out or Path(__file__).parent / "results" / "generation_speed.json", result)
 

@@ -164,6 +164,7 @@ def test_adversarial_training_under_bf16_autocast(tmp_path):
     assert json.loads((run / "eval.json").read_text())["acc"] > 0.3
 
 
+@pytest.mark.slow  # ~15-30 s; DDP itself is covered by tests/engine/test_ddp.py in the default run
 def test_adversarial_training_under_ddp(tmp_path, torchrun_available):
     e = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     res = subprocess.run([torchrun_available, "--standalone", "--nproc_per_node", "2", "-m", "visionsmith", "train",

@@ -175,6 +175,7 @@ def test_detection_config_errors():
         load_config(RECIPE, ["method=adversarial"])
 
 
+@pytest.mark.slow  # ~15-30 s; DDP itself is covered by tests/engine/test_ddp.py in the default run
 def test_detection_under_ddp_matches_its_resume(scenes_root, tmp_path, torchrun_available):
     # Two gloo processes train a detection run; a crash after step 5 and `resume` give the same weights.
     import os

@@ -70,7 +70,7 @@ def feature_run(tmp_path_factory):
     """The shipped feature-classifier recipe, shortened (a few hundred steps: about 85% accuracy)."""
     torch.set_num_threads(1)
     cfg = load_config(REPO / "recipes" / "fd-classifier-fashion-mnist.yaml",
-                      ["train.epochs=1", "data.train_limit=12000", "train.log_every=1000"])
+                      ["train.epochs=1", "data.train_limit=8000", "train.log_every=1000"])
     return fit(cfg, out=tmp_path_factory.mktemp("gen") / "features")
 
 
@@ -174,7 +174,10 @@ def test_vae_run_learns_logs_bits_per_dim_and_writes_its_report(vae_run):
     assert ev["n"] == 200 and ev["fd"] > ev["fd_floor"] > 0 and 0 <= ev["precision"] <= 1
     assert ev["class_acc"] > 0.13  # a class-conditional VAE after 3 short epochs: above chance (0.1, sd 0.02 at n=200)
     html = (vae_run / "report.html").read_text()
-    assert 'id="samples"' in html and "Frechet classifier distance" in html
+    assert 'id="samples"' in html and 'id="progress"' in html and 'id="terms"' in html
+    previews = np.load(vae_run / "val_samples.npz")  # the same 20 requests drawn at every validation
+    assert sorted(previews.files) == ["e1", "e2", "e3"] and previews["e3"].shape == (20, 1, 32, 32)
+    assert not np.array_equal(previews["e1"], previews["e3"])
 
 
 def test_sample_is_reproducible_and_writes_grid_and_images(vae_run, tmp_path, cli):

@@ -142,6 +142,7 @@ def test_data_source_must_fit_the_task(scenes_root):
         load_config(None, ["data.name=scenes"])
 
 
+@pytest.mark.slow  # ~15-30 s; DDP itself is covered by tests/engine/test_ddp.py in the default run
 def test_segmentation_under_ddp_matches_its_resume(scenes_root, tmp_path, torchrun_available):
     # Two gloo processes train a segmentation run; a crash after step 5 and `resume` give the same weights.
     import os

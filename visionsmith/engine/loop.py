@@ -302,8 +302,10 @@ def fit(cfg: Config, out: str | Path | None = None, resume: str | Path | None = 
                 if hasattr(method, "evaluate"):  # the method's own monitor (self-supervised: kNN accuracy)
                     m = method.evaluate(eval_model(), train_ds, val_ds, eval_tf, t.eval_batch_size, device)
                 else:
-                    m = {k: v for k, v in task.evaluate(eval_model(), val_ds, eval_tf, t.eval_batch_size, device,
-                                                        t.channels_last, amp_dtype).items() if k in task.val_keys}
+                    full = task.evaluate(eval_model(), val_ds, eval_tf, t.eval_batch_size, device, t.channels_last,
+                                         amp_dtype)
+                    task.val_artifacts(run_dir, epoch if epoch_finished else epoch + start_batch / steps_per_epoch, full)
+                    m = {k: v for k, v in full.items() if k in task.val_keys}
                 row = {"split": "val", "step": step, "epoch": epoch if epoch_finished else epoch + start_batch / steps_per_epoch,
                        **m}
                 log.log(**row)

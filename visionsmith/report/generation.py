@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from .run_folder import RunData
 
 SAMPLES = "eval_samples.npz"
+VAL_SAMPLES = "val_samples.npz"
 
 GENERATION = register_report(TaskReport(
     task="generation",
@@ -28,7 +29,8 @@ GENERATION = register_report(TaskReport(
              "recall": Metric("recall (k-NN)", "recall"),
              "class_acc": Metric("samples in the requested class", "requested class"),
              "class_acc_real": Metric("classifier accuracy on real images", "real")},
-    files={SAMPLES: "the first 100 samples and nearest training images"}, optional=frozenset({SAMPLES}),
+    files={SAMPLES: "the first 100 samples and nearest training images", VAL_SAMPLES: "samples at every validation"},
+    optional=frozenset({SAMPLES, VAL_SAMPLES}),
     curve=("fd", "fd_floor"), curve_legend="upper right", noun="image generator", output="images",
 ))
 
@@ -203,3 +205,35 @@ def _terms(data: RunData) -> str:
     return section("terms", "Training terms",
                    "The method's own quantities per logged step (a GAN's two players; a VAE's reconstruction and KL "
                    "terms and its likelihood bound in bits per dimension).", img(pic, "training terms", ""))
+
+
+def over_training(z: dict, rows: int = 8) -> str | None:
+    """One row per validation (at most ``rows``, evenly spaced, the last always): the same starting
+    noise drawn by the model as it trained."""
+    keys = sorted(z, key=lambda k: float(k[1:]))
+    if not keys:
+        return None
+    pick = sorted({keys[round(i * (len(keys) - 1) / max(1, rows - 1))] for i in range(min(rows, len(keys)))},
+                  key=lambda k: float(k[1:]))
+    n = min(len(z[k]) for k in pick)
+    with rc_context(STYLE):
+        sheet = tile(np.concatenate([z[k][:n] for k in pick]), n)
+        fig = Figure(figsize=(0.5 * n + 1.0, 0.5 * len(pick) + 0.3))
+        ax = fig.add_subplot()
+        ax.imshow(sheet, cmap="gray" if sheet.ndim == 2 else None, vmin=0, vmax=255, interpolation="nearest")
+        s = z[pick[0]].shape[-1]
+        ax.set_xticks([])
+        ax.set_yticks([(i + 0.5) * s for i in range(len(pick))], [f"epoch {k[1:]}" for k in pick], fontsize=8)
+        fig.subplots_adjust(left=0.1, right=0.99, top=0.99, bottom=0.01)
+        return _png(fig)
+
+
+@GENERATION.section("progress", "Samples over training")
+def _progress(data: RunData) -> str:
+    pic = over_training(data.arrays.get(VAL_SAMPLES, {}))
+    if pic is None:
+        return ""
+    return section("progress", "Samples over training",
+                   "At every validation the model draws from the same starting noise (the evaluation's seed): each row is "
+                   "one epoch, the same 20 requests (two of each class for a conditional model).",
+                   f'<div class="center">{img(pic, "samples over training", "")}</div>')

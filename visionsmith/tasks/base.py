@@ -124,6 +124,10 @@ class Task:
         files the report draws from (e.g. the worst mistakes with their images)."""
         return {}
 
+    def val_artifacts(self, run_dir, epoch: float, m: dict) -> None:
+        """After each validation in the loop (rank 0): keep what the report draws over training from
+        the full metrics dict ``m`` (generation: a few samples per epoch); nothing by default."""
+
     def postprocess_settings(self) -> dict:
         """The run's settings that turn raw model outputs into predictions outside the loop (predict,
         serve, an export's metadata), e.g. detection's score threshold and NMS IoU; none by default."""

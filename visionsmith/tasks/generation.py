@@ -30,6 +30,7 @@ from ..errors import UserError
 from .base import Task, register_task
 
 FEATURE_RECIPE = "fd-classifier-fashion-mnist"
+PREVIEW = 20  # validation samples kept per epoch for the report
 
 
 def auto_feature_run() -> Path:
@@ -194,7 +195,23 @@ class GenerationTask(Task):
                                         for k in range(len(ds.classes))]
         if keep_outputs:
             m["outputs"] = fake
+        else:  # validation: the first samples (two of each class when conditional) for the report
+            m["preview"] = fake[:PREVIEW]
         return m
+
+    def val_artifacts(self, run_dir, epoch: float, m: dict) -> None:
+        """``val_samples.npz``: the validation preview of every epoch (key ``e<epoch>``), rewritten whole
+        (a resumed run replaces the epochs it repeats)."""
+        if "preview" not in m:
+            return
+        from ..outputs.base import write_atomic
+        path = Path(run_dir) / "val_samples.npz"
+        old = dict(np.load(path)) if path.is_file() else {}
+        old[f"e{epoch:g}"] = m["preview"].numpy()
+        import io
+        buf = io.BytesIO()
+        np.savez_compressed(buf, **old)
+        write_atomic(path, buf.getvalue())
 
     def eval_artifacts(self, run_dir, ds, outputs: Tensor, m: dict) -> dict:
         """For the official evaluation, ``eval_samples.npz``: the first 100 samples (with their requested
