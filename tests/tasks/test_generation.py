@@ -227,6 +227,10 @@ def test_diffusion_sampling_arguments_are_checked(tmp_path, feature_run):
         sample(run, guidance=3.0, out=tmp_path / "x")
     res = sample(run, n=4, steps=2, out=tmp_path / "ok")
     assert res.images.shape == (4, 1, 32, 32) and res.settings["steps"] == 2
+    from visionsmith.api import evaluate
+    ev = evaluate(run)  # an unconditional model has no requested-class score
+    assert ev["class_acc"] is None and "class_acc_real" not in ev and ev["fd"] > 0
+    assert json.loads((run / "run.json").read_text())["test"]["class_acc"] is None
     with pytest.raises(ConfigError, match="class dropout"):
         load_config(REPO / "recipes" / "diffusion-fashion-mnist.yaml", ["gen.class_dropout=0"])
 

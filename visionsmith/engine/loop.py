@@ -81,10 +81,10 @@ def _load_optimizers(opts: dict, state: dict) -> None:
             o.load_state_dict(state[ph])
 
 
-def _step(ddp, batch: dict, opts: dict, lr: float, ctx, scaler, grad_clip: float, step: int):
-    """One optimizer step of each phase in turn (one phase for most methods).  Returns the merged output
-    dicts of the phases and the last phase's loss (what the log calls ``loss``; a GAN's other phase
-    reports its own as ``loss_d``)."""
+def _step(ddp, batch: dict, opts: dict, clip: dict, lr: float, ctx, scaler, grad_clip: float, step: int):
+    """One optimizer step of each phase in turn (one phase for most methods).  ``clip[phase]``: the
+    parameters its gradient clipping covers.  Returns the merged output dicts of the phases and the last
+    phase's loss (what the log calls ``loss``; a GAN's other phase reports its own as ``loss_d``)."""
     merged: dict = {}
     for ph, opt in opts.items():
         for g in opt.param_groups:
@@ -94,15 +94,15 @@ def _step(ddp, batch: dict, opts: dict, lr: float, ctx, scaler, grad_clip: float
         loss = out["loss"]
         if not torch.isfinite(loss):
             raise FloatingPointError(f"loss{'' if ph is None else ' of phase ' + ph} is {loss.item()} at step {step}; "
-                                     "lower train.lr or set train.grad_clip")
+                                     f"lower train.lr (the rate at this step: {lr:.3g}) or set train.grad_clip")
         opt.zero_grad(set_to_none=True)
         if scaler is not None:
             scaler.scale(loss).backward()
             scaler.unscale_(opt)
         else:
             loss.backward()
-        if grad_clip:  # the parameters this optimizer steps (a distillation projector's too)
-            nn.utils.clip_grad_norm_([p for g in opt.param_groups for p in g["params"]], grad_clip)
+        if grad_clip:
+            nn.utils.clip_grad_norm_(clip[ph], grad_clip)
         if scaler is not None:
             scaler.step(opt)
         else:
@@ -157,6 +157,10 @@ def fit(cfg: Config, out: str | Path | None = None, resume: str | Path | None = 
     phases = getattr(method, "phases", None) or (None,)
     opts = {ph: build_optimizer(cfg, method) if ph is None else build_optimizer(cfg, method, **method.phase_optim(ph))
             for ph in phases}
+    # What each optimizer's clipping covers (a distillation projector's parameters too), in the method's
+    # parameter order: the global norm sums them in this order, so the order is part of the result.
+    stepped = {ph: {id(q) for g in o.param_groups for q in g["params"]} for ph, o in opts.items()}
+    clip = {ph: [p for p in method.parameters() if id(p) in ids] for ph, ids in stepped.items()}
     ema = ModelEMA(model, t.ema_decay) if t.ema else None
     amp_dtype = autocast_dtype(t.amp, device)
     scaler = torch.amp.GradScaler(device.type) if amp_dtype == torch.float16 else None
@@ -255,7 +259,7 @@ def fit(cfg: Config, out: str | Path | None = None, resume: str | Path | None = 
                 if device.type == "cuda":
                     torch.cuda.manual_seed(_seed_for(cfg.seed, 3, step, d.rank))
                 lr = lr_at(cfg, step, total_steps, steps_per_epoch)
-                out, loss = _step(ddp, batch, opts, lr, ctx, scaler, t.grad_clip, step)
+                out, loss = _step(ddp, batch, opts, clip, lr, ctx, scaler, t.grad_clip, step)
                 if ema is not None:
                     ema.update(model)
                 step += 1

@@ -137,6 +137,18 @@ def _ddpm_unet(in_chans=1, image_size=32, num_classes=0, gen=None, **kw):
 # ---------------------------------------------------------------------------------------------
 # VAE
 
+@torch.no_grad()
+def from_latent(model: nn.Module, decode: Callable, n: int, labels: Tensor | None,
+                generator: torch.Generator | None, noise: Tensor | None) -> Tensor:
+    """The VAE's and the GAN's sampler: z ~ N(0, I) ``[n, latent_dim]`` (from the CPU ``generator``, so a
+    seed gives the same images on any device; or the given ``noise``) through ``decode(z, labels)``."""
+    device = next(model.parameters()).device
+    z = (noise if noise is not None else torch.randn(n, model.latent_dim, generator=generator)).to(device)
+    if model.num_classes and labels is None:
+        raise ValueError(f"a class-conditional {model.kind.upper()} samples a class: pass labels")
+    return decode(z, labels.to(device) if labels is not None else None).float().clamp(-1, 1)
+
+
 class ConvVAE(nn.Module):
     """Encoder: [B,C,S,S] -> 3 stride-2 convs -> (mu, logvar) [B, D]; decoder: z [B, D] (plus a class
     embedding when conditional) -> [B, C, S, S], the mean of a Gaussian decoder in [-1, 1] (tanh).  ``forward(x, y) -> (recon, mu, logvar)``."""
@@ -206,15 +218,10 @@ class ConvVAE(nn.Module):
         return {"loss": (rec + beta * kl).mean() / d, "loss_rec": rec.mean().detach() / d,
                 "loss_kl": kl.mean().detach(), "bits_per_dim": bpd.detach()}
 
-    @torch.no_grad()
     def sample(self, n: int, labels: Tensor | None = None, generator: torch.Generator | None = None,
                noise: Tensor | None = None, **_) -> Tensor:
-        """``n`` images [n, C, S, S] in [-1, 1]: z ~ N(0, I) (from ``generator``, CPU) through the decoder."""
-        device = next(self.parameters()).device
-        z = (noise if noise is not None else torch.randn(n, self.latent_dim, generator=generator)).to(device)
-        if self.num_classes and labels is None:
-            raise ValueError("a class-conditional VAE samples a class: pass labels")
-        return self.decode(z, labels.to(device) if labels is not None else None).float().clamp(-1, 1)
+        """``n`` images [n, C, S, S] in [-1, 1]: z ~ N(0, I) through the decoder."""
+        return from_latent(self, self.decode, n, labels, generator, noise)
 
 
 @register_generator("conv_vae")
@@ -254,15 +261,10 @@ class DCGANGenerator(nn.Module):
             z = torch.cat([z, self.embed(y)], 1)
         return self.net(self.fc(z).view(-1, 4 * self._w, self.s0, self.s0))
 
-    @torch.no_grad()
     def sample(self, n: int, labels: Tensor | None = None, generator: torch.Generator | None = None,
                noise: Tensor | None = None, **_) -> Tensor:
-        """``n`` images [n, C, S, S] in [-1, 1] from z ~ N(0, I) (``generator``: CPU)."""
-        device = next(self.parameters()).device
-        z = (noise if noise is not None else torch.randn(n, self.latent_dim, generator=generator)).to(device)
-        if self.num_classes and labels is None:
-            raise ValueError("a class-conditional generator samples a class: pass labels")
-        return self(z, labels.to(device) if labels is not None else None).float().clamp(-1, 1)
+        """``n`` images [n, C, S, S] in [-1, 1]: z ~ N(0, I) through the generator."""
+        return from_latent(self, self.forward, n, labels, generator, noise)
 
 
 class ProjectionDiscriminator(nn.Module):

@@ -16,6 +16,8 @@ and every evaluation of a run sees the same starting points.
 """
 from __future__ import annotations
 
+import io
+import time
 from pathlib import Path
 
 import numpy as np
@@ -165,7 +167,7 @@ class GenerationTask(Task):
         g = self.cfg.gen
         n, steps = (g.eval_samples, g.steps) if keep_outputs else (g.val_samples, g.val_steps)
         labels = self.sample_labels(n, len(ds.classes))
-        import time
+        diffusion = getattr(model, "kind", "") == "diffusion"
         t0 = time.perf_counter()
         fake = self.draw(model, n, labels, steps, g.eval_seed, batch_size, progress=progress)
         sample_s = time.perf_counter() - t0
@@ -182,9 +184,9 @@ class GenerationTask(Task):
         m = {"fd": frechet_distance(mu_r, s_r, *feature_stats(fake_f)),
              "fd_floor": frechet_distance(mu_r, s_r, *feature_stats(floor_f)),
              "precision": precision, "recall": recall,
-             "n": n, "n_real": len(ds), "steps": steps if getattr(model, "kind", "") == "diffusion" else None,
-             "sampler": g.sampler if getattr(model, "kind", "") == "diffusion" else None,
-             "guidance": g.guidance if g.conditional and getattr(model, "kind", "") == "diffusion" else None,
+             "n": n, "n_real": len(ds), "steps": steps if diffusion else None,
+             "sampler": g.sampler if diffusion else None, "guidance": g.guidance if g.conditional and diffusion else None,
+             "class_acc": None,  # conditional models only (below)
              "sample_img_per_s": round(n / max(sample_s, 1e-9), 2),
              "feature_run": net.source, "classes": list(ds.classes)}
         if labels is not None:
@@ -208,7 +210,6 @@ class GenerationTask(Task):
         path = Path(run_dir) / "val_samples.npz"
         old = dict(np.load(path)) if path.is_file() else {}
         old[f"e{epoch:g}"] = m["preview"].numpy()
-        import io
         buf = io.BytesIO()
         np.savez_compressed(buf, **old)
         write_atomic(path, buf.getvalue())
