@@ -324,7 +324,12 @@ def cmd_datasets(a) -> int:
             ("enhancement", "photos", "27 real colour photographs (scikit-image, scikit-learn, Debian opencv-doc): 17 train "
              "(as patches), 2 val, 8 held-out test (astronaut, coffee, chelsea, china, flower, baboon, fruits, butterfly)"),
             ("enhancement", "images", "your clean images: data.root=ROOT with ROOT/{train,val,test}/* or one folder "
-             "split by data.val_fraction / data.test_fraction")]
+             "split by data.val_fraction / data.test_fraction"),
+            ("generation", "fashion_mnist", "Fashion-MNIST as above; the labels condition a class-conditional model, and "
+             "the scores use a Fashion-MNIST classifier (gen.feature_run=auto)"),
+            ("generation", "digits", "scikit-learn digits (set gen.feature_run to a classifier run on digits)"),
+            ("generation", "folder", "your images, as for classification (gen.feature_run: a classifier run on them)"),
+            ("generation", "csv", "your images from a CSV, as for classification (gen.feature_run as above)")]
     print(f"{'task':<15} {'data.name':<14} description")
     for task, name, desc in rows:
         print(f"{task:<15} {name:<14} {desc}")

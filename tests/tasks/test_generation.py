@@ -185,7 +185,7 @@ def test_sample_is_reproducible_and_writes_grid_and_images(vae_run, tmp_path, cl
     cli("sample", vae_run, "--n", "12", "--class", "7", "--seed", "3", "--out", tmp_path / "b")
     cli("sample", vae_run, "--n", "12", "--class", "7", "--seed", "4", "--out", tmp_path / "c")
     files = sorted(p.name for p in (tmp_path / "a").iterdir())
-    assert files == ["grid.png", "samples.json"] + [f"sample_{i:04d}.png" for i in range(12)]
+    assert files == sorted(["grid.png", "samples.json"] + [f"sample_{i:04d}.png" for i in range(12)])
     same = lambda x, y: (tmp_path / x / "grid.png").read_bytes() == (tmp_path / y / "grid.png").read_bytes()  # noqa: E731
     assert same("a", "b") and not same("a", "c")
     meta = json.loads((tmp_path / "a" / "samples.json").read_text())
