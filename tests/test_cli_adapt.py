@@ -3,10 +3,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 DIGITS = str(REPO / "recipes" / "digits.yaml")
 
 
+@pytest.mark.slow  # ~20 s; merging itself is tested in-process by tests/methods/test_peft.py in the default run
 def test_merge_from_the_command_line(cli, tmp_path):
     cli("train", DIGITS, "train.max_steps=4", "adapt.mode=lora", "model.name=resnet8", "model.in_chans=1",
         "--out", tmp_path / "lora")
