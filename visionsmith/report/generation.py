@@ -64,6 +64,7 @@ def sample_sheet(z: dict, classes: list[str]) -> str | None:
         ax = fig.add_subplot()
         ax.imshow(sheet, cmap="gray" if sheet.ndim == 2 else None, vmin=0, vmax=255, interpolation="nearest")
         ax.set_xticks([])
+        ax.grid(False)
         s = x.shape[-1]
         if labels is not None and len(labels) == len(x) and classes:
             ax.set_yticks([(i + 0.5) * s for i in range(-(-len(x) // cols))],
@@ -89,6 +90,7 @@ def neighbours(z: dict) -> str | None:
                 a = pic[0] if pic.shape[0] == 1 else pic.transpose(1, 2, 0)
                 ax.imshow(a, cmap="gray" if a.ndim == 2 else None, vmin=0, vmax=255, interpolation="nearest")
                 ax.set_xticks([])
+                ax.grid(False)
                 ax.set_yticks([])
                 if row == 1 and d is not None:
                     rms = float(d[i]) / np.sqrt(pic.size)
@@ -99,8 +101,8 @@ def neighbours(z: dict) -> str | None:
         return _png(fig)
 
 
-def per_class_bars(ev: dict) -> str | None:
-    acc, classes = ev.get("class_acc_per_class"), ev.get("classes") or []
+def per_class_bars(ev: dict, classes: list[str]) -> str | None:
+    acc = ev.get("class_acc_per_class")
     if not acc or len(acc) != len(classes):
         return None
     with rc_context(STYLE):
@@ -140,7 +142,8 @@ def _evaluation(data: RunData) -> str:
         how.append(f"{ev['sampler'].upper()} {ev.get('steps')} steps")
     if ev.get("guidance") is not None:
         how.append(f"guidance {ev['guidance']}")
-    bars = img(per_class_bars(ev), "per class", "") if ev.get("class_acc_per_class") else ""
+    classes = list(ev.get("classes") or data.run.get("classes") or [])
+    bars = img(per_class_bars(ev, classes), "per class", "") if ev.get("class_acc_per_class") else ""
     body = f'<div class="grid2"><div>{table}<p class="sub">{esc(", ".join(how))}; features: ' \
            f'<code>{esc(str(ev.get("feature_run", "")))}</code></p></div><div>{bars}</div></div>'
     return section("evaluation", "Test evaluation",
@@ -223,6 +226,7 @@ def over_training(z: dict, rows: int = 8) -> str | None:
         ax.imshow(sheet, cmap="gray" if sheet.ndim == 2 else None, vmin=0, vmax=255, interpolation="nearest")
         s = z[pick[0]].shape[-1]
         ax.set_xticks([])
+        ax.grid(False)
         ax.set_yticks([(i + 0.5) * s for i in range(len(pick))], [f"epoch {k[1:]}" for k in pick], fontsize=8)
         fig.subplots_adjust(left=0.1, right=0.99, top=0.99, bottom=0.01)
         return _png(fig)
