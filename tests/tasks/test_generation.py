@@ -178,6 +178,8 @@ def test_vae_run_learns_logs_bits_per_dim_and_writes_its_report(vae_run):
     previews = np.load(vae_run / "val_samples.npz")  # the same 20 requests drawn at every validation
     assert sorted(previews.files) == ["e1", "e2", "e3"] and previews["e3"].shape == (20, 1, 32, 32)
     assert not np.array_equal(previews["e1"], previews["e3"])
+    walks = np.load(vae_run / "eval_samples.npz")["walks"]  # 4 interpolation walks of 8 in the report
+    assert walks.shape == (32, 1, 32, 32) and "Interpolations" in html
 
 
 def test_sample_is_reproducible_and_writes_grid_and_images(vae_run, tmp_path, cli):

@@ -294,3 +294,36 @@ class ProjectionDiscriminator(nn.Module):
 @register_generator("dcgan")
 def _dcgan(in_chans=1, image_size=32, num_classes=0, gen=None, **kw):
     return DCGANGenerator(in_chans, image_size, num_classes, latent_dim=gen.latent_dim, **kw)
+
+
+# ---------------------------------------------------------------------------------------------
+# Interpolation (the `interpolate` command and the report)
+
+def slerp(a: Tensor, b: Tensor, t: Tensor) -> Tensor:
+    """Spherical interpolation of two Gaussian draws [D] at fractions ``t`` [n] -> [n, D]: the path keeps
+    the norm a Gaussian sample has (a straight line through the middle would shrink it)."""
+    an, bn = a / a.norm(), b / b.norm()
+    omega = torch.arccos((an * bn).sum().clamp(-1, 1))
+    if omega.abs() < 1e-6:
+        return torch.lerp(a[None], b[None], t[:, None])
+    so = torch.sin(omega)
+    return (torch.sin((1 - t) * omega) / so)[:, None] * a[None] + (torch.sin(t * omega) / so)[:, None] * b[None]
+
+
+@torch.no_grad()
+def walks(model: nn.Module, n: int, rows: int, classes: list[int] | None, steps: int, guidance: float,
+          seed: int) -> tuple[Tensor, list[int] | None]:
+    """``rows`` walks of ``n`` images (uint8 ``[rows * n, C, S, S]``), each between two random starting
+    points: the latent z of a VAE or GAN, the starting noise x_T of a diffusion model (deterministic DDIM,
+    so nearby noise gives nearby images).  ``classes``: the class of each row (conditional models)."""
+    gen = torch.Generator().manual_seed(seed)
+    shape = (model.in_chans, model.image_size, model.image_size) if model.kind == "diffusion" else (model.latent_dim,)
+    t = torch.linspace(0, 1, n)
+    strips = []
+    for r in range(rows):
+        a, b = torch.randn(shape, generator=gen).flatten(), torch.randn(shape, generator=gen).flatten()
+        y = torch.full((n,), classes[r], dtype=torch.long) if classes is not None else None
+        x = model.sample(n, y, steps=steps, sampler="ddim", guidance=guidance if y is not None else 1.0,
+                         noise=slerp(a, b, t).view(n, *shape))
+        strips.append(((x.float().cpu() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8))
+    return torch.cat(strips), classes

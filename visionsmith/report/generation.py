@@ -161,11 +161,16 @@ def _samples(data: RunData) -> str:
         return section("samples", "Samples", "", empty(f"<code>{SAMPLES}</code> is missing: the test evaluation "
                                                       "writes it (run <code>visionsmith eval RUN</code>)."))
     near = img(neighbours(z), "nearest training images", "")
+    w = z.get("walks")
+    walk = img(_walk_sheet(w), "interpolations", "") if w is not None and len(w) else ""
     return section("samples", "Samples",
                    "The first 100 images drawn for the test scores (from the evaluation's fixed noise), one row per "
                    "requested class for a conditional model. Below: samples over their nearest training image in "
                    "pixels; a sample that copies a training image would sit at RMS near 0.",
-                   f'<div class="center">{img(sheet, "samples", "")}</div><h3>Nearest training images</h3>{near}')
+                   f'<div class="center">{img(sheet, "samples", "")}</div><h3>Nearest training images</h3>{near}'
+                   + (f"<h3>Interpolations</h3><p class=sub>Four walks between two random starting points (a VAE's or "
+                      f"GAN's latent z, a diffusion model's starting noise with deterministic DDIM); row r asks for class r "
+                      f"when the model is conditional.</p>{walk}" if walk else ""))
 
 
 # the methods' own training scalars, by what they mean: (key, legend, colour, panel)
@@ -241,3 +246,17 @@ def _progress(data: RunData) -> str:
                    "At every validation the model draws from the same starting noise (the evaluation's seed): each row is "
                    "one epoch, the same 20 requests (two of each class for a conditional model).",
                    f'<div class="center">{img(pic, "samples over training", "")}</div>')
+
+
+def _walk_sheet(w: np.ndarray, cols: int = 8) -> str | None:
+    """The interpolation walks, one per row."""
+    with rc_context(STYLE):
+        sheet = tile(w, cols)
+        fig = Figure(figsize=(0.55 * cols + 0.2, 0.55 * (len(w) // cols) + 0.2))
+        ax = fig.add_subplot()
+        ax.imshow(sheet, cmap="gray" if sheet.ndim == 2 else None, vmin=0, vmax=255, interpolation="nearest")
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.grid(False)
+        fig.subplots_adjust(left=0.01, right=0.99, top=0.99, bottom=0.01)
+        return _png(fig)

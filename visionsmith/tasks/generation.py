@@ -109,6 +109,7 @@ class GenerationTask(Task):
     def __init__(self, cfg):
         super().__init__(cfg)
         self._features: FeatureNet | None = None
+        self._walks: Tensor | None = None  # uint8 [32, C, S, S]: the last official evaluation's interpolations
 
     # -- data and model -----------------------------------------------------------------------
     def build_datasets(self, seed: int) -> dict:
@@ -197,6 +198,9 @@ class GenerationTask(Task):
                                         for k in range(len(ds.classes))]
         if keep_outputs:
             m["outputs"] = fake
+            # the report's interpolations: 4 walks of 8 (eval_artifacts writes them; it is not given the model)
+            from ..models.generators import walks
+            self._walks = walks(model, 8, 4, list(range(4)) if g.conditional else None, steps, g.guidance, g.eval_seed)[0]
         else:  # validation: the first samples (two of each class when conditional) for the report
             m["preview"] = fake[:PREVIEW]
         return m
@@ -216,8 +220,8 @@ class GenerationTask(Task):
 
     def eval_artifacts(self, run_dir, ds, outputs: Tensor, m: dict) -> dict:
         """For the official evaluation, ``eval_samples.npz``: the first 100 samples (with their requested
-        classes) and, for 8 of them, their nearest training image in pixels (memorisation shows as a
-        near-copy)."""
+        classes), for 8 of them their nearest training image in pixels (memorisation shows as a
+        near-copy), and 4 interpolation walks of 8 images (``walks``)."""
         if run_dir is None or not len(outputs):
             return {}
         train = self.build_datasets(self.cfg.seed)["train"].images  # uint8 [N, C, h, w]
@@ -230,7 +234,8 @@ class GenerationTask(Task):
         labels = self.sample_labels(len(show), len(ds.classes))
         np.savez_compressed(run_dir / "eval_samples.npz", samples=show.numpy(),
                             labels=labels.numpy() if labels is not None else np.zeros(0, np.int64),
-                            neighbours=train[nn_idx].numpy(), neighbour_dist=(nn_dist / 255).numpy())
+                            neighbours=train[nn_idx].numpy(), neighbour_dist=(nn_dist / 255).numpy(),
+                            walks=self._walks.numpy() if self._walks is not None else np.zeros((0, 1, 1, 1), np.uint8))
         return {"nearest_train_rms": float((nn_dist / 255 / q[0].numel() ** 0.5).mean())}
 
     def summary(self, m: dict) -> str:

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from ..errors import UserError
+from ..models.generators import slerp, walks  # noqa: F401  (slerp: re-exported for callers of this module)
 
 
 @dataclass
@@ -111,17 +112,6 @@ def sample(run_dir, n: int = 64, klass: int | None = None, steps: int | None = N
     return SampleResult(out, images, lab, secs, settings)
 
 
-def slerp(a: torch.Tensor, b: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-    """Spherical interpolation of two Gaussian draws [D] at fractions ``t`` [n] -> [n, D]: the path keeps
-    the norm a Gaussian sample has (a straight line through the middle would shrink it)."""
-    an, bn = a / a.norm(), b / b.norm()
-    omega = torch.arccos((an * bn).sum().clamp(-1, 1))
-    if omega.abs() < 1e-6:
-        return torch.lerp(a[None], b[None], t[:, None])
-    so = torch.sin(omega)
-    return (torch.sin((1 - t) * omega) / so)[:, None] * a[None] + (torch.sin(t * omega) / so)[:, None] * b[None]
-
-
 @torch.no_grad()
 def interpolate(run_dir, n: int = 8, rows: int = 4, klass: int | None = None, steps: int | None = None,
                 seed: int = 0, out=None) -> SampleResult:
@@ -135,29 +125,15 @@ def interpolate(run_dir, n: int = 8, rows: int = 4, klass: int | None = None, st
         raise UserError(f"--n {n} --rows {rows}: an interpolation needs at least 2 images per row and 1 row")
     check_args(cfg, classes, n, klass, steps, None)
     g = cfg.gen
-    gen = torch.Generator().manual_seed(seed)
     diffusion = cfg.method == "diffusion"
-    shape = (model.in_chans, model.image_size, model.image_size) if diffusion else (model.latent_dim,)
-    t = torch.linspace(0, 1, n)
-    strips, labels = [], []
     t0 = time.perf_counter()
-    for r in range(rows):
-        a, b = torch.randn(shape, generator=gen).flatten(), torch.randn(shape, generator=gen).flatten()
-        noise = slerp(a, b, t).view(n, *shape)
-        y = None
-        if g.conditional:
-            k = klass if klass is not None else r % len(classes)
-            y = torch.full((n,), k, dtype=torch.long)
-            labels.append(k)
-        x = model.sample(n, y, steps=steps or g.steps, sampler="ddim", guidance=g.guidance if y is not None else 1.0,
-                         noise=noise)
-        strips.append(((x.float().cpu() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8))
+    images, labels = walks(model, n, rows, [klass if klass is not None else r % len(classes) for r in range(rows)]
+                           if g.conditional else None, steps or g.steps, g.guidance, seed)
     secs = time.perf_counter() - t0
-    images = torch.cat(strips)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     write_atomic(out / "interpolation.png", png_bytes(grid(images, cols=n)))
     settings = {"run": str(run_dir), "n": n, "rows": rows, "seed": seed, "model": cfg.model.name,
-                "space": "x_T (DDIM)" if diffusion else "latent z", "classes": [classes[k] for k in labels] or None}
+                "space": "x_T (DDIM)" if diffusion else "latent z", "classes": [classes[k] for k in labels] if labels else None}
     (out / "interpolation.json").write_text(json.dumps({**settings, "seconds": round(secs, 3)}, indent=1))
-    return SampleResult(out, images, labels or None, secs, settings)
+    return SampleResult(out, images, labels, secs, settings)
