@@ -11,6 +11,7 @@ from matplotlib import rc_context
 from matplotlib.figure import Figure
 
 from . import fmt
+from ..outputs.generation import contact_sheet
 from .plots import ACCENT, AMBER, INK, MUTED, ROSE, SLATE, STYLE, TEAL, _png, _series, smooth
 from .sections import Metric, TaskReport, empty, esc, img, no_eval, register_report, section
 
@@ -35,15 +36,22 @@ GENERATION = register_report(TaskReport(
 ))
 
 
-def tile(u8: np.ndarray, cols: int) -> np.ndarray:
-    """uint8 [n, C, S, S] -> [rows*S, cols*S] (grey) or [.., .., 3]: a contact sheet without gaps."""
-    n, c, s, _ = u8.shape
-    rows = -(-n // cols)
-    sheet = np.full((c, rows * s, cols * s), 255, np.uint8)
-    for i in range(n):
-        r, k = divmod(i, cols)
-        sheet[:, r * s:(r + 1) * s, k * s:(k + 1) * s] = u8[i]
-    return sheet[0] if c == 1 else sheet.transpose(1, 2, 0)
+def sheet_png(u8: np.ndarray, cols: int, row_labels: list[str] | None = None, cell: float = 0.55,
+              left: float = 0.01) -> str:
+    """uint8 [n, C, S, S] as one picture of ``cols`` columns without gaps (``contact_sheet``), each row
+    named by ``row_labels`` (or none)."""
+    sheet = contact_sheet(u8, cols)
+    sheet = sheet[0] if sheet.shape[0] == 1 else sheet.transpose(1, 2, 0)
+    rows, s = -(-len(u8) // cols), u8.shape[-1]
+    with rc_context(STYLE):
+        fig = Figure(figsize=(cell * cols + (1.6 if row_labels else 0.2), cell * rows + 0.3))
+        ax = fig.add_subplot()
+        ax.imshow(sheet, cmap="gray" if sheet.ndim == 2 else None, vmin=0, vmax=255, interpolation="nearest")
+        ax.set_xticks([])
+        ax.grid(False)
+        ax.set_yticks([(i + 0.5) * s for i in range(rows)] if row_labels else [], row_labels or [], fontsize=8)
+        fig.subplots_adjust(left=left, right=0.99, top=0.99, bottom=0.01)
+        return _png(fig)
 
 
 def sample_sheet(z: dict, classes: list[str]) -> str | None:
@@ -52,28 +60,13 @@ def sample_sheet(z: dict, classes: list[str]) -> str | None:
     if x is None or not len(x):
         return None
     labels = z.get("labels")
-    cols = 10
-    with rc_context(STYLE):
-        if labels is not None and len(labels) == len(x) and classes:
-            order = np.argsort(labels, kind="stable")  # class 0's samples first, then class 1's...
-            x, labels = x[order], labels[order]
-            per = np.bincount(labels, minlength=len(classes))
-            cols = int(per.max())
-        sheet = tile(x, cols)
-        fig = Figure(figsize=(0.62 * cols + 1.6, 0.62 * (-(-len(x) // cols)) + 0.3))
-        ax = fig.add_subplot()
-        ax.imshow(sheet, cmap="gray" if sheet.ndim == 2 else None, vmin=0, vmax=255, interpolation="nearest")
-        ax.set_xticks([])
-        ax.grid(False)
-        s = x.shape[-1]
-        if labels is not None and len(labels) == len(x) and classes:
-            ax.set_yticks([(i + 0.5) * s for i in range(-(-len(x) // cols))],
-                          [classes[int(labels[i * cols])] if i * cols < len(labels) else "" for i in
-                           range(-(-len(x) // cols))], fontsize=8)
-        else:
-            ax.set_yticks([])
-        fig.subplots_adjust(left=0.14, right=0.99, top=0.99, bottom=0.01)
-        return _png(fig)
+    if labels is None or len(labels) != len(x) or not classes:
+        return sheet_png(x, 10, cell=0.62)
+    order = np.argsort(labels, kind="stable")  # class 0's samples first, then class 1's...
+    x, labels = x[order], labels[order]
+    cols = int(np.bincount(labels, minlength=len(classes)).max())
+    names = [classes[int(labels[i])] for i in range(0, len(x), cols)]
+    return sheet_png(x, cols, names, cell=0.62, left=0.14)
 
 
 def neighbours(z: dict) -> str | None:
@@ -162,7 +155,7 @@ def _samples(data: RunData) -> str:
                                                       "writes it (run <code>visionsmith eval RUN</code>)."))
     near = img(neighbours(z), "nearest training images", "")
     w = z.get("walks")
-    walk = img(_walk_sheet(w), "interpolations", "") if w is not None and len(w) else ""
+    walk = img(sheet_png(w, 8), "interpolations", "") if w is not None and len(w) else ""
     return section("samples", "Samples",
                    "The first 100 images drawn for the test scores (from the evaluation's fixed noise), one row per "
                    "requested class for a conditional model. Below: samples over their nearest training image in "
@@ -224,17 +217,7 @@ def over_training(z: dict, rows: int = 8) -> str | None:
     pick = sorted({keys[round(i * (len(keys) - 1) / max(1, rows - 1))] for i in range(min(rows, len(keys)))},
                   key=lambda k: float(k[1:]))
     n = min(len(z[k]) for k in pick)
-    with rc_context(STYLE):
-        sheet = tile(np.concatenate([z[k][:n] for k in pick]), n)
-        fig = Figure(figsize=(0.5 * n + 1.0, 0.5 * len(pick) + 0.3))
-        ax = fig.add_subplot()
-        ax.imshow(sheet, cmap="gray" if sheet.ndim == 2 else None, vmin=0, vmax=255, interpolation="nearest")
-        s = z[pick[0]].shape[-1]
-        ax.set_xticks([])
-        ax.grid(False)
-        ax.set_yticks([(i + 0.5) * s for i in range(len(pick))], [f"epoch {k[1:]}" for k in pick], fontsize=8)
-        fig.subplots_adjust(left=0.1, right=0.99, top=0.99, bottom=0.01)
-        return _png(fig)
+    return sheet_png(np.concatenate([z[k][:n] for k in pick]), n, [f"epoch {k[1:]}" for k in pick], cell=0.5, left=0.1)
 
 
 @GENERATION.section("progress", "Samples over training")
@@ -247,16 +230,3 @@ def _progress(data: RunData) -> str:
                    "one epoch, the same 20 requests (two of each class for a conditional model).",
                    f'<div class="center">{img(pic, "samples over training", "")}</div>')
 
-
-def _walk_sheet(w: np.ndarray, cols: int = 8) -> str | None:
-    """The interpolation walks, one per row."""
-    with rc_context(STYLE):
-        sheet = tile(w, cols)
-        fig = Figure(figsize=(0.55 * cols + 0.2, 0.55 * (len(w) // cols) + 0.2))
-        ax = fig.add_subplot()
-        ax.imshow(sheet, cmap="gray" if sheet.ndim == 2 else None, vmin=0, vmax=255, interpolation="nearest")
-        ax.set_xticks([])
-        ax.set_yticks([])
-        ax.grid(False)
-        fig.subplots_adjust(left=0.01, right=0.99, top=0.99, bottom=0.01)
-        return _png(fig)

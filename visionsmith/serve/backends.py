@@ -184,9 +184,11 @@ class GeneratorBackend(TorchBackend):
     MAX_N = 64  # images per request: a diffusion request costs steps x n network calls
 
     def __init__(self, run_dir: str | Path, name: str):
-        from ..workflows.sample import load_generator
-        super().__init__(run_dir, name)
-        self.cfg, _, _, self.gen_task = load_generator(run_dir)
+        from ..config import load_config
+        from ..tasks import get_task
+        super().__init__(run_dir, name)  # the weights, loaded once
+        self.cfg = load_config(Path(run_dir) / "config.yaml")
+        self.gen_task = get_task(self.cfg)
         g = self.cfg.gen
         self.output.settings = {"conditional": g.conditional, "method": self.cfg.method,
                                 "steps": g.steps if self.cfg.method == "diffusion" else None,
@@ -204,9 +206,7 @@ class GeneratorBackend(TorchBackend):
             raise UserError(f"n={n}: at most {self.MAX_N} images per request")
         check_args(self.cfg, self.classes, n, klass, steps, guidance)
         g = self.cfg.gen
-        labels = None
-        if g.conditional:
-            labels = torch.full((n,), klass, dtype=torch.long) if klass is not None else torch.arange(n) % len(self.classes)
+        labels = self.gen_task.sample_labels(n, len(self.classes), klass)
         t0 = time.perf_counter()
         u8 = self.gen_task.draw(self.model, n, labels, steps or g.steps, seed, n,
                                 guidance=g.guidance if guidance is None else guidance)

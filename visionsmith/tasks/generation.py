@@ -110,6 +110,8 @@ class GenerationTask(Task):
         super().__init__(cfg)
         self._features: FeatureNet | None = None
         self._walks: Tensor | None = None  # uint8 [32, C, S, S]: the last official evaluation's interpolations
+        self._train_images: Tensor | None = None  # uint8 [N, C, h, w], read once (floor, nearest neighbours)
+        self._real: dict = {}  # (split name, size, n) -> the real images' side of the scores: same every epoch
 
     # -- data and model -----------------------------------------------------------------------
     def build_datasets(self, seed: int) -> dict:
@@ -131,9 +133,12 @@ class GenerationTask(Task):
                         "supervised loss")
 
     # -- sampling -----------------------------------------------------------------------------
-    def sample_labels(self, n: int, num_classes: int) -> Tensor | None:
-        """The classes the evaluation asks a conditional model for: 0, 1, ..., K-1, 0, ... (balanced)."""
-        return torch.arange(n) % num_classes if self.cfg.gen.conditional else None
+    def sample_labels(self, n: int, num_classes: int, klass: int | None = None) -> Tensor | None:
+        """The classes ``n`` draws ask a conditional model for (None for an unconditional one): ``klass``
+        for all, or 0, 1, ..., K-1, 0, ... (balanced: the evaluation, `sample` without --class, serve)."""
+        if not self.cfg.gen.conditional:
+            return None
+        return torch.full((n,), klass, dtype=torch.long) if klass is not None else torch.arange(n) % num_classes
 
     @torch.no_grad()
     def draw(self, model: nn.Module, n: int, labels: Tensor | None, steps: int, seed: int, batch_size: int,
@@ -154,6 +159,11 @@ class GenerationTask(Task):
         return torch.cat(out)
 
     # -- evaluation ---------------------------------------------------------------------------
+    def train_images(self) -> Tensor:
+        if self._train_images is None:
+            self._train_images = self.build_datasets(self.cfg.seed)["train"].images
+        return self._train_images
+
     def features(self, device: torch.device) -> FeatureNet:
         if self._features is None:
             self._features = FeatureNet(ensure_feature_run(self.cfg.gen.feature_run, self.cfg.data.name), device)
@@ -173,17 +183,18 @@ class GenerationTask(Task):
         fake = self.draw(model, n, labels, steps, g.eval_seed, batch_size, progress=progress)
         sample_s = time.perf_counter() - t0
         net = self.features(device)
-        real_f, real_pred = net(transform(ds.images, None))
+        key = (ds.name, len(ds), n)
+        if key not in self._real:  # the real side: features, statistics, and the floor (as many training images
+            real_f, real_pred = net(transform(ds.images, None))  # as samples, against the same split)
+            train = self.train_images()
+            pick = torch.randperm(len(train), generator=torch.Generator().manual_seed(g.eval_seed))[:n]
+            mu_r, s_r = feature_stats(real_f)
+            self._real[key] = (mu_r, s_r, real_pred, frechet_distance(mu_r, s_r, *feature_stats(net(transform(train[pick], None))[0])),
+                               real_f[torch.randperm(len(real_f), generator=torch.Generator().manual_seed(1))[:n].numpy()])
+        mu_r, s_r, real_pred, floor, sub = self._real[key]
         fake_f, fake_pred = net(fake.float() / 255)
-        # The floor: as many training images as samples, against the same real split.
-        train = self.build_datasets(self.cfg.seed)["train"]
-        pick = torch.randperm(len(train), generator=torch.Generator().manual_seed(g.eval_seed))[:n]
-        floor_f, _ = net(transform(train.images[pick], None))
-        mu_r, s_r = feature_stats(real_f)
-        sub = real_f[torch.randperm(len(real_f), generator=torch.Generator().manual_seed(1))[:n].numpy()]
         precision, recall = precision_recall(sub, fake_f)
-        m = {"fd": frechet_distance(mu_r, s_r, *feature_stats(fake_f)),
-             "fd_floor": frechet_distance(mu_r, s_r, *feature_stats(floor_f)),
+        m = {"fd": frechet_distance(mu_r, s_r, *feature_stats(fake_f)), "fd_floor": floor,
              "precision": precision, "recall": recall,
              "n": n, "n_real": len(ds), "steps": steps if diffusion else None,
              "sampler": g.sampler if diffusion else None, "guidance": g.guidance if g.conditional and diffusion else None,
@@ -224,7 +235,7 @@ class GenerationTask(Task):
         near-copy), and 4 interpolation walks of 8 images (``walks``)."""
         if run_dir is None or not len(outputs):
             return {}
-        train = self.build_datasets(self.cfg.seed)["train"].images  # uint8 [N, C, h, w]
+        train = self.train_images()
         show = outputs[:100]
         q = show[:8].float()
         if train.shape[-1] != q.shape[-1]:

@@ -8,16 +8,15 @@ Every bad argument is a one-line ``UserError`` before anything is drawn.
 from __future__ import annotations
 
 import json
-import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from ..errors import UserError
 from ..models.generators import slerp, walks  # noqa: F401  (slerp: re-exported for callers of this module)
+from ..outputs.generation import contact_sheet
 
 
 @dataclass
@@ -27,18 +26,6 @@ class SampleResult:
     labels: list[int] | None
     seconds: float
     settings: dict
-
-
-def grid(u8: torch.Tensor, cols: int | None = None, pad: int = 2) -> np.ndarray:
-    """uint8 [n, C, S, S] -> one uint8 [C, H, W] image of ``cols`` columns (default ceil(sqrt(n)))."""
-    n, c, s, _ = u8.shape
-    cols = cols or math.ceil(math.sqrt(n))
-    rows = math.ceil(n / cols)
-    out = np.full((c, rows * (s + pad) + pad, cols * (s + pad) + pad), 255, np.uint8)
-    for i in range(n):
-        r, k = divmod(i, cols)
-        out[:, pad + r * (s + pad): pad + r * (s + pad) + s, pad + k * (s + pad): pad + k * (s + pad) + s] = u8[i].numpy()
-    return out
 
 
 def load_generator(run_dir):
@@ -85,14 +72,9 @@ def sample(run_dir, n: int = 64, klass: int | None = None, steps: int | None = N
     g = cfg.gen
     if sampler == "ddpm" and steps is not None:
         raise UserError("--steps applies to DDIM; DDPM always takes the training schedule's steps")
-    # A conditional model without --class: a balanced spread over the classes.
-    labels = None
-    if g.conditional:
-        labels = torch.full((n,), klass, dtype=torch.long) if klass is not None else torch.arange(n) % len(classes)
+    labels = task.sample_labels(n, len(classes), klass)
     steps = steps or g.steps
-    guidance = g.guidance if guidance is None else guidance
-    if klass is None and labels is not None:
-        guidance = g.guidance  # the run's own setting for the class spread
+    guidance = g.guidance if guidance is None else guidance  # check_args: a weight of its own needs --class
     t0 = time.perf_counter()
     images = task.draw(model, n, labels, steps, seed, batch_size, sampler=sampler, guidance=guidance,
                        progress="sampling")
@@ -103,7 +85,7 @@ def sample(run_dir, n: int = 64, klass: int | None = None, steps: int | None = N
                         guidance=guidance if g.conditional else None)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    write_atomic(out / "grid.png", png_bytes(grid(images)))
+    write_atomic(out / "grid.png", png_bytes(contact_sheet(images, pad=2)))
     for i in range(n):
         write_atomic(out / f"sample_{i:04d}.png", png_bytes(images[i].numpy()))
     lab = labels.tolist() if labels is not None else None
@@ -132,7 +114,7 @@ def interpolate(run_dir, n: int = 8, rows: int = 4, klass: int | None = None, st
     secs = time.perf_counter() - t0
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    write_atomic(out / "interpolation.png", png_bytes(grid(images, cols=n)))
+    write_atomic(out / "interpolation.png", png_bytes(contact_sheet(images, cols=n, pad=2)))
     settings = {"run": str(run_dir), "n": n, "rows": rows, "seed": seed, "model": cfg.model.name,
                 "space": "x_T (DDIM)" if diffusion else "latent z", "classes": [classes[k] for k in labels] if labels else None}
     (out / "interpolation.json").write_text(json.dumps({**settings, "seconds": round(secs, 3)}, indent=1))
