@@ -50,7 +50,7 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   # dependency can resolve a different (CUDA) torch.
   "$VENV/bin/pip" install -q "$TORCH" 2>&1 | grep -v "^WARNING: Location" || true
   "$VENV/bin/pip" install -q -e ".[dev]" "$TORCH" 2>&1 | grep -v "^WARNING: Location" || true
-  "$VENV/bin/python" -c "import torch, visionsmith, transformers, safetensors, diffusers"
+  "$VENV/bin/python" -c "import torch, visionsmith, transformers, safetensors, diffusers, constriction"
   echo "$want" > "$stamp"
 fi
 

@@ -164,6 +164,36 @@ def cmd_enhance(a) -> int:
     return 0 if res.images else 1
 
 
+def cmd_compress(a) -> int:
+    from .workflows.codec import compress
+    r = compress(a.run, a.image, a.output)
+    note = f"  ({'; '.join(r.notes)})" if r.notes else ""
+    print(f"{a.image}: {r.width}x{r.height} -> {r.path}: {r.bytes} bytes, {r.bpp:.3f} bpp, PSNR {r.psnr:.2f} dB "
+          f"(encoded in {r.seconds:.2f} s){note}")
+    return 0
+
+
+def cmd_decompress(a) -> int:
+    from .workflows.codec import decompress
+    w, h, seconds = decompress(a.run, a.file, a.output)
+    print(f"{a.file} -> {a.output}: {w}x{h} (decoded in {seconds:.2f} s)")
+    return 0
+
+
+def cmd_rd(a) -> int:
+    from .workflows.rd import RATE_RANGE, rd
+    res = rd(a.runs, a.out)
+    for name, pts in res.curves.items():
+        print(f"{name}: " + "  ".join(f"{p['bpp']:.3f} bpp / {p['psnr']:.2f} dB" for p in pts))
+    lo, hi = RATE_RANGE
+    for name, by_codec in res.bd.items():
+        for codec, v in by_codec.items():
+            show = lambda x: "n/a (curves do not overlap there)" if x is None else f"{x:+.1f}%"  # noqa: E731
+            print(f"BD-rate of {name} vs {codec} over {lo}-{hi} bpp: PSNR {show(v['psnr'])}, MS-SSIM {show(v['ms_ssim'])}")
+    print(f"wrote {res.out / 'rd.png'} and {res.out / 'rd.json'}")
+    return 0
+
+
 def cmd_sample(a) -> int:
     from . import api
     res = api.sample(a.run, n=a.n, klass=a.klass, steps=a.steps, guidance=a.guidance, seed=a.seed, out=a.out,
@@ -325,6 +355,9 @@ def cmd_datasets(a) -> int:
              "(as patches), 2 val, 8 held-out test (astronaut, coffee, chelsea, china, flower, baboon, fruits, butterfly)"),
             ("enhancement", "images", "your clean images: data.root=ROOT with ROOT/{train,val,test}/* or one folder "
              "split by data.val_fraction / data.test_fraction"),
+            ("compression", "photos", "the enhancement photographs: crops of the 17 train ones, scored as real files on "
+             "the 8 held-out ones"),
+            ("compression", "images", "your images, split as for enhancement"),
             ("generation", "fashion_mnist", "Fashion-MNIST as above; the labels condition a class-conditional model, and "
              "the scores use a Fashion-MNIST classifier (gen.feature_run=auto)"),
             ("generation", "digits", "scikit-learn digits (set gen.feature_run to a classifier run on digits)"),
@@ -477,6 +510,27 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--out", metavar="DIR", required=True, help="folder for the restored PNG files")
     sp.add_argument("--tile", type=int, default=None, metavar="N",
                     help="tile side in input pixels (default: the run's enhance.tile; 0: whole images)")
+
+    sp = add("compress", cmd_compress, "code an image file with a learned-compression run into a small file "
+             "(header: format version, the model's hash, the image size); prints its bits per pixel and the PSNR "
+             "`decompress` will give", "visionsmith compress runs/hp-013 photo.png -o photo.vsic")
+    sp.add_argument("run", help="a run folder of task compression")
+    sp.add_argument("image", help="an image file (PNG, JPEG, ...; grey, 16-bit and alpha images are converted, "
+                    "with a note)")
+    sp.add_argument("-o", "--output", required=True, metavar="FILE", help="the compressed file to write")
+
+    sp = add("decompress", cmd_decompress, "decode a file written by `visionsmith compress` with the same run "
+             "into a PNG (bit for bit the image compress reported on); a damaged file, or one from another model, "
+             "is refused with the reason", "visionsmith decompress runs/hp-013 photo.vsic -o photo.png")
+    sp.add_argument("run", help="the run folder that compressed the file")
+    sp.add_argument("file", help="a file written by `visionsmith compress`")
+    sp.add_argument("-o", "--output", required=True, metavar="IMAGE", help="the PNG to write")
+
+    sp = add("rd", cmd_rd, "rate-distortion curves of learned-compression runs (one point per run, one curve "
+             "per model) against JPEG, WebP, AVIF and JPEG 2000 on the same test photographs, with BD-rates; "
+             "writes DIR/rd.png and DIR/rd.json", "visionsmith rd runs/hp-* runs/fp-* --out rd/")
+    sp.add_argument("runs", nargs="+", help="run folders of task compression, each with its test evaluation")
+    sp.add_argument("--out", metavar="DIR", required=True, help="folder for rd.png and rd.json")
 
     sp = add("sample", cmd_sample, "draw images from a generation run (diffusion, VAE): DIR/grid.png, one PNG "
              "per image and samples.json; the same --seed gives the same images",

@@ -248,6 +248,16 @@ class EnhanceConfig:
 
 
 @dataclass
+class CodecConfig:
+    """Learned image compression (tasks/compression.py); ``task: compression``, ``method: rate_distortion``.
+    The loss is ``lmbda * 255^2 * MSE + bits per pixel`` (CompressAI's convention): a larger lmbda
+    buys quality with bits; one run is one point of the rate-distortion curve."""
+    lmbda: float = 0.013  # the rate-distortion trade-off (CompressAI's MSE models: 0.0018 ... 0.0483)
+    baselines: list[str] = field(default_factory=lambda: ["jpeg", "webp", "avif", "jpeg2000"])  # classical codecs
+    # the test evaluation runs on the same photographs (Pillow); [] skips them
+
+
+@dataclass
 class GenConfig:
     """Image generation (tasks/generation.py); ``task: generation`` with ``method: diffusion``, ``vae`` or ``gan``.
     Samples are scored in the feature space of a Fashion-MNIST classifier (``feature_run``)."""
@@ -279,8 +289,9 @@ class Config:
     name: str = "run"
     seed: int = 0
     task: str = "classification"  # a registered task (tasks/<task>.py): classification, segmentation, detection,
-    # enhancement, generation
-    method: Literal["supervised", "distill", "simclr", "mim", "adversarial", "diffusion", "vae", "gan"] = "supervised"
+    # enhancement, generation, compression
+    method: Literal["supervised", "distill", "simclr", "mim", "adversarial", "diffusion", "vae", "gan",
+                    "rate_distortion"] = "supervised"
     device: str = "auto"  # auto: cuda when available, else cpu
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -294,6 +305,7 @@ class Config:
     det: DetConfig = field(default_factory=DetConfig)
     enhance: EnhanceConfig = field(default_factory=EnhanceConfig)
     gen: GenConfig = field(default_factory=GenConfig)
+    codec: CodecConfig = field(default_factory=CodecConfig)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -504,6 +516,9 @@ def validate(cfg: Config) -> None:
          "choose where the run folder goes with --out"),
         (cfg.train.batch_size >= 1, "train.batch_size must be >= 1"),
         (cfg.train.lr > 0, "train.lr must be > 0"),
+        (cfg.codec.lmbda > 0, "codec.lmbda must be > 0 (the weight of the distortion; larger: better quality, more bits)"),
+        (set(cfg.codec.baselines) <= {"jpeg", "webp", "avif", "jpeg2000"},
+         f"codec.baselines={cfg.codec.baselines}: the classical codecs are jpeg, webp, avif, jpeg2000"),
         (0 <= cfg.data.val_fraction < 1, "data.val_fraction must be in [0, 1)"),
         (0 <= cfg.data.test_fraction < 1, "data.test_fraction must be in [0, 1)"),
         (cfg.data.image_size >= 8, "data.image_size must be >= 8"),

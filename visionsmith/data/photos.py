@@ -156,3 +156,21 @@ def load_photos(cfg, in_chans: int, bank_size: int, stride: int, seed: int = 0) 
     return {"train": PhotoDataset(bank, f"{cfg.name}/train", where, skipped),
             "val": PhotoDataset(crops, f"{cfg.name}/val", crop_names),
             "test": PhotoDataset(list(test), f"{cfg.name}/test", list(test_names))}
+
+
+def training_crops(u8: torch.Tensor, side: int, train: bool, generator: torch.Generator | None) -> torch.Tensor:
+    """uint8 patches [B, C, P, P] -> [B, C, side, side]: in training a random crop of each, a random
+    flip and quarter turn (the 8 symmetries of the square), all drawn from ``generator`` (exact
+    resume); otherwise the centre crop."""
+    p = u8.shape[-1]
+    if not train:
+        o = (p - side) // 2
+        return u8[:, :, o:o + side, o:o + side]
+    r = torch.randint(0, 1 << 30, (len(u8), 4), generator=generator)
+    crops = []
+    for i in range(len(u8)):
+        y, x = int(r[i, 0]) % (p - side + 1), int(r[i, 1]) % (p - side + 1)
+        c = u8[i, :, y:y + side, x:x + side]
+        c = c.flip(-1) if r[i, 2] % 2 else c
+        crops.append(torch.rot90(c, int(r[i, 3]) % 4, (-2, -1)))
+    return torch.stack(crops)

@@ -45,7 +45,8 @@ def register_method(name: str, *, labels: bool = True, trains_head: bool = True,
 
 
 def _import_methods() -> None:
-    from . import adversarial, distill, generative, ssl_contrastive, ssl_masked, supervised  # noqa: F401  (they register)
+    from . import (adversarial, distill, generative, rate_distortion, ssl_contrastive, ssl_masked,  # noqa: F401
+                   supervised)  # (they register)
 
 
 def method_spec(name: str) -> MethodSpec:

@@ -55,11 +55,10 @@ def _gauss(sigma: float = 1.5, radius: int = 5) -> torch.Tensor:
     return g / g.sum()
 
 
-def ssim(pred: torch.Tensor, ref: torch.Tensor, shave: int = 0, data_range: float = 255.0) -> float:
-    """Mean SSIM of ``pred`` against ``ref`` ([C, H, W] on 0..``data_range``), averaged over channels."""
-    x = _shave(pred.double(), shave).unsqueeze(1)  # [C, 1, H, W]: channels scored separately
-    y = _shave(ref.double(), shave).unsqueeze(1)
-    g = _gauss()
+def ssim_maps(x: torch.Tensor, y: torch.Tensor, data_range: float = 255.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """float [N, 1, H, W] each -> (the SSIM map, its contrast-structure part), both [N, 1, H-10, W-10]:
+    Gaussian window (sigma 1.5, 11 taps), valid pixels only."""
+    g = _gauss().to(x.dtype)
     if min(x.shape[-2:]) < len(g):
         raise ValueError(f"SSIM needs an image of at least {len(g)} x {len(g)} pixels, got {tuple(x.shape[-2:])}")
 
@@ -69,7 +68,15 @@ def ssim(pred: torch.Tensor, ref: torch.Tensor, shave: int = 0, data_range: floa
     c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
     mx, my = blur(x), blur(y)
     vx, vy, cxy = blur(x * x) - mx * mx, blur(y * y) - my * my, blur(x * y) - mx * my
-    s = ((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx * mx + my * my + c1) * (vx + vy + c2))
+    cs = (2 * cxy + c2) / (vx + vy + c2)
+    return (2 * mx * my + c1) / (mx * mx + my * my + c1) * cs, cs
+
+
+def ssim(pred: torch.Tensor, ref: torch.Tensor, shave: int = 0, data_range: float = 255.0) -> float:
+    """Mean SSIM of ``pred`` against ``ref`` ([C, H, W] on 0..``data_range``), averaged over channels."""
+    x = _shave(pred.double(), shave).unsqueeze(1)  # [C, 1, H, W]: channels scored separately
+    y = _shave(ref.double(), shave).unsqueeze(1)
+    s, _ = ssim_maps(x, y, data_range)
     return s.mean(dim=(1, 2, 3)).mean().item()
 
 

@@ -80,22 +80,9 @@ class EnhancementTask(Task):
     def make_batch(self, ds, idx: Tensor, transform, generator: torch.Generator | None) -> dict:
         """Training: a random ``image_size`` crop of each patch, a random flip and quarter turn (the
         8 symmetries of the square), then the degradation, all drawn from ``generator``."""
-        s = self.cfg.data.image_size
-        u8 = ds.images[idx]  # uint8 [B, C, P, P]
-        p = u8.shape[-1]
+        from ..data.photos import training_crops
         train = bool(getattr(transform, "train", False))
-        if train:
-            r = torch.randint(0, 1 << 30, (len(idx), 4), generator=generator)
-            crops = []
-            for i in range(len(idx)):
-                y, x = int(r[i, 0]) % (p - s + 1), int(r[i, 1]) % (p - s + 1)
-                c = u8[i, :, y:y + s, x:x + s]
-                c = c.flip(-1) if r[i, 2] % 2 else c
-                crops.append(torch.rot90(c, int(r[i, 3]) % 4, (-2, -1)))
-            u8 = torch.stack(crops)
-        else:
-            o = (p - s) // 2
-            u8 = u8[:, :, o:o + s, o:o + s]
+        u8 = training_crops(ds.images[idx], self.cfg.data.image_size, train, generator)
         clean = u8.float() / 255
         return {"image": self.degrade(clean, generator, train), "target": clean}
 
@@ -207,7 +194,7 @@ class EnhancementTask(Task):
             crops = {"input": [], "output": [], "clean": [], "baseline": []}
             for i, ((x, clean), y) in enumerate(zip(pairs, outputs)):
                 up = x if self.scale == 1 else F.interpolate(x, scale_factor=self.scale, mode="nearest")
-                box = _centre_box(clean.shape[-2:], 128)
+                box = centre_box(clean.shape[-2:], 128)
                 for key, t in (("input", up[0]), ("output", y), ("clean", clean[0]),
                                ("baseline", results[best]["outputs"][i][0] if best else clean[0])):
                     crops[key].append(to_u8(t[:, box[0]:box[1], box[2]:box[3]]).numpy())
@@ -240,7 +227,7 @@ class EnhancementTask(Task):
             f"{r['image']:<{width}}  {r['psnr']:6.2f}  {r['ssim']:.4f}  {r['psnr_y']:6.2f}" for r in rows]
 
 
-def _centre_box(hw, side: int) -> tuple[int, int, int, int]:
+def centre_box(hw, side: int) -> tuple[int, int, int, int]:
     h, w = int(hw[0]), int(hw[1])
     sh, sw = min(side, h), min(side, w)
     y, x = (h - sh) // 2, (w - sw) // 2

@@ -1,0 +1,298 @@
+"""Learned image codecs (``task: compression``): an analysis transform, a quantised latent with a
+learned entropy model, a synthesis transform.
+
+    net = create_codec("hyperprior", N=64, M=96)
+    out = net(x)     # x: [B, 3, H, W] in [0, 1], H and W multiples of net.stride
+                     # -> {"x_hat": [B, 3, H, W], "likelihoods": {"y": [B, M, H/16, W/16], "z": ...}}
+    streams = net.compress(x)          # real bitstreams (ops/entropy.py): {"y": bytes, "z": bytes}
+    x_hat = net.decompress(streams, latent_hw)
+
+The layers follow the published designs that CompressAI implements (its package needs torchvision,
+which does not import with CPU torch here, and it downloads its weights, so it cannot be used):
+- ``factorized``: Balle, Laparra, Simoncelli, "End-to-end optimized image compression" (ICLR 2017)
+  with the non-parametric factorized density of Balle et al. 2018 (appendix 6.1): four 5x5
+  stride-2 convolutions with GDN, mirrored with inverse GDN.
+- ``hyperprior``: Balle, Minnen, Singh, Hwang, Johnston, "Variational image compression with a
+  scale hyperprior" (ICLR 2018): a second latent ``z`` (factorized density) carries the scale of a
+  zero-mean Gaussian for each element of ``y``.
+
+Training relaxes rounding the usual way: the entropy model sees ``y + U(-1/2, 1/2)``; the decoder
+sees ``round(y)`` with a straight-through gradient (Minnen & Singh 2020: the decoder trains on the
+values it will get at test time).  At evaluation both see ``round(y)``.
+
+Bit-exact coding: the coder only ever sees integer frequency tables (``ops/entropy.py``) built from
+float64 evaluations of the entropy models, and the hyper-synthesis that picks each element's table
+runs in float64, so the encoder and a decoder in another process pick the same table for every
+symbol (a float32 difference at a table boundary would desynchronise the stream).
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..errors import UnknownNameError
+
+_CODECS: dict[str, Callable[..., nn.Module]] = {}
+LIKELIHOOD_FLOOR = 1e-9  # the smallest likelihood (about 30 bits): keeps -log2 finite
+TAIL = 1e-6  # coding tables cover all but this probability mass; values beyond are clamped to the ends
+
+
+def register_codec(fn):
+    _CODECS[fn.__name__] = fn
+    return fn
+
+
+def codec_names() -> list[str]:
+    return sorted(_CODECS)
+
+
+def create_codec(name: str, in_chans: int = 3, **kwargs) -> nn.Module:
+    if name not in _CODECS:
+        raise UnknownNameError(f"model.name={name!r} is not a learned codec; task compression builds "
+                               f"{', '.join(codec_names())}")
+    return _CODECS[name](in_chans=in_chans, **kwargs)
+
+
+class GDN(nn.Module):
+    """Generalised divisive normalisation (Balle, Laparra, Simoncelli 2016), [B, C, H, W] -> same:
+    ``y_i = x_i / sqrt(beta_i + sum_j gamma_ij x_j^2)``; the inverse multiplies instead.
+    beta and gamma stay positive through a softplus (CompressAI bounds a squared parameter instead;
+    softplus needs no custom gradient).  Computed in float32 even under autocast: the square and the
+    square root lose too much in bfloat16."""
+
+    def __init__(self, channels: int, inverse: bool = False):
+        super().__init__()
+        self.inverse = inverse
+        inv_softplus = lambda v: math.log(math.expm1(v))  # noqa: E731
+        self.beta = nn.Parameter(torch.full((channels,), inv_softplus(1.0)))
+        gamma = torch.full((channels, channels), -10.0)  # softplus(-10) = 4.5e-5: off-diagonal ~0 at start
+        gamma.fill_diagonal_(inv_softplus(0.1))
+        self.gamma = nn.Parameter(gamma)
+
+    def forward(self, x: Tensor) -> Tensor:
+        with torch.autocast(x.device.type, enabled=False):
+            x = x.float()
+            gamma = F.softplus(self.gamma)[:, :, None, None]
+            norm = torch.sqrt(F.conv2d(x * x, gamma, F.softplus(self.beta)))
+            return x * norm if self.inverse else x / norm
+
+
+def _conv(cin: int, cout: int, k: int = 5, stride: int = 2) -> nn.Conv2d:
+    return nn.Conv2d(cin, cout, k, stride, k // 2)
+
+
+def _deconv(cin: int, cout: int, k: int = 5, stride: int = 2) -> nn.ConvTranspose2d:
+    return nn.ConvTranspose2d(cin, cout, k, stride, k // 2, output_padding=stride - 1)
+
+
+class FactorizedDensity(nn.Module):
+    """A learned univariate density per channel (Balle et al. 2018, appendix 6.1): the cumulative is
+    ``sigmoid(f_K(...f_1(v)))`` with ``f_k(v) = h_k(H_k v + b_k)``, ``h_k(u) = u + tanh(a_k) * tanh(u)``
+    and positive ``H_k`` (softplus), so it is monotone.  ``filters`` are the hidden widths."""
+
+    def __init__(self, channels: int, filters: tuple[int, ...] = (3, 3, 3), init_scale: float = 10.0):
+        super().__init__()
+        self.channels = channels
+        widths = (1, *filters, 1)
+        scale = init_scale ** (1 / (len(widths) - 1))
+        self.matrices, self.biases, self.factors = nn.ParameterList(), nn.ParameterList(), nn.ParameterList()
+        for i in range(len(widths) - 1):
+            init = math.log(math.expm1(1 / scale / widths[i + 1]))
+            self.matrices.append(nn.Parameter(torch.full((channels, widths[i + 1], widths[i]), init)))
+            self.biases.append(nn.Parameter(torch.rand(channels, widths[i + 1], 1) - 0.5))
+            if i < len(widths) - 2:
+                self.factors.append(nn.Parameter(torch.zeros(channels, widths[i + 1], 1)))
+
+    def logits(self, v: Tensor) -> Tensor:
+        """v: [C, 1, N] -> the cumulative's logits at those points, [C, 1, N] (in v's dtype)."""
+        for i, (m, b) in enumerate(zip(self.matrices, self.biases)):
+            v = torch.matmul(F.softplus(m.to(v.dtype)), v) + b.to(v.dtype)
+            if i < len(self.factors):
+                v = v + torch.tanh(self.factors[i].to(v.dtype)) * torch.tanh(v)
+        return v
+
+    def forward(self, y: Tensor) -> Tensor:
+        """y: [B, C, H, W] -> the probability of the unit interval around each value, same shape."""
+        with torch.autocast(y.device.type, enabled=False):
+            b, c, h, w = y.shape
+            v = y.float().transpose(0, 1).reshape(c, 1, -1)
+            lower, upper = self.logits(v - 0.5), self.logits(v + 0.5)
+            # evaluate on the side of the sigmoid where it is not saturated (CompressAI does the same)
+            sign = -torch.sign(lower + upper).detach()
+            p = (torch.sigmoid(sign * upper) - torch.sigmoid(sign * lower)).abs()
+            return p.reshape(c, b, h, w).transpose(0, 1).clamp_min(LIKELIHOOD_FLOOR)
+
+    @torch.no_grad()
+    def tables(self, grid: int = 512) -> tuple[Tensor, Tensor]:
+        """Per channel, the probabilities of the integers that carry all but ``TAIL`` of its mass:
+        (pmf float64 [C, L] zero-padded, lo int64 [C]: the integer of column 0); L <= 2 * grid + 1."""
+        v = torch.arange(-grid, grid + 2, dtype=torch.float64) - 0.5  # the edges of every integer's bin
+        cdf = torch.sigmoid(self.logits(v.expand(self.channels, 1, -1).contiguous()))[:, 0]  # [C, 2g+2]
+        keep_lo = (cdf[:, 1:] > TAIL / 2).double().argmax(1)  # first integer whose upper edge passes the tail
+        keep_hi = (2 * grid) - (cdf[:, :-1].flip(1) < 1 - TAIL / 2).double().argmax(1)
+        width = int((keep_hi - keep_lo).max()) + 1
+        pmf = torch.zeros(self.channels, width, dtype=torch.float64)
+        for c in range(self.channels):
+            lo, hi = int(keep_lo[c]), int(keep_hi[c])
+            edges = cdf[c, lo:hi + 2].clone()
+            edges[0], edges[-1] = 0.0, 1.0  # fold the tails into the end bins
+            pmf[c, :hi - lo + 1] = edges[1:] - edges[:-1]
+        return pmf, keep_lo - grid
+
+
+class GaussianConditional(nn.Module):
+    """Zero-mean Gaussians of given scales, integrated over unit bins: ``p(y | sigma)``.  For coding,
+    scales snap up to the nearest of ``SCALES`` (64 log-spaced, as CompressAI's default table)."""
+
+    SCALES = torch.exp(torch.linspace(math.log(0.11), math.log(256.0), 64, dtype=torch.float64))
+    MIN_SCALE = 0.11
+
+    def forward(self, y: Tensor, scales: Tensor) -> Tensor:
+        with torch.autocast(y.device.type, enabled=False):
+            s = scales.float().clamp_min(self.MIN_SCALE)
+            v = y.float().abs()
+            normal = lambda t: 0.5 * torch.erfc(-t / math.sqrt(2))  # noqa: E731  (accurate in the tails)
+            p = normal((0.5 - v) / s) - normal((-0.5 - v) / s)
+            return p.clamp_min(LIKELIHOOD_FLOOR)
+
+    @classmethod
+    def index(cls, scales: Tensor) -> Tensor:
+        """scales (float64) -> the index of the smallest table scale >= each (int64, same shape)."""
+        return torch.searchsorted(cls.SCALES, scales.double().clamp_min(cls.MIN_SCALE).contiguous()).clamp_max(
+            len(cls.SCALES) - 1)
+
+    @classmethod
+    def tables(cls) -> tuple[Tensor, Tensor]:
+        """(pmf float64 [64, L] zero-padded, lo int64 [64]) of each table scale over the integers that
+        carry all but ``TAIL`` of its mass."""
+        z = math.sqrt(2) * torch.special.erfinv(torch.tensor(1 - TAIL, dtype=torch.float64))  # two-sided
+        reach = torch.ceil(cls.SCALES * z).long()
+        pmf = torch.zeros(len(cls.SCALES), int(2 * reach.max()) + 1, dtype=torch.float64)
+        for k, (s, r) in enumerate(zip(cls.SCALES, reach.tolist())):
+            edges = 0.5 * torch.erfc(-(torch.arange(-r, r + 2, dtype=torch.float64) - 0.5) / s / math.sqrt(2))
+            edges[0], edges[-1] = 0.0, 1.0
+            pmf[k, :2 * r + 1] = edges[1:] - edges[:-1]
+        return pmf, -reach
+
+
+def _relax(y: Tensor, training: bool) -> tuple[Tensor, Tensor]:
+    """(what the entropy model scores, what the decoder gets): noisy and straight-through rounded in
+    training, both ``round(y)`` at evaluation."""
+    if not training:
+        r = torch.round(y)
+        return r, r
+    return y + torch.empty_like(y).uniform_(-0.5, 0.5), y + (torch.round(y) - y).detach()
+
+
+class _Codec(nn.Module):
+    """Shared parts: the transforms ``g_a`` (analysis) and ``g_s`` (synthesis), pixels centred on 0.5."""
+
+    stride: int  # H and W must be multiples of this (the latent of the latent is this much smaller)
+
+    def __init__(self, in_chans: int, N: int, M: int):
+        super().__init__()
+        self.in_chans, self.N, self.M = in_chans, N, M
+        self.g_a = nn.Sequential(_conv(in_chans, N), GDN(N), _conv(N, N), GDN(N), _conv(N, N), GDN(N), _conv(N, M))
+        self.g_s = nn.Sequential(_deconv(M, N), GDN(N, True), _deconv(N, N), GDN(N, True), _deconv(N, N),
+                                 GDN(N, True), _deconv(N, in_chans))
+
+    def synthesize(self, y_hat: Tensor) -> Tensor:
+        """[B, M, h, w] integers -> pixels [B, C, 16h, 16w] (unclamped)."""
+        return self.g_s(y_hat) + 0.5
+
+
+@register_codec
+def factorized(in_chans: int = 3, N: int = 128, M: int = 192) -> nn.Module:
+    """Factorized prior (Balle et al. 2017/2018): every latent channel has one learned density."""
+    return FactorizedPrior(in_chans, N, M)
+
+
+@register_codec
+def hyperprior(in_chans: int = 3, N: int = 128, M: int = 192) -> nn.Module:
+    """Scale hyperprior (Balle et al. 2018): a side latent z tells each latent element its scale."""
+    return ScaleHyperprior(in_chans, N, M)
+
+
+class FactorizedPrior(_Codec):
+    stride = 16
+    latents = ("y",)
+
+    def __init__(self, in_chans: int, N: int, M: int):
+        super().__init__(in_chans, N, M)
+        self.density = FactorizedDensity(M)
+
+    def forward(self, x: Tensor) -> dict:
+        y = self.g_a(x - 0.5)
+        scored, y_hat = _relax(y, self.training)
+        return {"x_hat": self.synthesize(y_hat), "likelihoods": {"y": self.density(scored)}}
+
+    @torch.no_grad()
+    def compress(self, x: Tensor) -> dict:
+        """x: [1, C, H, W] (multiples of ``stride``) -> {"y": bytes, "y_hat": the coded integers [1, M, h, w]}."""
+        from ..ops.entropy import encode
+        y_hat = torch.round(self.g_a(x - 0.5).double())
+        pmf, lo = self.density.tables()
+        groups = torch.arange(self.M).view(1, -1, 1, 1).expand_as(y_hat)  # table = channel
+        data, y_hat = encode(y_hat, groups, pmf, lo)
+        return {"y": data, "y_hat": y_hat}
+
+    @torch.no_grad()
+    def decompress(self, streams: dict, hw: tuple[int, int]) -> Tensor:
+        """{"y": bytes} and the latent's (h, w) -> pixels [1, C, 16h, 16w]."""
+        from ..ops.entropy import decode
+        pmf, lo = self.density.tables()
+        groups = torch.arange(self.M).view(1, -1, 1, 1).expand(1, self.M, *hw)
+        return self.synthesize(decode(streams["y"], groups, pmf, lo).float())
+
+
+class ScaleHyperprior(_Codec):
+    stride = 64
+    latents = ("y", "z")
+
+    def __init__(self, in_chans: int, N: int, M: int):
+        super().__init__(in_chans, N, M)
+        self.h_a = nn.Sequential(_conv(M, N, 3, 1), nn.ReLU(), _conv(N, N), nn.ReLU(), _conv(N, N))
+        self.h_s = nn.Sequential(_deconv(N, N), nn.ReLU(), _deconv(N, N), nn.ReLU(), _conv(N, M, 3, 1), nn.ReLU())
+        self.density = FactorizedDensity(N)
+        self.gaussian = GaussianConditional()
+
+    def forward(self, x: Tensor) -> dict:
+        y = self.g_a(x - 0.5)
+        z = self.h_a(y.abs())
+        z_scored, z_hat = _relax(z, self.training)
+        y_scored, y_hat = _relax(y, self.training)
+        scales = self.h_s(z_hat)
+        return {"x_hat": self.synthesize(y_hat),
+                "likelihoods": {"y": self.gaussian(y_scored, scales), "z": self.density(z_scored)}}
+
+    def _scale_index(self, z_hat: Tensor) -> Tensor:
+        """The table of every y element from the decoded z, with the hyper-synthesis in float64 (see
+        the module docstring); the module itself is left as it is."""
+        params = {k: v.double() for k, v in self.h_s.state_dict().items()}
+        return GaussianConditional.index(torch.func.functional_call(self.h_s, params, (z_hat.double(),)))
+
+    @torch.no_grad()
+    def compress(self, x: Tensor) -> dict:
+        from ..ops.entropy import encode
+        y = self.g_a(x - 0.5)
+        z_hat = torch.round(self.h_a(y.abs()).double())
+        pmf_z, lo_z = self.density.tables()
+        z_data, z_hat = encode(z_hat, torch.arange(self.N).view(1, -1, 1, 1).expand_as(z_hat), pmf_z, lo_z)
+        pmf_y, lo_y = GaussianConditional.tables()
+        y_data, y_hat = encode(torch.round(y.double()), self._scale_index(z_hat), pmf_y, lo_y)
+        return {"z": z_data, "y": y_data, "y_hat": y_hat}
+
+    @torch.no_grad()
+    def decompress(self, streams: dict, hw: tuple[int, int]) -> Tensor:
+        """{"y", "z": bytes} and y's (h, w) -> pixels [1, C, 16h, 16w]."""
+        from ..ops.entropy import decode
+        zh, zw = hw[0] // 4, hw[1] // 4
+        pmf_z, lo_z = self.density.tables()
+        z_hat = decode(streams["z"], torch.arange(self.N).view(1, -1, 1, 1).expand(1, self.N, zh, zw), pmf_z, lo_z)
+        pmf_y, lo_y = GaussianConditional.tables()
+        y_hat = decode(streams["y"], self._scale_index(z_hat), pmf_y, lo_y)
+        return self.synthesize(y_hat.float())
