@@ -166,10 +166,10 @@ def cmd_enhance(a) -> int:
 
 def cmd_compress(a) -> int:
     from .workflows.codec import compress
-    r = compress(a.run, a.image, a.output)
+    r = compress(a.run, a.image, a.output, a.level)
     note = f"  ({'; '.join(r.notes)})" if r.notes else ""
     print(f"{a.image}: {r.width}x{r.height} -> {r.path}: {r.bytes} bytes, {r.bpp:.3f} bpp, PSNR {r.psnr:.2f} dB "
-          f"(encoded in {r.seconds:.2f} s){note}")
+          f"at level {r.level} (lmbda {r.lmbda:g}; encoded in {r.seconds:.2f} s){note}")
     return 0
 
 
@@ -513,22 +513,24 @@ def build_parser() -> argparse.ArgumentParser:
 
     sp = add("compress", cmd_compress, "code an image file with a learned-compression run into a small file "
              "(header: format version, the model's hash, the image size); prints its bits per pixel and the PSNR "
-             "`decompress` will give", "visionsmith compress runs/hp-013 photo.png -o photo.vsic")
+             "`decompress` will give", "visionsmith compress runs/hyperprior photo.png -o photo.vsic --level 1")
     sp.add_argument("run", help="a run folder of task compression")
     sp.add_argument("image", help="an image file (PNG, JPEG, ...; grey, 16-bit and alpha images are converted, "
                     "with a note)")
     sp.add_argument("-o", "--output", required=True, metavar="FILE", help="the compressed file to write")
+    sp.add_argument("--level", type=int, default=None, metavar="K",
+                    help="rate level of a variable-rate run: 0 is the fewest bits (default: the highest quality)")
 
     sp = add("decompress", cmd_decompress, "decode a file written by `visionsmith compress` with the same run "
              "into a PNG (bit for bit the image compress reported on); a damaged file, or one from another model, "
-             "is refused with the reason", "visionsmith decompress runs/hp-013 photo.vsic -o photo.png")
+             "is refused with the reason", "visionsmith decompress runs/hyperprior photo.vsic -o photo.png")
     sp.add_argument("run", help="the run folder that compressed the file")
     sp.add_argument("file", help="a file written by `visionsmith compress`")
     sp.add_argument("-o", "--output", required=True, metavar="IMAGE", help="the PNG to write")
 
-    sp = add("rd", cmd_rd, "rate-distortion curves of learned-compression runs (one point per run, one curve "
-             "per model) against JPEG, WebP, AVIF and JPEG 2000 on the same test photographs, with BD-rates; "
-             "writes DIR/rd.png and DIR/rd.json", "visionsmith rd runs/hp-* runs/fp-* --out rd/")
+    sp = add("rd", cmd_rd, "rate-distortion curves of learned-compression runs (one curve per run, a point per "
+             "rate level) against JPEG, WebP, AVIF and JPEG 2000 on the same test photographs, with BD-rates; "
+             "writes DIR/rd.png and DIR/rd.json", "visionsmith rd runs/hyperprior runs/factorized --out rd/")
     sp.add_argument("runs", nargs="+", help="run folders of task compression, each with its test evaluation")
     sp.add_argument("--out", metavar="DIR", required=True, help="folder for rd.png and rd.json")
 

@@ -251,8 +251,11 @@ class EnhanceConfig:
 class CodecConfig:
     """Learned image compression (tasks/compression.py); ``task: compression``, ``method: rate_distortion``.
     The loss is ``lmbda * 255^2 * MSE + bits per pixel`` (CompressAI's convention): a larger lmbda
-    buys quality with bits; one run is one point of the rate-distortion curve."""
-    lmbda: float = 0.013  # the rate-distortion trade-off (CompressAI's MSE models: 0.0018 ... 0.0483)
+    buys quality with bits.  Several lmbdas train one variable-rate model (a learned gain per rate on
+    the latent, Cui et al. CVPR 2021): each training image draws one of them, and the run is a whole
+    rate-distortion curve, one point per lmbda (``visionsmith compress --level K`` picks the rate)."""
+    lmbdas: list[float] = field(default_factory=lambda: [0.013])  # ascending: level 0 is the fewest bits
+    # (CompressAI's MSE models use 0.0018 ... 0.0483)
     baselines: list[str] = field(default_factory=lambda: ["jpeg", "webp", "avif", "jpeg2000"])  # classical codecs
     # the test evaluation runs on the same photographs (Pillow); [] skips them
 
@@ -516,7 +519,11 @@ def validate(cfg: Config) -> None:
          "choose where the run folder goes with --out"),
         (cfg.train.batch_size >= 1, "train.batch_size must be >= 1"),
         (cfg.train.lr > 0, "train.lr must be > 0"),
-        (cfg.codec.lmbda > 0, "codec.lmbda must be > 0 (the weight of the distortion; larger: better quality, more bits)"),
+        (len(cfg.codec.lmbdas) >= 1 and all(v > 0 for v in cfg.codec.lmbdas), "codec.lmbdas must be one or more numbers "
+         "> 0 (the weight of the distortion; larger: better quality, more bits)"),
+        (list(cfg.codec.lmbdas) == sorted(set(cfg.codec.lmbdas)), f"codec.lmbdas={cfg.codec.lmbdas} must be ascending "
+         "and distinct (level 0 is the lowest rate)"),
+        (len(cfg.codec.lmbdas) <= 255, "codec.lmbdas: at most 255 rates"),
         (set(cfg.codec.baselines) <= {"jpeg", "webp", "avif", "jpeg2000"},
          f"codec.baselines={cfg.codec.baselines}: the classical codecs are jpeg, webp, avif, jpeg2000"),
         (0 <= cfg.data.val_fraction < 1, "data.val_fraction must be in [0, 1)"),

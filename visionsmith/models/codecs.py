@@ -1,11 +1,11 @@
 """Learned image codecs (``task: compression``): an analysis transform, a quantised latent with a
 learned entropy model, a synthesis transform.
 
-    net = create_codec("hyperprior", N=64, M=96)
-    out = net(x)     # x: [B, 3, H, W] in [0, 1], H and W multiples of net.stride
-                     # -> {"x_hat": [B, 3, H, W], "likelihoods": {"y": [B, M, H/16, W/16], "z": ...}}
-    streams = net.compress(x)          # real bitstreams (ops/entropy.py): {"y": bytes, "z": bytes}
-    x_hat = net.decompress(streams, latent_hw)
+    net = create_codec("hyperprior", N=64, M=96, lmbdas=[0.004, 0.013, 0.05])   # three rates, one model
+    out = net(x, level)   # x: [B, 3, H, W] in [0, 1], H and W multiples of net.stride; level int64 [B]
+                          # -> {"x_hat": [B, 3, H, W], "likelihoods": {"y": [B, M, H/16, W/16], "z": ...}}
+    streams = net.compress(x, level=1)        # real bitstreams (ops/entropy.py): {"y": bytes, "z": bytes}
+    x_hat = net.decompress(streams, latent_hw, level=1)
 
 The layers follow the published designs that CompressAI implements (its package needs torchvision,
 which does not import with CPU torch here, and it downloads its weights, so it cannot be used):
@@ -92,46 +92,55 @@ def _deconv(cin: int, cout: int, k: int = 5, stride: int = 2) -> nn.ConvTranspos
 class FactorizedDensity(nn.Module):
     """A learned univariate density per channel (Balle et al. 2018, appendix 6.1): the cumulative is
     ``sigmoid(f_K(...f_1(v)))`` with ``f_k(v) = h_k(H_k v + b_k)``, ``h_k(u) = u + tanh(a_k) * tanh(u)``
-    and positive ``H_k`` (softplus), so it is monotone.  ``filters`` are the hidden widths."""
+    and positive ``H_k`` (softplus), so it is monotone.  ``filters`` are the hidden widths.  A
+    variable-rate codec has one set of densities per rate ``level`` (its latents differ in scale)."""
 
-    def __init__(self, channels: int, filters: tuple[int, ...] = (3, 3, 3), init_scale: float = 10.0):
+    def __init__(self, channels: int, levels: int = 1, filters: tuple[int, ...] = (3, 3, 3), init_scale: float = 10.0):
         super().__init__()
-        self.channels = channels
+        self.channels, self.levels = channels, levels
+        rows = channels * levels  # parameter row of (level l, channel c): l * channels + c
         widths = (1, *filters, 1)
         scale = init_scale ** (1 / (len(widths) - 1))
         self.matrices, self.biases, self.factors = nn.ParameterList(), nn.ParameterList(), nn.ParameterList()
         for i in range(len(widths) - 1):
             init = math.log(math.expm1(1 / scale / widths[i + 1]))
-            self.matrices.append(nn.Parameter(torch.full((channels, widths[i + 1], widths[i]), init)))
-            self.biases.append(nn.Parameter(torch.rand(channels, widths[i + 1], 1) - 0.5))
+            self.matrices.append(nn.Parameter(torch.full((rows, widths[i + 1], widths[i]), init)))
+            self.biases.append(nn.Parameter(torch.rand(rows, widths[i + 1], 1) - 0.5))
             if i < len(widths) - 2:
-                self.factors.append(nn.Parameter(torch.zeros(channels, widths[i + 1], 1)))
+                self.factors.append(nn.Parameter(torch.zeros(rows, widths[i + 1], 1)))
 
-    def logits(self, v: Tensor) -> Tensor:
-        """v: [C, 1, N] -> the cumulative's logits at those points, [C, 1, N] (in v's dtype)."""
+    def _rows(self, level: Tensor, device) -> Tensor:
+        """level int64 [B] -> the parameter rows of every (image, channel), [B * channels]."""
+        return (level.to(device).view(-1, 1) * self.channels + torch.arange(self.channels, device=device)).flatten()
+
+    def logits(self, v: Tensor, rows: Tensor) -> Tensor:
+        """v: [R, 1, N] -> the cumulative's logits at those points, [R, 1, N] (in v's dtype), row r with
+        the parameters of density ``rows[r]``."""
         for i, (m, b) in enumerate(zip(self.matrices, self.biases)):
-            v = torch.matmul(F.softplus(m.to(v.dtype)), v) + b.to(v.dtype)
+            v = torch.matmul(F.softplus(m[rows].to(v.dtype)), v) + b[rows].to(v.dtype)
             if i < len(self.factors):
-                v = v + torch.tanh(self.factors[i].to(v.dtype)) * torch.tanh(v)
+                v = v + torch.tanh(self.factors[i][rows].to(v.dtype)) * torch.tanh(v)
         return v
 
-    def forward(self, y: Tensor) -> Tensor:
-        """y: [B, C, H, W] -> the probability of the unit interval around each value, same shape."""
+    def forward(self, y: Tensor, level: Tensor) -> Tensor:
+        """y: [B, C, H, W], level int64 [B] -> the probability of the unit interval around each value."""
         with torch.autocast(y.device.type, enabled=False):
             b, c, h, w = y.shape
-            v = y.float().transpose(0, 1).reshape(c, 1, -1)
-            lower, upper = self.logits(v - 0.5), self.logits(v + 0.5)
+            v = y.float().reshape(b * c, 1, h * w)
+            rows = self._rows(level, y.device)
+            lower, upper = self.logits(v - 0.5, rows), self.logits(v + 0.5, rows)
             # evaluate on the side of the sigmoid where it is not saturated (CompressAI does the same)
             sign = -torch.sign(lower + upper).detach()
             p = (torch.sigmoid(sign * upper) - torch.sigmoid(sign * lower)).abs()
-            return p.reshape(c, b, h, w).transpose(0, 1).clamp_min(LIKELIHOOD_FLOOR)
+            return p.reshape(b, c, h, w).clamp_min(LIKELIHOOD_FLOOR)
 
     @torch.no_grad()
-    def tables(self, grid: int = 512) -> tuple[Tensor, Tensor]:
-        """Per channel, the probabilities of the integers that carry all but ``TAIL`` of its mass:
-        (pmf float64 [C, L] zero-padded, lo int64 [C]: the integer of column 0); L <= 2 * grid + 1."""
+    def tables(self, level: int = 0, grid: int = 512) -> tuple[Tensor, Tensor]:
+        """Per channel at ``level``, the probabilities of the integers that carry all but ``TAIL`` of its
+        mass: (pmf float64 [C, L] zero-padded, lo int64 [C]: the integer of column 0); L <= 2 * grid + 1."""
         v = torch.arange(-grid, grid + 2, dtype=torch.float64) - 0.5  # the edges of every integer's bin
-        cdf = torch.sigmoid(self.logits(v.expand(self.channels, 1, -1).contiguous()))[:, 0]  # [C, 2g+2]
+        rows = self._rows(torch.tensor([level]), v.device)
+        cdf = torch.sigmoid(self.logits(v.expand(self.channels, 1, -1).contiguous(), rows))[:, 0]  # [C, 2g+2]
         keep_lo = (cdf[:, 1:] > TAIL / 2).double().argmax(1)  # first integer whose upper edge passes the tail
         keep_hi = (2 * grid) - (cdf[:, :-1].flip(1) < 1 - TAIL / 2).double().argmax(1)
         width = int((keep_hi - keep_lo).max()) + 1
@@ -189,85 +198,115 @@ def _relax(y: Tensor, training: bool) -> tuple[Tensor, Tensor]:
 
 
 class _Codec(nn.Module):
-    """Shared parts: the transforms ``g_a`` (analysis) and ``g_s`` (synthesis), pixels centred on 0.5."""
+    """Shared parts: the transforms ``g_a`` (analysis) and ``g_s`` (synthesis), pixels centred on 0.5,
+    and the rate levels: level ``l`` multiplies the latent by a learned positive gain per channel before
+    rounding and by a learned inverse gain after (Cui et al., "Asymmetric gained deep image compression
+    with continuous rate adaptation", CVPR 2021): a larger gain, a finer quantiser, more bits.  The
+    gains start at ``sqrt(lmbda_l / geometric mean)`` (the step size that is rate-distortion optimal
+    for MSE scales as ``1 / sqrt(lmbda)``)."""
 
     stride: int  # H and W must be multiples of this (the latent of the latent is this much smaller)
+    latents: tuple[str, ...]
 
-    def __init__(self, in_chans: int, N: int, M: int):
+    def __init__(self, in_chans: int, N: int, M: int, lmbdas):
         super().__init__()
         self.in_chans, self.N, self.M = in_chans, N, M
+        self.lmbdas = [float(v) for v in lmbdas]
+        self.levels = len(self.lmbdas)
         self.g_a = nn.Sequential(_conv(in_chans, N), GDN(N), _conv(N, N), GDN(N), _conv(N, N), GDN(N), _conv(N, M))
         self.g_s = nn.Sequential(_deconv(M, N), GDN(N, True), _deconv(N, N), GDN(N, True), _deconv(N, N),
                                  GDN(N, True), _deconv(N, in_chans))
+        lam = torch.tensor(self.lmbdas, dtype=torch.float64)
+        start = (0.5 * (lam.log() - lam.log().mean())).float()[:, None].repeat(1, M)  # [levels, M]
+        self.log_gain = nn.Parameter(start.clone())
+        self.log_inv_gain = nn.Parameter(-start)
 
-    def synthesize(self, y_hat: Tensor) -> Tensor:
-        """[B, M, h, w] integers -> pixels [B, C, 16h, 16w] (unclamped)."""
-        return self.g_s(y_hat) + 0.5
+    def gains(self, level: Tensor) -> tuple[Tensor, Tensor]:
+        """level int64 [B] -> (gain, inverse gain), each [B, M, 1, 1]."""
+        level = level.to(self.log_gain.device)
+        return self.log_gain[level].exp()[:, :, None, None], self.log_inv_gain[level].exp()[:, :, None, None]
+
+    def analyze(self, x: Tensor, level: Tensor) -> Tensor:
+        """pixels [B, C, H, W] -> the gained latent y [B, M, H/16, W/16] (rounded, it is what is coded)."""
+        return self.g_a(x - 0.5) * self.gains(level)[0]
+
+    def synthesize(self, y_hat: Tensor, level: Tensor) -> Tensor:
+        """[B, M, h, w] coded integers -> pixels [B, C, 16h, 16w] (unclamped)."""
+        return self.g_s(y_hat * self.gains(level)[1]) + 0.5
+
+    @staticmethod
+    def _level(x: Tensor, level) -> Tensor:
+        if level is None:
+            level = 0
+        if isinstance(level, int):
+            level = torch.full((x.shape[0],), level, dtype=torch.long)
+        return level.to(x.device)
 
 
 @register_codec
-def factorized(in_chans: int = 3, N: int = 128, M: int = 192) -> nn.Module:
+def factorized(in_chans: int = 3, N: int = 128, M: int = 192, lmbdas=(0.013,)) -> nn.Module:
     """Factorized prior (Balle et al. 2017/2018): every latent channel has one learned density."""
-    return FactorizedPrior(in_chans, N, M)
+    return FactorizedPrior(in_chans, N, M, lmbdas)
 
 
 @register_codec
-def hyperprior(in_chans: int = 3, N: int = 128, M: int = 192) -> nn.Module:
+def hyperprior(in_chans: int = 3, N: int = 128, M: int = 192, lmbdas=(0.013,)) -> nn.Module:
     """Scale hyperprior (Balle et al. 2018): a side latent z tells each latent element its scale."""
-    return ScaleHyperprior(in_chans, N, M)
+    return ScaleHyperprior(in_chans, N, M, lmbdas)
 
 
 class FactorizedPrior(_Codec):
     stride = 16
     latents = ("y",)
 
-    def __init__(self, in_chans: int, N: int, M: int):
-        super().__init__(in_chans, N, M)
-        self.density = FactorizedDensity(M)
+    def __init__(self, in_chans: int, N: int, M: int, lmbdas):
+        super().__init__(in_chans, N, M, lmbdas)
+        self.density = FactorizedDensity(M, self.levels)
 
-    def forward(self, x: Tensor) -> dict:
-        y = self.g_a(x - 0.5)
-        scored, y_hat = _relax(y, self.training)
-        return {"x_hat": self.synthesize(y_hat), "likelihoods": {"y": self.density(scored)}}
+    def forward(self, x: Tensor, level: Tensor | int | None = None) -> dict:
+        """x [B, C, H, W], level int64 [B] (or one int for all; None: 0) -> x_hat and the likelihoods."""
+        level = self._level(x, level)
+        scored, y_hat = _relax(self.analyze(x, level), self.training)
+        return {"x_hat": self.synthesize(y_hat, level), "likelihoods": {"y": self.density(scored, level)}}
 
     @torch.no_grad()
-    def compress(self, x: Tensor) -> dict:
+    def compress(self, x: Tensor, level: int = 0) -> dict:
         """x: [1, C, H, W] (multiples of ``stride``) -> {"y": bytes, "y_hat": the coded integers [1, M, h, w]}."""
         from ..ops.entropy import encode
-        y_hat = torch.round(self.g_a(x - 0.5).double())
-        pmf, lo = self.density.tables()
+        y_hat = torch.round(self.analyze(x, self._level(x, level)).double())
+        pmf, lo = self.density.tables(level)
         groups = torch.arange(self.M).view(1, -1, 1, 1).expand_as(y_hat)  # table = channel
         data, y_hat = encode(y_hat, groups, pmf, lo)
         return {"y": data, "y_hat": y_hat}
 
     @torch.no_grad()
-    def decompress(self, streams: dict, hw: tuple[int, int]) -> Tensor:
-        """{"y": bytes} and the latent's (h, w) -> pixels [1, C, 16h, 16w]."""
+    def decompress(self, streams: dict, hw: tuple[int, int], level: int = 0) -> Tensor:
+        """{"y": bytes}, the latent's (h, w) and the level -> pixels [1, C, 16h, 16w]."""
         from ..ops.entropy import decode
-        pmf, lo = self.density.tables()
+        pmf, lo = self.density.tables(level)
         groups = torch.arange(self.M).view(1, -1, 1, 1).expand(1, self.M, *hw)
-        return self.synthesize(decode(streams["y"], groups, pmf, lo).float())
+        y_hat = decode(streams["y"], groups, pmf, lo).float()
+        return self.synthesize(y_hat, self._level(y_hat, level))
 
 
 class ScaleHyperprior(_Codec):
     stride = 64
     latents = ("y", "z")
 
-    def __init__(self, in_chans: int, N: int, M: int):
-        super().__init__(in_chans, N, M)
+    def __init__(self, in_chans: int, N: int, M: int, lmbdas):
+        super().__init__(in_chans, N, M, lmbdas)
         self.h_a = nn.Sequential(_conv(M, N, 3, 1), nn.ReLU(), _conv(N, N), nn.ReLU(), _conv(N, N))
         self.h_s = nn.Sequential(_deconv(N, N), nn.ReLU(), _deconv(N, N), nn.ReLU(), _conv(N, M, 3, 1), nn.ReLU())
-        self.density = FactorizedDensity(N)
+        self.density = FactorizedDensity(N, self.levels)
         self.gaussian = GaussianConditional()
 
-    def forward(self, x: Tensor) -> dict:
-        y = self.g_a(x - 0.5)
-        z = self.h_a(y.abs())
-        z_scored, z_hat = _relax(z, self.training)
+    def forward(self, x: Tensor, level: Tensor | int | None = None) -> dict:
+        level = self._level(x, level)
+        y = self.analyze(x, level)
+        z_scored, z_hat = _relax(self.h_a(y.abs()), self.training)
         y_scored, y_hat = _relax(y, self.training)
-        scales = self.h_s(z_hat)
-        return {"x_hat": self.synthesize(y_hat),
-                "likelihoods": {"y": self.gaussian(y_scored, scales), "z": self.density(z_scored)}}
+        return {"x_hat": self.synthesize(y_hat, level),
+                "likelihoods": {"y": self.gaussian(y_scored, self.h_s(z_hat)), "z": self.density(z_scored, level)}}
 
     def _scale_index(self, z_hat: Tensor) -> Tensor:
         """The table of every y element from the decoded z, with the hyper-synthesis in float64 (see
@@ -276,23 +315,23 @@ class ScaleHyperprior(_Codec):
         return GaussianConditional.index(torch.func.functional_call(self.h_s, params, (z_hat.double(),)))
 
     @torch.no_grad()
-    def compress(self, x: Tensor) -> dict:
+    def compress(self, x: Tensor, level: int = 0) -> dict:
         from ..ops.entropy import encode
-        y = self.g_a(x - 0.5)
+        y = self.analyze(x, self._level(x, level))
         z_hat = torch.round(self.h_a(y.abs()).double())
-        pmf_z, lo_z = self.density.tables()
+        pmf_z, lo_z = self.density.tables(level)
         z_data, z_hat = encode(z_hat, torch.arange(self.N).view(1, -1, 1, 1).expand_as(z_hat), pmf_z, lo_z)
         pmf_y, lo_y = GaussianConditional.tables()
         y_data, y_hat = encode(torch.round(y.double()), self._scale_index(z_hat), pmf_y, lo_y)
         return {"z": z_data, "y": y_data, "y_hat": y_hat}
 
     @torch.no_grad()
-    def decompress(self, streams: dict, hw: tuple[int, int]) -> Tensor:
-        """{"y", "z": bytes} and y's (h, w) -> pixels [1, C, 16h, 16w]."""
+    def decompress(self, streams: dict, hw: tuple[int, int], level: int = 0) -> Tensor:
+        """{"y", "z": bytes}, y's (h, w) and the level -> pixels [1, C, 16h, 16w]."""
         from ..ops.entropy import decode
         zh, zw = hw[0] // 4, hw[1] // 4
-        pmf_z, lo_z = self.density.tables()
+        pmf_z, lo_z = self.density.tables(level)
         z_hat = decode(streams["z"], torch.arange(self.N).view(1, -1, 1, 1).expand(1, self.N, zh, zw), pmf_z, lo_z)
         pmf_y, lo_y = GaussianConditional.tables()
-        y_hat = decode(streams["y"], self._scale_index(z_hat), pmf_y, lo_y)
-        return self.synthesize(y_hat.float())
+        y_hat = decode(streams["y"], self._scale_index(z_hat), pmf_y, lo_y).float()
+        return self.synthesize(y_hat, self._level(y_hat, level))

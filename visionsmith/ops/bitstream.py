@@ -1,9 +1,9 @@
 """The file ``visionsmith compress`` writes: a small header, then the entropy-coded streams.
 
-    magic "VSIC" | version u8 | model hash 8 bytes | channels u8 | height u16 | width u16 |
-    streams u8 | per stream: length u32, crc32 u32 | the streams' bytes, in order
+    magic "VSIC" | version u8 | model hash 8 bytes | rate level u8 | channels u8 | height u16 |
+    width u16 | streams u8 | per stream: length u32, crc32 u32 | the streams' bytes, in order
 
-(little-endian; 19 + 8 per stream bytes: 35 for the scale hyperprior).  The model hash is the first
+(little-endian; 20 + 8 per stream bytes: 36 for the scale hyperprior).  The model hash is the first
 8 bytes of the sha256 of the weights, so a file decoded with another model is refused by name; the
 CRC-32 of each stream catches truncation and damage before the decoder runs (a range decoder fed
 damaged bytes does not fail, it returns a wrong image).
@@ -18,7 +18,7 @@ import torch
 
 MAGIC = b"VSIC"
 VERSION = 1
-_HEAD = struct.Struct("<4sB8sBHHB")
+_HEAD = struct.Struct("<4sB8sBBHHB")
 _STREAM = struct.Struct("<II")
 
 
@@ -35,21 +35,21 @@ def model_hash(model: torch.nn.Module) -> bytes:
     return h.digest()[:8]
 
 
-def pack(mhash: bytes, shape: tuple[int, int, int], streams: list[bytes]) -> bytes:
-    """(model hash, (C, H, W) of the image, the coded streams) -> the file's bytes."""
+def pack(mhash: bytes, shape: tuple[int, int, int], level: int, streams: list[bytes]) -> bytes:
+    """(model hash, (C, H, W) of the image, the rate level, the coded streams) -> the file's bytes."""
     c, h, w = shape
     if max(h, w) > 0xFFFF:
         raise BitstreamError(f"images up to 65535 pixels on a side fit the header; this one is {w}x{h}")
-    parts = [_HEAD.pack(MAGIC, VERSION, mhash, c, h, w, len(streams))]
+    parts = [_HEAD.pack(MAGIC, VERSION, mhash, level, c, h, w, len(streams))]
     parts += [_STREAM.pack(len(s), zlib.crc32(s)) for s in streams]
     return b"".join(parts + list(streams))
 
 
-def unpack(data: bytes, mhash: bytes | None = None) -> tuple[tuple[int, int, int], list[bytes]]:
-    """The file's bytes -> ((C, H, W), streams); ``mhash``: refuse a file made by other weights."""
+def unpack(data: bytes, mhash: bytes | None = None) -> tuple[tuple[int, int, int], int, list[bytes]]:
+    """The file's bytes -> ((C, H, W), level, streams); ``mhash``: refuse a file made by other weights."""
     if len(data) < _HEAD.size or data[:4] != MAGIC:
         raise BitstreamError("not a visionsmith compressed image (it does not start with 'VSIC')")
-    magic, version, h8, c, h, w, n = _HEAD.unpack_from(data)
+    magic, version, h8, level, c, h, w, n = _HEAD.unpack_from(data)
     if version != VERSION:
         raise BitstreamError(f"format version {version}; this visionsmith reads version {VERSION}")
     if mhash is not None and h8 != mhash:
@@ -70,4 +70,4 @@ def unpack(data: bytes, mhash: bytes | None = None) -> tuple[tuple[int, int, int
         at += size
     if at != len(data):
         raise BitstreamError(f"{len(data) - at} unexpected bytes after the last stream (damaged or concatenated)")
-    return (c, h, w), streams
+    return (c, h, w), level, streams

@@ -25,10 +25,10 @@ LEARNED_COLORS = [ACCENT, INK, "#7c3aed", "#059669"]
 COMPRESSION = register_report(TaskReport(
     task="compression",
     metrics={"rd": Metric("rate-distortion loss", "rd", pct=False, digits=4,
-                          note="lmbda x 255^2 x MSE + bpp; lower is better"),
-             "bpp": Metric("bits per pixel (real files)", "bpp", pct=False, digits=4),
-             "psnr": Metric("PSNR (dB)", "PSNR", pct=False, digits=4),
-             "ms_ssim": Metric("MS-SSIM", pct=False, digits=4),
+                          note="lmbda x 255^2 x MSE + bpp, the mean over the rate levels; lower is better"),
+             "bpp": Metric("bits per pixel (real files)", "bpp", pct=False, digits=4, note="mean over the levels"),
+             "psnr": Metric("PSNR (dB)", "PSNR", pct=False, digits=4, note="mean over the levels"),
+             "ms_ssim": Metric("MS-SSIM", pct=False, digits=4, note="mean over the levels"),
              "bpp_estimated": Metric("bits per pixel (entropy model)", "bpp est.", pct=False, digits=4)},
     files={SAMPLES: "the side-by-side crops"}, optional=frozenset({SAMPLES}), curve=("psnr", "bpp"),
     noun="learned image codec", output="a bitstream and the decoded image",
@@ -106,24 +106,36 @@ def _evaluation(data: RunData) -> str:
     if missing is not None:
         return missing
     ev = data.eval
-    same = ev.get("same_psnr_bpp") or {}
-    rows = (f"<tr><td><b>this codec</b></td><td class=num>{esc(fmt.num(ev.get('bpp'), 4))}</td>"
-            f"<td class=num>{esc(fmt.num(ev.get('psnr'), 4))}</td><td class=num>{esc(fmt.num(ev.get('ms_ssim'), 4))}</td>"
-            "<td></td></tr>")
-    for name, b in same.items():
-        saving = f"{(ev['bpp'] / b - 1) * 100:+.1f}%" if fmt.is_num(b) and fmt.is_num(ev.get("bpp")) else "n/a"
-        rows += (f"<tr><td>{esc(name)} at the same PSNR</td><td class=num>{esc(fmt.num(b, 4))}</td>"
-                 f"<td class=num>{esc(fmt.num(ev.get('psnr'), 4))}</td><td></td><td class=num>{esc(saving)}</td></tr>")
-    table = ("<table><tr><th>codec</th><th class=num>bpp</th><th class=num>PSNR</th><th class=num>MS-SSIM</th>"
-             f"<th class=num>this codec's bits vs it</th></tr>{rows}</table>")
-    point = {"this run": [{k: ev.get(k) for k in ("bpp", "psnr", "ms_ssim")}]}
-    pic = img(rd_png(point, ev.get("baselines") or {}), "rate-distortion", "")
+    levels = [r for r in ev.get("levels") or [] if isinstance(r, dict)]
+    codecs = list(ev.get("baselines") or {})
+    head = "".join(f"<th class=num>{esc(c)} at the same PSNR</th>" for c in codecs)
+    rows = ""
+    for r in levels:
+        same = r.get("same_psnr_bpp") or {}
+        rows += (f"<tr><td>{r.get('level')}</td><td class=num>{esc(fmt.num(r.get('lmbda'), 4))}</td>"
+                 f"<td class=num>{esc(fmt.num(r.get('bpp'), 4))}</td><td class=num>{esc(fmt.num(r.get('psnr'), 4))}</td>"
+                 f"<td class=num>{esc(fmt.num(r.get('ms_ssim'), 4))}</td>"
+                 f"<td class=num>{esc(fmt.num(r.get('bpp_estimated'), 4))}</td>"
+                 + "".join(f"<td class=num>{esc(fmt.num(same.get(c), 4))} bpp</td>" for c in codecs) + "</tr>")
+    table = ("<table><tr><th>level</th><th class=num>lmbda</th><th class=num>bpp (files)</th><th class=num>PSNR</th>"
+             f"<th class=num>MS-SSIM</th><th class=num>bpp (entropy model)</th>{head}</tr>{rows}</table>")
+    bd = ev.get("bd_rate") or {}
+    if bd:
+        table += ("<h3>BD-rate of this codec (negative: fewer bits for the same quality), 0.2-1.5 bpp</h3><table>"
+                  "<tr><th>against</th><th class=num>PSNR</th><th class=num>MS-SSIM</th></tr>" + "".join(
+                      f"<tr><td>{esc(c)}</td><td class=num>{esc(_pct(v.get('psnr')))}</td>"
+                      f"<td class=num>{esc(_pct(v.get('ms_ssim')))}</td></tr>" for c, v in bd.items()) + "</table>")
+    curve = {"this run": [{k: r.get(k) for k in ("bpp", "psnr", "ms_ssim")} for r in levels]}
+    pic = img(rd_png(curve, ev.get("baselines") or {}), "rate-distortion", "")
     return section("evaluation", "Test evaluation",
-                   "Every held-out photograph is coded to a real file (header included), decoded from it, and scored "
-                   "as the decoded 8-bit image; the classical codecs (Pillow) code the same photographs over their "
-                   f"quality settings. The entropy model predicted {esc(fmt.num(ev.get('bpp_estimated'), 4))} bpp. "
-                   "Curves over several runs: <code>visionsmith rd RUN... --out DIR</code>.",
-                   f"{table}<div class=center>{pic}</div>")
+                   "Every held-out photograph is coded at every rate level to a real file (header included), decoded "
+                   "from it, and scored as the decoded 8-bit image; the classical codecs (Pillow) code the same "
+                   "photographs over their quality settings. Several runs on one plot: "
+                   "<code>visionsmith rd RUN... --out DIR</code>.", f"{table}<div class=center>{pic}</div>")
+
+
+def _pct(v) -> str:
+    return "n/a" if not fmt.is_num(v) else f"{v:+.1f}%"
 
 
 @COMPRESSION.section("samples", "Side by side")
@@ -134,7 +146,9 @@ def _samples(data: RunData) -> str:
         return section("samples", "Side by side", "",
                        empty(f"<code>{SAMPLES}</code> is missing: the test evaluation writes the crops there "
                              "(run <code>visionsmith eval RUN</code>)."))
+    level = int(z["level"]) if "level" in z else 0
     return section("samples", "Side by side",
                    "The centre 160 x 160 pixels of every held-out photograph at their own resolution: the original, "
-                   "this codec's decoded file, and JPEG at the quality whose file is closest in size.",
+                   f"this codec's decoded file at rate level {level} (the one nearest 0.5 bpp), and JPEG at the "
+                   "quality whose file is closest in size.",
                    f'<div class="center">{img(pic, "crops", "")}</div>')

@@ -1,7 +1,7 @@
 """``visionsmith compress`` / ``decompress``: image files to and from a learned codec's bitstream.
 
-    visionsmith compress RUN photo.png -o photo.vsic      # writes the file, prints bpp and PSNR
-    visionsmith decompress RUN photo.vsic -o photo.png    # the decoder's image, bit for bit
+    visionsmith compress RUN photo.png -o photo.vsic --level 2   # writes the file, prints bpp and PSNR
+    visionsmith decompress RUN photo.vsic -o photo.png           # the decoder's image, bit for bit
 
 The image is read like every visionsmith input (``load_image``: EXIF orientation, alpha composited
 on white, 16-bit scaled to 8 bits, grey made RGB), and each such change is reported as a note.
@@ -24,6 +24,8 @@ class Compressed:
     path: str  # the file written
     width: int
     height: int
+    level: int  # the rate level (0: fewest bits)
+    lmbda: float
     bytes: int
     bpp: float
     psnr: float
@@ -44,26 +46,31 @@ def _codec_run(run_dir, command: str):
 
 
 @torch.no_grad()
-def compress(run_dir, image, out) -> Compressed:
-    """Code ``image`` (any size) with the run's codec into the file ``out``."""
+def compress(run_dir, image, out, level: int | None = None) -> Compressed:
+    """Code ``image`` (any size) with the run's codec into the file ``out`` at rate ``level`` (None: the
+    highest, the best quality the model has)."""
     from ..data import BadImageError, load_image
     from ..data.images import decode_notes, pil_to_uint8
     from ..metrics.enhancement import psnr
     from ..outputs.base import write_atomic
     task, model = _codec_run(run_dir, "compress")
+    level = model.levels - 1 if level is None else level
+    if not 0 <= level < model.levels:
+        lams = ", ".join(f"{k}: lmbda {v:g}" for k, v in enumerate(model.lmbdas))
+        raise UserError(f"--level {level}: this model has {model.levels} rate level(s) ({lams})")
     try:
         img = load_image(image, grayscale=model.in_chans == 1)
     except BadImageError as e:
         raise UserError(f"{image}: {e.reason}") from None
     u8 = pil_to_uint8(img, model.in_chans)  # [C, H, W]
     t0 = time.perf_counter()
-    data = task.encode(model, u8)
+    data = task.encode(model, u8, level)
     seconds = time.perf_counter() - t0
-    dec = task.decode(model, data)
+    dec, _ = task.decode(model, data)
     write_atomic(Path(out), data)
     w, h = img.size
-    return Compressed(str(out), w, h, len(data), len(data) * 8 / (w * h), psnr(dec, u8), seconds,
-                      decode_notes(image, model.in_chans))
+    return Compressed(str(out), w, h, level, model.lmbdas[level], len(data), len(data) * 8 / (w * h), psnr(dec, u8),
+                      seconds, decode_notes(image, model.in_chans))
 
 
 @torch.no_grad()
@@ -79,7 +86,7 @@ def decompress(run_dir, file, out) -> tuple[int, int, float]:
         raise UserError(f"{file}: cannot read it ({e.strerror or e})") from None
     t0 = time.perf_counter()
     try:
-        u8 = task.decode(model, data)
+        u8, _ = task.decode(model, data)
     except BitstreamError as e:
         raise UserError(f"{file}: {e}") from None
     seconds = time.perf_counter() - t0

@@ -1,8 +1,9 @@
 """``visionsmith rd RUN... --out DIR``: rate-distortion curves of learned-compression runs against the
 classical codecs, and their Bjontegaard delta rates.
 
-Each run is one point (its test evaluation: the mean over the held-out photographs of bits per
-pixel, PSNR and MS-SSIM of real files); runs of the same ``model.name`` make one curve.  The
+Each run gives a point per rate level (its test evaluation: the mean over the held-out photographs
+of bits per pixel, PSNR and MS-SSIM of real files).  A variable-rate run is a curve of its own,
+named after the run folder; single-rate runs of the same ``model.name`` join into one curve.  The
 classical curves come from the runs' own evaluations (the same photographs, ``codec.baselines``).
 Writes ``DIR/rd.png`` (bits per pixel against PSNR and against MS-SSIM) and ``DIR/rd.json``
 (every point, and the BD-rate of every learned curve against every classical one, over 0.2-1.5 bpp).
@@ -21,7 +22,7 @@ RATE_RANGE = (0.2, 1.5)  # bits per pixel over which the BD-rates are taken
 @dataclass
 class RDResult:
     out: Path
-    curves: dict[str, list[dict]]  # learned model -> points, bpp ascending
+    curves: dict[str, list[dict]]  # learned curve -> points, bpp ascending
     baselines: dict[str, list[dict]]
     bd: dict[str, dict[str, dict[str, float | None]]] = field(default_factory=dict)  # model -> codec -> metric -> %
 
@@ -39,10 +40,13 @@ def _points(runs) -> tuple[dict, dict]:
         cfg = load_config(r / "config.yaml")
         if cfg.task != "compression":
             raise UserError(f"{r} is a {cfg.task} run; `visionsmith rd` compares learned-compression runs")
-        if not ev or "bpp" not in ev:
+        if not ev or "levels" not in ev:
             raise UserError(f"{r} has no test evaluation (eval.json); run `visionsmith eval {r}` first")
-        curves.setdefault(cfg.model.name, []).append(
-            {"run": str(r), "lmbda": cfg.codec.lmbda, **{k: ev.get(k) for k in ("bpp", "psnr", "ms_ssim", "bpp_estimated")}})
+        levels = ev.get("levels") or []
+        label = cfg.model.name if len(levels) == 1 else f"{cfg.model.name} ({r.name})"
+        curves.setdefault(label, []).extend(
+            {"run": str(r), "level": p["level"], "lmbda": p["lmbda"],
+             **{k: p.get(k) for k in ("bpp", "psnr", "ms_ssim", "bpp_estimated")}} for p in levels)
         for fmt, pts in (ev.get("baselines") or {}).items():
             baselines.setdefault(fmt, pts)
     for pts in curves.values():
