@@ -178,10 +178,11 @@ def test_a_run_trains_evaluates_real_files_at_every_level_and_reports(runs):
     for lv in (low, high):
         rows = [r for r in ev["per_image"] if r["level"] == lv["level"]]
         assert len(rows) == 2 and lv["bpp"] == pytest.approx(np.mean([r["bpp"] for r in rows]))
-        # the file is close to the entropy model's estimate (the header and the coder add a little; the
-        # coding tables give a rare outlier at most 16 bits where the likelihood floor charges 30)
+        # the coder adds little to what the entropy model predicts (the header and its last words); it may
+        # spend less: its tables give an outlier at most 16 bits where the likelihood floor charges 30, and
+        # a model this small has many (the tight checks are the round-trip tests above)
         overhead = 64 * 8 / (176 * 192)  # the 36-byte header and the coder's last words, per pixel
-        assert abs(lv["bpp"] - lv["bpp_estimated"]) <= 0.15 * lv["bpp_estimated"] + overhead
+        assert lv["bpp"] <= 1.05 * lv["bpp_estimated"] + overhead
         assert 5 < lv["psnr"] < 60
         assert "jpeg" in lv["same_psnr_bpp"]
     jpeg = ev["baselines"]["jpeg"]
@@ -285,3 +286,26 @@ def test_config_mistakes_name_the_key():
             cfg = load_config(recipe, overrides)
             validate(cfg)
             get_task(cfg).build_model(0)
+
+
+def test_a_variable_rate_run_resumes_bit_exactly(runs, tmp_path):
+    """Stopped mid-epoch (between checkpoints) and resumed: the same weights, gains and densities, and
+    the same validation rows (each image's rate level comes from the loop's seeded generator)."""
+    from safetensors.torch import load_file
+    from visionsmith.config import load_config
+    from visionsmith.engine.loop import fit
+    torch.set_num_threads(1)
+    cfg = load_config(REPO / "recipes/compress-hyperprior.yaml", [
+        "data.name=images", f"data.root={runs[1]}", "data.image_size=64", "model.kwargs={N: 8, M: 12}",
+        "train.epochs=2", "train.batch_size=4", "train.amp=off", "train.channels_last=false",
+        "train.checkpoint_every=3", "train.threads=1", "codec.lmbdas=[0.003,0.05]", "codec.baselines=[]"])
+    full = fit(cfg, out=tmp_path / "full")
+    part = fit(cfg, out=tmp_path / "part", stop_after_steps=5)
+    fit(cfg, resume=part)
+    a, b = load_file(str(full / "checkpoints/last.safetensors")), load_file(str(part / "checkpoints/last.safetensors"))
+    assert a.keys() == b.keys() and "log_gain" in a
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    val = lambda run: [r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines())  # noqa: E731
+                       if r["split"] == "val"]
+    assert val(full) == val(part)

@@ -12,7 +12,7 @@ from matplotlib import rc_context
 from matplotlib.figure import Figure
 
 from . import fmt
-from .plots import ACCENT, AMBER, INK, MUTED, ROSE, SLATE, STYLE, TEAL, _png, _to_hwc
+from .plots import ACCENT, AMBER, INK, MUTED, ROSE, SLATE, STYLE, TEAL, _png, crop_grid
 from .sections import Metric, TaskReport, empty, esc, img, no_eval, register_report, section
 
 if TYPE_CHECKING:
@@ -82,22 +82,8 @@ def side_by_side(z: dict) -> str | None:
     n = len(z["original"])
     names = [str(x) for x in z.get("names", [])] + [""] * n
     bpp, jbpp = list(z.get("bpp", [])) + [None] * n, list(z.get("jpeg_bpp", [])) + [None] * n
-    with rc_context(STYLE):
-        fig = Figure(figsize=(6.0, 2.0 * n + 0.3))
-        for i in range(n):
-            for j, k in enumerate(keys):
-                ax = fig.add_subplot(n, 3, i * 3 + j + 1)
-                im, cmap = _to_hwc(z[k][i])
-                ax.imshow(im, cmap=cmap, vmin=0, vmax=255, interpolation="nearest")
-                ax.set_xticks([])
-                ax.set_yticks([])
-                label = {"original": "original", "output": f"this codec, {fmt.num(bpp[i], 3)} bpp",
-                         "jpeg": f"JPEG, {fmt.num(jbpp[i], 3)} bpp"}[k]
-                ax.set_title(label, fontsize=8)
-                if j == 0:
-                    ax.set_ylabel(names[i], fontsize=8)
-        fig.subplots_adjust(wspace=0.04, hspace=0.2)
-        return _png(fig)
+    titles = [["original", f"this codec, {fmt.num(bpp[i], 3)} bpp", f"JPEG, {fmt.num(jbpp[i], 3)} bpp"] for i in range(n)]
+    return crop_grid([[z[k][i] for k in keys] for i in range(n)], titles, names[:n], size=2.0)
 
 
 @COMPRESSION.section("evaluation", "Test evaluation")

@@ -11,7 +11,7 @@ from matplotlib import rc_context
 from matplotlib.figure import Figure
 
 from . import fmt
-from .plots import INK, MUTED, ROSE, SLATE, STYLE, _png, _to_hwc
+from .plots import INK, MUTED, ROSE, SLATE, STYLE, _png, crop_grid
 from .sections import Metric, TaskReport, empty, esc, img, no_eval, register_report, section
 
 if TYPE_CHECKING:
@@ -72,21 +72,8 @@ def side_by_side(z: dict) -> str | None:
     names = [str(x) for x in z.get("names", [])] + [""] * n
     best = str(z.get("baseline_name", "")) or "baseline"
     titles = {"input": "degraded", "baseline": best, "output": "this network", "clean": "clean"}
-    with rc_context(STYLE):
-        fig = Figure(figsize=(1.9 * len(keys), 1.95 * n + 0.3))
-        for i in range(n):
-            for j, k in enumerate(keys):
-                ax = fig.add_subplot(n, len(keys), i * len(keys) + j + 1)
-                im, cmap = _to_hwc(z[k][i])
-                ax.imshow(im, cmap=cmap, vmin=0, vmax=255, interpolation="nearest")
-                ax.set_xticks([])
-                ax.set_yticks([])
-                if i == 0:
-                    ax.set_title(titles[k], fontsize=9)
-                if j == 0:
-                    ax.set_ylabel(names[i], fontsize=8)
-        fig.subplots_adjust(wspace=0.04, hspace=0.08)
-        return _png(fig)
+    return crop_grid([[z[k][i] for k in keys] for i in range(n)],
+                     [[titles[k] for k in keys]] + [[None] * len(keys)] * (n - 1), names[:n])
 
 
 @ENHANCEMENT.section("evaluation", "Test evaluation")

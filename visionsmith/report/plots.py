@@ -272,6 +272,29 @@ def _to_hwc(img: np.ndarray) -> tuple[np.ndarray, str | None]:
     return img, None
 
 
+def crop_grid(cells: list[list[np.ndarray]], titles: list[list[str | None]], row_labels: Sequence[str],
+              size: float = 1.95) -> str:
+    """Image crops in a table, one row per image: ``cells[i][j]`` uint8 [C, H, W], ``titles[i][j]`` above it
+    (None: none), ``row_labels[i]`` on the left; pixels shown as they are (no interpolation)."""
+    n, k = len(cells), len(cells[0])
+    every_row = any(t for row in titles[1:] for t in row)  # titles under row 0 too: smaller, with room
+    with rc_context(STYLE):
+        fig = Figure(figsize=(size * k, size * n + 0.3))
+        for i in range(n):
+            for j in range(k):
+                ax = fig.add_subplot(n, k, i * k + j + 1)
+                im, cmap = _to_hwc(cells[i][j])
+                ax.imshow(im, cmap=cmap, vmin=0, vmax=255, interpolation="nearest")
+                ax.set_xticks([])
+                ax.set_yticks([])
+                if titles[i][j]:
+                    ax.set_title(titles[i][j], fontsize=8 if every_row else 9)
+                if j == 0:
+                    ax.set_ylabel(row_labels[i], fontsize=8)
+        fig.subplots_adjust(wspace=0.04, hspace=0.2 if every_row else 0.08)
+        return _png(fig)
+
+
 def mistakes_grid(images: np.ndarray, labels: Sequence[int], preds: Sequence[int],
                   confidence: Sequence[float], classes: list[str], cols: int = 8) -> str | None:
     """A grid of the most confident mistakes, titled ``true -> pred (conf)``."""

@@ -141,6 +141,15 @@ class Task:
         """The per-class table ``visionsmith eval`` prints under the summary."""
         return []
 
+def per_image_table(rows: list[dict], header: str, cells) -> list[str]:
+    """``per_class_lines`` for tasks scored per image: an ``image`` column as wide as the longest
+    name, then ``header`` and ``cells(row)`` (a string) for each row."""
+    if not rows:
+        return []
+    width = max(len(r["image"]) for r in rows)
+    return [f"{'image':<{width}}  {header}"] + [f"{r['image']:<{width}}  {cells(r)}" for r in rows]
+
+
 def batch_to(batch: dict, device) -> dict:
     """A batch on ``device``: tensors moved, lists of tensors (per-image boxes) moved item by item."""
     move = lambda v: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v  # noqa: E731

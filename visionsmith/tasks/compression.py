@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from ..config import ConfigError, add_check
 from ..data.errors import DataError
-from .base import Task, register_task
+from .base import Task, per_image_table, register_task
 
 
 @register_task
@@ -207,13 +207,8 @@ class CompressionTask(Task):
         return line
 
     def per_class_lines(self, m: dict) -> list[str]:
-        rows = m.get("per_image") or []
-        if not rows:
-            return []
-        width = max(len(r["image"]) for r in rows)
-        return [f"{'image':<{width}}  level  bpp    PSNR    MS-SSIM"] + [
-            f"{r['image']:<{width}}  {r['level']:5d}  {r['bpp']:.3f}  {r['psnr']:6.2f}  {_num(r['ms_ssim'])}"
-            for r in rows]
+        return per_image_table(m.get("per_image") or [], "level  bpp    PSNR    MS-SSIM",
+                               lambda r: f"{r['level']:5d}  {r['bpp']:.3f}  {r['psnr']:6.2f}  {_num(r['ms_ssim'])}")
 
 
 class RDMetric:

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from ..data import degrade
 from ..data.errors import DataError
-from .base import Task, register_task
+from .base import Task, per_image_table, register_task
 
 SOURCES = ("photos", "images")
 
@@ -219,12 +219,8 @@ class EnhancementTask(Task):
         return line
 
     def per_class_lines(self, m: dict) -> list[str]:
-        rows = m.get("per_image") or []
-        if not rows:
-            return []
-        width = max(len(r["image"]) for r in rows)
-        return [f"{'image':<{width}}  PSNR    SSIM    PSNR-Y"] + [
-            f"{r['image']:<{width}}  {r['psnr']:6.2f}  {r['ssim']:.4f}  {r['psnr_y']:6.2f}" for r in rows]
+        return per_image_table(m.get("per_image") or [], "PSNR    SSIM    PSNR-Y",
+                               lambda r: f"{r['psnr']:6.2f}  {r['ssim']:.4f}  {r['psnr_y']:6.2f}")
 
 
 def centre_box(hw, side: int) -> tuple[int, int, int, int]:
