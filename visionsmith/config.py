@@ -282,6 +282,9 @@ class GenConfig:
     eval_samples: int = 2000  # images drawn for the test scores (precision/recall need a few thousand)
     val_samples: int = 500  # images drawn at each validation (a cheaper, noisier Frechet distance)
     val_steps: int = 20  # sampler steps at validation
+    fid: bool = False  # the test evaluation also computes FID in InceptionV3 features (metrics/inception.py) for
+    # fid_samples samples against as many test images, with its floor (train vs test): ~0.2 s an image on a CPU
+    fid_samples: int = 1000
     feature_run: str = "auto"  # the classifier whose features score samples: a run folder, or auto
     # (recipes/fd-classifier-fashion-mnist.yaml, trained once into the cache on first use)
     eval_seed: int = 0  # the noise the eval samples start from: the same for every run

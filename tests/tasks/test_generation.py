@@ -297,3 +297,22 @@ def test_guidance_weight_zero_is_unconditional_sampling():
     cond = m.sample(3, y, steps=5, guidance=1.0, noise=noise)
     assert (cond - unc).abs().max() > 0.1
     assert (m.sample(3, y, steps=5, guidance=3.0, noise=noise) - cond).abs().max() > 0.1  # guidance pushes further
+
+
+def test_inception_features_are_checked_deterministic_and_separate_real_from_noise():
+    """FID's network is the hashed asset; its features of real Fashion-MNIST images are finite, repeat
+    exactly, and two halves of the real images are closer to each other than to noise images."""
+    from visionsmith.assets import get_asset, resolve
+    from visionsmith.data.fashion_mnist import load_split
+    from visionsmith.metrics.generation import feature_stats, frechet_distance
+    from visionsmith.metrics.inception import InceptionFeatures
+    assert resolve("inception-v3-fid").name == get_asset("inception-v3-fid").filename
+    images = load_split("test").images[:24]  # uint8 [24, 1, 28, 28]
+    net = InceptionFeatures()
+    f = net(images, batch_size=12)
+    assert f.shape == (24, 2048) and np.isfinite(f).all() and (f >= 0).all()  # pooled after a ReLU
+    assert np.array_equal(f[:12], net(images[:12]))
+    noise = torch.randint(0, 256, (12, 1, 28, 28), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    real_real = frechet_distance(*feature_stats(f[:12]), *feature_stats(f[12:]))
+    real_noise = frechet_distance(*feature_stats(f[:12]), *feature_stats(net(noise)))
+    assert 0 < real_real < real_noise

