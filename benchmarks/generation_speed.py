@@ -12,7 +12,9 @@ evaluation (Frechet classifier distance against the test split, k-NN precision/r
 accuracy) with the floor at the same ``n``: at small ``n`` every Frechet distance is biased upwards, so
 compare the samplers with each other and with that floor, not with the evaluation's 2,000-sample figure.
 ``--guidance W1,W2,...`` repeats each sampler at those classifier-free guidance weights (conditional
-models), which trade variety (recall) for class fidelity.
+models), which trade variety (recall) for class fidelity.  ``--fid N`` adds FID in InceptionV3 features
+(``metrics/inception.py``) of the first N samples against N test images, with its floor.  A VAE or GAN
+run has one contender (it draws in one step): its speed and scores, for comparison with a diffusion run.
 Results: ``benchmarks/results/generation_speed.json`` (``--out`` for another file).
 """
 from __future__ import annotations
@@ -30,7 +32,7 @@ from common import env_info, loadavg, write_result  # noqa: E402
 
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("run", type=Path, help="a diffusion run folder (task generation, method diffusion)")
+    p.add_argument("run", type=Path, help="a generation run folder (diffusion: the samplers compared; VAE, GAN: scored)")
     p.add_argument("--n", type=int, default=100, help="images per sampler (default 100)")
     p.add_argument("--ddim", default="10,25,50", help="DDIM step counts, comma-separated (default 10,25,50)")
     p.add_argument("--no-ddpm", action="store_true", help="leave out DDPM (all training steps: the slow one)")
@@ -46,21 +48,22 @@ def main(argv=None) -> dict:
     from visionsmith.engine.build import build_transforms
     from visionsmith.workflows.sample import load_generator
     cfg, model, classes, task = load_generator(args.run)
-    if cfg.method != "diffusion":
-        sys.exit(f"{args.run} is a {cfg.method} run; this benchmark compares diffusion samplers")
+    diffusion = cfg.method == "diffusion"  # a VAE or GAN draws in one step: one contender, its scores (and --fid)
     g = cfg.gen
     cfg.gen.eval_samples = args.n  # the task's evaluation draws eval_samples: score n images of each sampler
     cfg.gen.fid, cfg.gen.fid_samples = args.fid > 0, args.fid
     data = task.build_datasets(cfg.seed)
     _, eval_tf = build_transforms(cfg)
     samplers = [("ddim", int(s)) for s in args.ddim.split(",")] + ([] if args.no_ddpm else [("ddpm", g.timesteps)])
-    weights = [float(w) for w in args.guidance.split(",")] if args.guidance else [g.guidance]
+    samplers = samplers if diffusion else [(cfg.method, 1)]
+    weights = [float(w) for w in args.guidance.split(",")] if args.guidance and diffusion else [g.guidance]
     contenders = [(s, k, w) for w in weights for s, k in samplers]
     rows = {}
     print(f"generation_speed: {args.run}, n={args.n}, guidance {weights if g.conditional else None}, "
           f"{args.threads} threads; load average {load0}", flush=True)
     for sampler, steps, w in contenders:
-        cfg.gen.sampler, cfg.gen.steps, cfg.gen.guidance = sampler, steps, w
+        if diffusion:
+            cfg.gen.sampler, cfg.gen.steps, cfg.gen.guidance = sampler, steps, w
         t0 = time.perf_counter()
         m = task.evaluate(model, data["test"], eval_tf, 250, torch.device("cpu"), keep_outputs=True)
         secs = time.perf_counter() - t0

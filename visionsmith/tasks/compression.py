@@ -5,8 +5,9 @@ Shapes: a training batch is ``{"image": clean float [B, C, S, S], "target": the 
 ``factorized``, ``hyperprior``) returns ``{"x_hat": [B, C, S, S], "likelihoods": {name: [B, ., h, w]}}``
 and the loss is ``lmbda * 255^2 * MSE + bits per pixel`` (the bits are ``-log2`` of the likelihoods
 of the noise-relaxed latents).  With several ``codec.lmbdas`` each training image draws a rate
-level (``batch["level"]``) and its lmbda: one variable-rate model, one curve per run.  Data: the photographs of the enhancement task
-(``data/photos.py``): random crops with the 8 flips/turns in training, whole held-out photos at test.
+level (``batch["level"]``) and its lmbda: one variable-rate model, one curve per run.  Data: the
+photographs of the enhancement task (``data/photos.py``): random crops with the 8 flips/turns in
+training, whole held-out photos at test.
 
 Evaluation is real: every image is entropy-coded into the file ``visionsmith compress`` writes
 (``ops/bitstream.py``, header included), decoded from those bytes alone, and scored as the decoded
