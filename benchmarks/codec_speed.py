@@ -28,19 +28,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from common import cpu_model, loadavg, write_result  # noqa: E402
 
 
-def _near(hwc: np.ndarray, fmt: str, nbytes: int) -> int:
-    """The quality (1..95) whose file is closest in size to ``nbytes``."""
-    from visionsmith.ops.classical_codecs import encode
-    lo, hi, best = 1, 95, (1, 1 << 60)
-    while lo <= hi:
-        q = (lo + hi) // 2
-        n = len(encode(hwc, fmt, q))
-        if abs(n - nbytes) < abs(best[1] - nbytes):
-            best = (q, n)
-        lo, hi = (q + 1, hi) if n < nbytes else (lo, q - 1)
-    return best[0]
-
-
 def main(argv=None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("run", type=Path, help="a compression run folder")
@@ -55,7 +42,7 @@ def main(argv=None) -> dict:
     from skimage import data as skdata
 
     from visionsmith.metrics.enhancement import psnr
-    from visionsmith.ops.classical_codecs import encode
+    from visionsmith.ops.classical_codecs import encode, quality_near
     from visionsmith.workflows.codec import _codec_run
     task, model = _codec_run(args.run, "compress")
     level = model.levels // 2 if args.level is None else args.level
@@ -66,7 +53,7 @@ def main(argv=None) -> dict:
     mp = args.size * args.size / 1e6
 
     learned_bytes = len(task.encode(model, u8, level))
-    quality = {fmt: _near(hwc, fmt, learned_bytes) for fmt in ("jpeg", "webp", "avif")}
+    quality = {fmt: quality_near(hwc, fmt, learned_bytes)[0] for fmt in ("jpeg", "webp", "avif")}
 
     def learned():
         t0 = time.perf_counter()

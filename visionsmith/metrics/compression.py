@@ -63,6 +63,15 @@ def _curve(points: list[dict], key: str) -> tuple[np.ndarray, np.ndarray]:
     return np.array(d), np.array(r)
 
 
+def rate_at(points: list[dict], quality: float, key: str = "psnr") -> float | None:
+    """The bits per pixel a codec's curve needs for ``quality`` (log rate linear between its points),
+    None outside the curve."""
+    d, r = _curve(points, key)
+    if len(d) < 2 or not d[0] <= quality <= d[-1]:
+        return None
+    return float(math.exp(np.interp(quality, d, r)))
+
+
 def bd_rate(anchor: list[dict], test: list[dict], key: str = "psnr", lo: float = 0.2, hi: float = 1.5) -> float | None:
     """Bjontegaard delta rate (VCEG-M33, 2001) of ``test`` against ``anchor`` in percent: the mean
     difference of log rate at equal quality, over the quality range both curves cover while their

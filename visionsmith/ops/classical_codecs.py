@@ -46,6 +46,19 @@ def round_trip(u8: np.ndarray, fmt: str, quality: float) -> tuple[int, np.ndarra
         return len(data), np.asarray(im.convert("RGB"))
 
 
+def quality_near(u8: np.ndarray, fmt: str, nbytes: int) -> tuple[int, int, np.ndarray]:
+    """The quality (1..95) whose file is closest in size to ``nbytes`` (file size grows with quality):
+    (quality, its bytes, the decoded uint8 [H, W, 3]); ``u8``: [H, W, 3]."""
+    lo, hi, best = 1, 95, None
+    while lo <= hi:
+        q = (lo + hi) // 2
+        n, dec = round_trip(u8, fmt, q)
+        if best is None or abs(n - nbytes) < abs(best[1] - nbytes):
+            best = (q, n, dec)
+        lo, hi = (q + 1, hi) if n < nbytes else (lo, q - 1)
+    return best
+
+
 def sweep(images: list[torch.Tensor], fmt: str, qualities=None, progress: bool = True) -> list[dict]:
     """Every image (uint8 [3, H, W]) at every quality -> one point per quality, the mean over images of
     bits per pixel, PSNR and MS-SSIM (how papers average over Kodak).  The result depends only on the

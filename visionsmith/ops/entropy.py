@@ -38,15 +38,16 @@ def quantize_pmf(pmf: Tensor) -> list[np.ndarray]:
     return out
 
 
-def _models(pmf: Tensor):
+def _models(freqs: list[np.ndarray]):
     import constriction
-    return [constriction.stream.model.Categorical(f / float(1 << PRECISION), perfect=False) for f in quantize_pmf(pmf)]
+    return [constriction.stream.model.Categorical(f / float(1 << PRECISION), perfect=False) for f in freqs]
 
 
 def encode(values: Tensor, groups: Tensor, pmf: Tensor, lo: Tensor) -> tuple[bytes, Tensor]:
     """Integer-valued ``values`` and their table ``groups`` (same shape) -> (the bytes, the coded values)."""
     import constriction
-    models, freqs = _models(pmf), quantize_pmf(pmf)
+    freqs = quantize_pmf(pmf)
+    models = _models(freqs)
     v = values.double().flatten().numpy()
     g = groups.flatten().numpy()
     coded = np.empty_like(v)
@@ -66,7 +67,7 @@ def decode(data: bytes, groups: Tensor, pmf: Tensor, lo: Tensor) -> Tensor:
     import constriction
     if len(data) % 4:
         raise ValueError(f"a range-coded stream is a whole number of 32-bit words; got {len(data)} bytes")
-    models = _models(pmf)
+    models = _models(quantize_pmf(pmf))
     g = groups.flatten().numpy()
     out = np.empty(g.shape, dtype=np.float64)
     dec = constriction.stream.queue.RangeDecoder(np.frombuffer(data, dtype="<u4").astype(np.uint32))

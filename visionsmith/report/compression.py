@@ -13,7 +13,7 @@ from matplotlib.figure import Figure
 
 from . import fmt
 from .plots import ACCENT, AMBER, INK, MUTED, ROSE, SLATE, STYLE, TEAL, _png, crop_grid
-from .sections import Metric, TaskReport, empty, esc, img, no_eval, register_report, section
+from .sections import Metric, TaskReport, crops_card, esc, img, no_eval, register_report, section
 
 if TYPE_CHECKING:
     from .run_folder import RunData
@@ -127,14 +127,8 @@ def _pct(v) -> str:
 @COMPRESSION.section("samples", "Side by side")
 def _samples(data: RunData) -> str:
     z = data.arrays.get(SAMPLES, {})
-    pic = side_by_side(z) if z else None
-    if pic is None:
-        return section("samples", "Side by side", "",
-                       empty(f"<code>{SAMPLES}</code> is missing: the test evaluation writes the crops there "
-                             "(run <code>visionsmith eval RUN</code>)."))
     level = int(z["level"]) if "level" in z else 0
-    return section("samples", "Side by side",
-                   "The centre 160 x 160 pixels of every held-out photograph at their own resolution: the original, "
-                   f"this codec's decoded file at rate level {level} (the one nearest 0.5 bpp), and JPEG at the "
-                   "quality whose file is closest in size.",
-                   f'<div class="center">{img(pic, "crops", "")}</div>')
+    return crops_card(data, SAMPLES, "samples", "Side by side", side_by_side,
+                      "The centre 160 x 160 pixels of every held-out photograph at their own resolution: the original, "
+                      f"this codec's decoded file at rate level {level} (the one nearest 0.5 bpp), and JPEG at the "
+                      "quality whose file is closest in size.")

@@ -12,7 +12,7 @@ from matplotlib.figure import Figure
 
 from . import fmt
 from .plots import INK, MUTED, ROSE, SLATE, STYLE, _png, crop_grid
-from .sections import Metric, TaskReport, empty, esc, img, no_eval, register_report, section
+from .sections import Metric, TaskReport, crops_card, esc, img, no_eval, register_report, section
 
 if TYPE_CHECKING:
     from .run_folder import RunData
@@ -101,13 +101,7 @@ def _evaluation(data: RunData) -> str:
 
 @ENHANCEMENT.section("samples", "Before and after")
 def _samples(data: RunData) -> str:
-    z = data.arrays.get(SAMPLES, {})
-    pic = side_by_side(z) if z else None
-    if pic is None:
-        return section("samples", "Before and after", "",
-                       empty(f"<code>{SAMPLES}</code> is missing: the test evaluation writes the crops there "
-                             "(run <code>visionsmith eval RUN</code>)."))
-    return section("samples", "Before and after",
-                   "The centre 128 x 128 pixels of every held-out photograph, at their own resolution: the degraded "
-                   "input (for super-resolution, enlarged without interpolation), the best classical method, this "
-                   "network, and the clean original.", f'<div class="center">{img(pic, "crops", "")}</div>')
+    return crops_card(data, SAMPLES, "samples", "Before and after", side_by_side,
+                      "The centre 128 x 128 pixels of every held-out photograph, at their own resolution: the degraded "
+                      "input (for super-resolution, enlarged without interpolation), the best classical method, this "
+                      "network, and the clean original.")

@@ -219,6 +219,18 @@ def empty(text_html: str) -> str:
     return f'<div class="empty">{text_html}</div>'
 
 
+def crops_card(data: RunData, file: str, sid: str, title: str, draw: Callable[[dict], str | None],
+               caption: str) -> str:
+    """The card of a task's side-by-side crops: ``draw(arrays of file) -> PNG``, or a note that the test
+    evaluation writes ``file`` when it is missing."""
+    z = data.arrays.get(file, {})
+    pic = draw(z) if z else None
+    if pic is None:
+        return section(sid, title, "", empty(f"<code>{file}</code> is missing: the test evaluation writes the crops "
+                                             "there (run <code>visionsmith eval RUN</code>)."))
+    return section(sid, title, caption, f'<div class="center">{img(pic, "crops", "")}</div>')
+
+
 def no_eval(data: RunData, sid: str = "evaluation", title: str = "Test evaluation") -> str | None:
     """The "not evaluated yet" card when eval.json is absent or unreadable, else None."""
     if data.eval:

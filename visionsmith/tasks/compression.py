@@ -98,23 +98,23 @@ class CompressionTask(Task):
         return F.pad(x, (0, -w % s, 0, -h % s), mode="replicate")
 
     @torch.no_grad()
-    def encode(self, model: nn.Module, u8: Tensor, level: int) -> bytes:
+    def encode(self, model: nn.Module, u8: Tensor, level: int, mhash: bytes | None = None) -> bytes:
         """uint8 [C, H, W] at rate ``level`` -> the file's bytes (``ops/bitstream.py``), in float32 on
-        the CPU (what decoding expects)."""
+        the CPU (what decoding expects); ``mhash``: the model's ``model_hash``, when already known."""
         from ..ops.bitstream import model_hash, pack
         if not 0 <= level < model.levels:
             raise ValueError(f"level {level} is not one of this model's rates (0 .. {model.levels - 1})")
         x = self._pad(model, u8[None].float() / 255)
         streams = model.compress(x, level)
-        return pack(model_hash(model), tuple(u8.shape), level, [streams[k] for k in model.latents])
+        return pack(mhash or model_hash(model), tuple(u8.shape), level, [streams[k] for k in model.latents])
 
     @torch.no_grad()
-    def decode(self, model: nn.Module, data: bytes) -> tuple[Tensor, int]:
+    def decode(self, model: nn.Module, data: bytes, mhash: bytes | None = None) -> tuple[Tensor, int]:
         """The file's bytes -> (uint8 [C, H, W], its rate level); ``BitstreamError`` for a file this
         model cannot decode."""
         from ..metrics.enhancement import to_u8
         from ..ops.bitstream import BitstreamError, model_hash, unpack
-        (c, h, w), level, streams = unpack(data, model_hash(model))
+        (c, h, w), level, streams = unpack(data, mhash or model_hash(model))
         if c != model.in_chans or len(streams) != len(model.latents) or level >= model.levels:
             raise BitstreamError(f"the file holds {c} channel(s) in {len(streams)} stream(s) at level {level}; this "
                                  f"model codes {model.in_chans} in {len(model.latents)} at levels 0-{model.levels - 1}")
@@ -140,14 +140,16 @@ class CompressionTask(Task):
         per level, the decoded uint8 [C, H, W] images."""
         was_training = model.training
         model.eval()
+        from ..ops.bitstream import model_hash
         net = model if next(model.parameters()).device.type == "cpu" else _cpu_copy(model)
+        mhash = model_hash(net)  # sha256 of every weight: once, not twice per image and level
         metric = self.metric([])
         kept: list[list[Tensor]] = [[] for _ in range(net.levels)]
         jobs = [(lv, i) for lv in range(net.levels) for i in range(len(ds))]
         for lv, i in tqdm(jobs, desc=progress, unit="img", leave=False, disable=progress is None):
             u8 = ds.images[i]
-            data = self.encode(net, u8, lv)
-            dec, _ = self.decode(net, data)
+            data = self.encode(net, u8, lv, mhash)
+            dec, _ = self.decode(net, data, mhash)
             est = sum(-torch.log2(p.double()).sum() for p in net(self._pad(net, u8[None].float() / 255), lv)
                       ["likelihoods"].values())
             metric.update_image(lv, dec, u8, len(data), float(est), str(ds.paths[i]), ms_ssim=keep_outputs)
@@ -164,7 +166,7 @@ class CompressionTask(Task):
         needs for every level's PSNR, and the BD-rates of this run's curve against them (two levels or
         more); for the official evaluation ``eval_samples.npz``, a crop of every test image at the level
         nearest 0.5 bpp: original, this codec, and JPEG at the nearest file size."""
-        from ..metrics.compression import bd_rate
+        from ..metrics.compression import bd_rate, rate_at
         from ..ops import classical_codecs as cc
         if not len(ds):
             return {}
@@ -174,7 +176,7 @@ class CompressionTask(Task):
             curves = {fmt: cc.sweep(images, fmt) for fmt in self.cfg.codec.baselines}
             extra["baselines"] = curves
             for row in m["levels"]:
-                row["same_psnr_bpp"] = {fmt: _bpp_at(pts, row["psnr"]) for fmt, pts in curves.items()}
+                row["same_psnr_bpp"] = {fmt: rate_at(pts, row["psnr"]) for fmt, pts in curves.items()}
             if len(m["levels"]) >= 2:
                 extra["bd_rate"] = {fmt: {k: bd_rate(pts, m["levels"], k) for k in ("psnr", "ms_ssim")}
                                     for fmt, pts in curves.items()}
@@ -186,11 +188,11 @@ class CompressionTask(Task):
             crops = {"original": [], "output": [], "jpeg": []}
             jpeg_bpp = []
             for u8, dec, row in zip(images, outputs[lv], rows):
-                q, nbytes, jpg = _jpeg_near(u8, row["bytes"])
+                _, nbytes, jpg = cc.quality_near(np.ascontiguousarray(u8.permute(1, 2, 0).numpy()), "jpeg", row["bytes"])
                 jpeg_bpp.append(nbytes * 8 / (u8.shape[1] * u8.shape[2]))
                 y0, y1, x0, x1 = centre_box(u8.shape[-2:], 160)
-                for k, t in (("original", u8), ("output", dec), ("jpeg", jpg)):
-                    crops[k].append(t[:, y0:y1, x0:x1].numpy())
+                for k, t in (("original", u8.numpy()), ("output", dec.numpy()), ("jpeg", jpg.transpose(2, 0, 1))):
+                    crops[k].append(t[:, y0:y1, x0:x1])
             np.savez_compressed(run_dir / "eval_samples.npz", names=np.array([str(p) for p in ds.paths]),
                                 level=np.array(lv), bpp=np.array([r["bpp"] for r in rows]),
                                 jpeg_bpp=np.array(jpeg_bpp), **{k: np.stack(v) for k, v in crops.items()})
@@ -268,31 +270,6 @@ def _pct(v) -> str:
 def _cpu_copy(model: nn.Module) -> nn.Module:
     import copy
     return copy.deepcopy(model).float().cpu().eval()
-
-
-def _bpp_at(points: list[dict], psnr: float) -> float | None:
-    """The bits per pixel a classical codec's curve needs for ``psnr`` (log-linear between its points),
-    None outside the curve."""
-    pts = sorted((p["psnr"], math.log(p["bpp"])) for p in points)
-    for (p0, r0), (p1, r1) in zip(pts, pts[1:]):
-        if p0 <= psnr <= p1 and p1 > p0:
-            return math.exp(r0 + (r1 - r0) * (psnr - p0) / (p1 - p0))
-    return None
-
-
-def _jpeg_near(u8: Tensor, nbytes: int) -> tuple[int, int, Tensor]:
-    """The JPEG quality whose file is closest in size to ``nbytes``: (quality, its bytes, decoded uint8 [C, H, W])."""
-    import numpy as np
-    from ..ops.classical_codecs import round_trip
-    hwc = np.ascontiguousarray(u8.permute(1, 2, 0).numpy())
-    lo, hi, best = 1, 95, None
-    while lo <= hi:  # file size grows with quality
-        q = (lo + hi) // 2
-        n, dec = round_trip(hwc, "jpeg", q)
-        if best is None or abs(n - nbytes) < abs(best[1] - nbytes):
-            best = (q, n, dec)
-        lo, hi = (q + 1, hi) if n < nbytes else (lo, q - 1)
-    return best[0], best[1], torch.from_numpy(best[2]).permute(2, 0, 1).contiguous()
 
 
 def check_config(cfg) -> None:
