@@ -5,6 +5,7 @@ and ``rd``."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -17,7 +18,7 @@ from PIL import Image
 from skimage import data as skdata
 
 from visionsmith.metrics.compression import bd_rate, ms_ssim
-from visionsmith.models.codecs import FactorizedDensity, GaussianConditional, create_codec
+from visionsmith.models.codecs import FactorizedDensity, GaussianConditional, block_basis, create_codec
 from visionsmith.ops import bitstream
 from visionsmith.ops.entropy import PRECISION, decode, encode, quantize_pmf
 
@@ -84,10 +85,11 @@ def test_factorized_density_tables_match_its_likelihoods():
             assert pmf[c].sum().item() == pytest.approx(1.0, abs=1e-9)
 
 
-@pytest.mark.parametrize("name", ["factorized", "hyperprior"])
-def test_codec_files_decode_to_the_encoders_latents_and_match_the_estimated_bits(name):
+@pytest.mark.parametrize("name,kwargs", [("factorized", {}), ("hyperprior", {}),
+                                         ("hyperprior", {"stages": 3})])
+def test_codec_files_decode_to_the_encoders_latents_and_match_the_estimated_bits(name, kwargs):
     torch.manual_seed(0)
-    net = create_codec(name, N=16, M=24, lmbdas=[0.004, 0.05]).eval()
+    net = create_codec(name, N=16, M=24, lmbdas=[0.004, 0.05], **kwargs).eval()
     x = torch.from_numpy(skdata.astronaut()[:128, :192].copy()).permute(2, 0, 1)[None].float() / 255
     for level in (0, 1):
         with torch.no_grad():
@@ -100,6 +102,28 @@ def test_codec_files_decode_to_the_encoders_latents_and_match_the_estimated_bits
         assert torch.allclose(back, out["x_hat"], atol=1e-4)  # the coded latents are the rounded ones
         real = sum(len(streams[k]) for k in net.latents) * 8
         assert real == pytest.approx(est, rel=0.05, abs=32 * 8)
+
+
+def test_a_block_skip_codec_starts_as_an_exact_transform_coder():
+    """Untrained, the DCT-started linear path alone carries the image: unquantised latents give it back
+    exactly, and each finer rate level quantises less (fewer bits lost, more coefficients kept)."""
+    basis = block_basis(3, 8, 192).flatten(1).double()
+    assert torch.allclose(basis @ basis.T, torch.eye(192, dtype=torch.float64), atol=1e-5)  # orthonormal
+    assert block_basis(3, 8, 200)[192:].abs().sum() == 0  # more channels than the block has: zero rows
+    net = create_codec("hyperprior", N=16, M=192, lmbdas=[0.002, 0.013, 0.09], stages=3, block_skip=True).eval()
+    assert (net.y_stride, net.stride) == (8, 32)
+    x = torch.from_numpy(skdata.astronaut()[:128, :192].copy()).permute(2, 0, 1)[None].float() / 255
+    psnrs, kept = [], []
+    with torch.no_grad():
+        for level in range(3):
+            lv = torch.tensor([level])
+            y = net.analyze(x, lv)
+            assert torch.allclose(net.synthesize(y, lv), x, atol=1e-4)
+            mse = (net.synthesize(torch.round(y), lv).clamp(0, 1) - x).pow(2).mean()
+            psnrs.append(-10 * math.log10(mse.item()))
+            kept.append((torch.round(y) != 0).float().mean().item())
+    assert psnrs[0] < psnrs[1] < psnrs[2] and kept[0] < kept[1] < kept[2]
+    assert 22 < psnrs[0] and psnrs[2] < 50
 
 
 # -- the file format -------------------------------------------------------------------------------
@@ -156,14 +180,16 @@ def _photo_folder(root: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """A tiny variable-rate hyperprior (two rates) and a single-rate one, through the real CLI."""
+    """A tiny variable-rate hyperprior (two rates, stride 8 with the block-transform path) and a single-rate
+    one (the published stride-16 design), through the real CLI."""
     tmp = tmp_path_factory.mktemp("codec")
     photos = _photo_folder(tmp / "photos")
     out = {}
-    for name, lmbdas in (("two", "[0.003,0.05]"), ("one", "[0.01]")):
+    for name, lmbdas, kwargs in (("two", "[0.003,0.05]", "{N: 16, M: 24, stages: 3, block_skip: true}"),
+                                 ("one", "[0.01]", "{N: 16, M: 24}")):
         run = tmp / name
         _cli("train", REPO / "recipes/compress-hyperprior.yaml", "data.name=images", f"data.root={photos}",
-             "data.image_size=64", "model.kwargs={N: 16, M: 24}", "train.epochs=3", "train.batch_size=4",
+             "data.image_size=64", f"model.kwargs={kwargs}", "train.epochs=3", "train.batch_size=4",
              "train.amp=off", "train.channels_last=false", f"codec.lmbdas={lmbdas}", "codec.baselines=[jpeg]",
              "--out", run)
         out[name] = run

@@ -118,7 +118,7 @@ class CompressionTask(Task):
         if c != model.in_chans or len(streams) != len(model.latents) or level >= model.levels:
             raise BitstreamError(f"the file holds {c} channel(s) in {len(streams)} stream(s) at level {level}; this "
                                  f"model codes {model.in_chans} in {len(model.latents)} at levels 0-{model.levels - 1}")
-        s = 16  # y is 16 times smaller than the (padded) image
+        s = model.y_stride  # y is this many times smaller than the (padded) image
         hw = (math.ceil(h / model.stride) * model.stride // s, math.ceil(w / model.stride) * model.stride // s)
         try:
             x_hat = model.decompress(dict(zip(model.latents, streams)), hw, level)
