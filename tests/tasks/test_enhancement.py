@@ -174,3 +174,35 @@ def test_a_super_resolution_run_upscales(tmp_path, cli):
     Image.fromarray(small).save(tmp_path / "small.png")
     assert cli("enhance", run, tmp_path / "small.png", "--out", tmp_path / "big").returncode == 0
     assert np.asarray(Image.open(tmp_path / "big" / "small.png")).shape == (small.shape[0] * 2, small.shape[1] * 2, 3)
+
+
+def test_export_to_onnx_takes_any_size_and_matches_pytorch(denoise_run, tmp_path, cli):
+    """fp32 and static INT8 exports of a denoiser: the graph takes any height and width, fp32 gives
+    PyTorch's pixels, INT8's PSNR drop on the held-out crops is measured and bounded; serve refuses the
+    file (it serves the run folder, tile by tile)."""
+    from visionsmith.engine.build import load_trained
+    from visionsmith.export.runtime import OnnxModel
+    res = cli("export", denoise_run, "--out", tmp_path / "dn.onnx", check=False)
+    assert res.returncode == 0, res.stderr
+    rec = json.loads((denoise_run / "export" / "export.json").read_text())
+    par = next(r for r in rec["exports"].values() if not r["int8"])["parity"]["fp32"]
+    assert par["n"] == 8 and par["max_abs_diff"] < 1e-3 and abs(par["psnr_drop_db"]) < 0.01
+    ev = json.loads((denoise_run / "eval.json").read_text())
+    assert abs(par["psnr_ref"] - ev["psnr"]) < 3  # crops of the same photos, scored against their own clean pixels
+    _, model, _, _ = load_trained(denoise_run)
+    onnx_model = OnnxModel(tmp_path / "dn.onnx")
+    x = torch.from_numpy(_noisy(skdata.coffee()[:70, :90], 25)).permute(2, 0, 1)[None].float() / 255
+    with torch.no_grad():
+        ref = model.eval()(x)
+    got = onnx_model.predict_pixels(x)
+    assert got.shape == (1, 3, 70, 90) and np.abs(got - ref.numpy()).max() < 1e-3
+    res = cli("export", denoise_run, "--int8", "static", "--out", tmp_path / "dn8.onnx", "--max-drop", "20",
+              check=False)
+    assert res.returncode == 0, res.stderr
+    assert "PSNR drop" in res.stdout
+    res = cli("serve", tmp_path / "dn.onnx", "--port", "0", check=False)
+    assert res.returncode == 2 and "serve its run folder" in res.stderr and "Traceback" not in res.stderr
+    # the exported upsampler takes any size too, and gives scale-times larger images
+    from visionsmith.export.runtime import OnnxModel
+    assert cli("export", run, "--out", tmp_path / "sr.onnx").returncode == 0
+    assert OnnxModel(tmp_path / "sr.onnx").predict_pixels(torch.rand(1, 3, 20, 28)).shape == (1, 3, 40, 56)

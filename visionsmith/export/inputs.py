@@ -2,8 +2,9 @@
 
 Both are preprocessed exactly as evaluation does (``BatchTransform`` in eval mode: resize, channel
 matching; its output is [0, 1] pixels, which the model and the exported graph normalise themselves).  The splits and the
-targets come from the run's task (``task.build_datasets`` / ``task.make_batch``): labels ``[N]`` for
-classification, masks ``[N, S, S]`` (resized nearest with the pixels) for segmentation.
+targets come from the run's task (``task.build_datasets`` / ``task.export_batch``): labels ``[N]`` for
+classification, masks ``[N, S, S]`` (resized nearest with the pixels) for segmentation, clean images
+for enhancement (whose inputs are the degraded ones, a crop of each held-out photograph).
 """
 from __future__ import annotations
 
@@ -50,8 +51,8 @@ def heldout_pixels(cfg, eval_tf: BatchTransform, n: int, seed: int = 0) -> Pixel
     if ds is None or not len(ds):
         raise DataError(f"the run's data {cfg.data.name!r} has no test or val images to check the export on")
     idx = _pick(len(ds), n, seed)
-    with torch.no_grad():
-        batch = task.make_batch(ds, idx, pixel_transform(eval_tf), None)
+    with torch.no_grad():  # the generator: enhancement's noise, the same for every export of the run
+        batch = task.export_batch(ds, idx, pixel_transform(eval_tf), torch.Generator().manual_seed(seed))
     return Pixels(batch["image"], batch[task.target_key], f"{len(idx)} of {len(ds)} {split} images ({ds.name})",
                   {k: v for k, v in batch.items() if k != "image"})
 
@@ -68,13 +69,14 @@ def calibration_pixels(cfg, eval_tf: BatchTransform, n: int, folder: str | Path 
     if folder is not None:
         return _folder_pixels(Path(folder), cfg, eval_tf, n, grayscale, seed)
     from ..tasks import get_task
-    ds = get_task(cfg).build_datasets(cfg.seed)["train"]
+    task = get_task(cfg)
+    ds = task.build_datasets(cfg.seed)["train"]
     if not len(ds):
         raise DataError(f"the run's training split ({cfg.data.name}) has no images to calibrate INT8 on; "
                         "pass a folder of representative images with --calib-data, or use --int8 dynamic")
     idx = _pick(len(ds), n, seed)
-    with torch.no_grad():
-        px = pixel_transform(eval_tf)(ds.images[idx], None)
+    with torch.no_grad():  # the model's own inputs (enhancement: degraded), as evaluation makes them
+        px = task.export_batch(ds, idx, pixel_transform(eval_tf), torch.Generator().manual_seed(seed))["image"]
     return Pixels(px, None, f"{len(idx)} of {len(ds)} training images ({ds.name})")
 
 

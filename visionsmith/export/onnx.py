@@ -133,11 +133,11 @@ def export_onnx(run_dir: str | Path, int8: str | None = None, opset: int = DEFAU
             "task": task.name, "output": output.onnx_output, "run": str(run_dir), "int8": bool(int8),
             "opset": opset, "preprocess": {"decode_size": decode_size(cfg.data),
                                            "grayscale": grayscale},
-            "weights": which, **output.describe(), **(extra_meta or {})}
+            "weights": which, "free_size": output.free_size, **output.describe(), **(extra_meta or {})}
     tmp_fp32 = out.with_name(f".{out.stem}.fp32-{os.getpid()}.tmp.onnx")
     tmp_int8 = out.with_name(f".{out.stem}.int8-{os.getpid()}.tmp.onnx")
     try:
-        _torch_export(model, eval_tf, opset, tmp_fp32, run_dir, cfg)
+        _torch_export(model, eval_tf, opset, tmp_fp32, run_dir, cfg, output.free_size)
         set_metadata(tmp_fp32, {**meta, "int8": False})
         parity = {"images": held.source}
         parity["fp32"] = output.compare(model, OnnxModel(tmp_fp32, threads), held, atol, task, cache)
@@ -163,14 +163,18 @@ def export_onnx(run_dir: str | Path, int8: str | None = None, opset: int = DEFAU
     return ExportResult(out, rec)
 
 
-def _torch_export(model, eval_tf, opset: int, path: Path, run_dir: Path, cfg) -> None:
-    """``torch.onnx.export(dynamo=True)`` of ``model`` (pixels in) into ``path`` (weights inside the file)."""
+def _torch_export(model, eval_tf, opset: int, path: Path, run_dir: Path, cfg, free_size: bool = False) -> None:
+    """``torch.onnx.export(dynamo=True)`` of ``model`` (pixels in) into ``path`` (weights inside the file);
+    ``free_size``: height and width stay free dimensions too (fully convolutional image-to-image models)."""
     import onnx
 
     from ..surgery.transfer import PEFT_MODES
     s = eval_tf.image_size
     example = torch.rand(2, eval_tf.in_chans, s, s)  # batch 2: a batch of 1 may be specialised as a constant
     batch = torch.export.Dim("batch", min=1)
+    dims = {0: batch}
+    if free_size:
+        dims.update({2: torch.export.Dim("height", min=2), 3: torch.export.Dim("width", min=2)})
     quiet = io.StringIO()
     log = logging.getLogger("torch.onnx")
     level = log.level
@@ -179,7 +183,7 @@ def _torch_export(model, eval_tf, opset: int, path: Path, run_dir: Path, cfg) ->
         with warnings.catch_warnings(), contextlib.redirect_stdout(quiet):
             warnings.simplefilter("ignore", (FutureWarning, DeprecationWarning, UserWarning))
             program = torch.onnx.export(model, (example,), None, input_names=[INPUT_NAME],
-                                        output_names=[OUTPUT_NAME], dynamic_shapes=({0: batch},),
+                                        output_names=[OUTPUT_NAME], dynamic_shapes=(dims,),
                                         opset_version=opset, dynamo=True, verbose=False, optimize=True)
     except Exception as e:  # noqa: BLE001 - the exporter raises many types; the user needs one line
         hint = (f" A {cfg.adapt.mode} run: fold its adapters first (`visionsmith merge {run_dir}`) and export "

@@ -101,6 +101,7 @@ class OnnxModel:
         self.image_size: int = int(self.meta["image_size"])
         self.in_chans: int = int(self.meta["in_chans"])
         self.int8: bool = bool(self.meta.get("int8", False))
+        self.free_size: bool = bool(self.meta.get("free_size", False))  # any H, W (enhancement)
         pre = self.meta.get("preprocess", {})
         self.decode_size: int = int(pre.get("decode_size", self.image_size))
         self.grayscale: bool = bool(pre.get("grayscale", self.in_chans == 1))
@@ -138,6 +139,8 @@ class OnnxModel:
         ``[N, K, S, S]`` (numpy)."""
         x = pixels.detach().cpu().numpy() if isinstance(pixels, torch.Tensor) else np.asarray(pixels)
         want = (self.in_chans, self.image_size, self.image_size)
+        if self.free_size and x.ndim == 4 and x.shape[1] == self.in_chans:
+            want = tuple(x.shape[1:])
         if x.ndim != 4 or tuple(x.shape[1:]) != want:
             raise UserError(f"expected pixels [N, {want[0]}, {want[1]}, {want[2]}], got shape {tuple(x.shape)}")
         x = np.ascontiguousarray(x, dtype=np.float32)

@@ -69,6 +69,8 @@ class TaskOutput:
     onnx_output: ClassVar[str] = ""  # what the exported graph's ``logits`` output is, in words
     batched: ClassVar[bool] = True  # uploads become fixed-size windows that serve batches across requests
     exportable: ClassVar[bool] = True  # ``visionsmith export`` writes an ONNX graph of it
+    serves_onnx: ClassVar[bool] = True  # ``visionsmith serve`` runs that graph (else the run's PyTorch model)
+    free_size: ClassVar[bool] = False  # the graph takes any height and width (else the training size)
 
     def __init__(self, classes: list[str], settings: dict | None = None):
         self.classes = list(classes)

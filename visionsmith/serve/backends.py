@@ -241,6 +241,10 @@ class OnnxBackend(Backend):
                              "(or serve the run folder's checkpoint instead)") from None
         from ..export.runtime import OnnxClassifier
         self.clf = OnnxClassifier(path, threads)  # ValueError naming the file for anything not a visionsmith export
+        from ..outputs import output_for
+        if not output_for(self.clf.task, []).serves_onnx:
+            raise UserError(f"{path} is a {self.clf.task} export: serve its run folder (`visionsmith serve RUN`), "
+                            "which restores whole images tile by tile")
         # A graph exported with a fixed batch dimension can only take batches of exactly that size.
         batch_dim = (self.clf.session.get_inputs()[0].shape or [None])[0]
         self.max_batch = batch_dim if isinstance(batch_dim, int) else None
@@ -305,7 +309,7 @@ def run_backend(run_dir: Path, name: str, threads: int | None = None, backend: s
     cfg = _servable_config(run_dir)  # a folder that is no servable run fails the same way on any backend
     from ..outputs import output_for
     from ..tasks import get_task
-    if not output_for(get_task(cfg).name, []).exportable:  # enhancement (whole images, tiled), generation
+    if not output_for(get_task(cfg).name, []).serves_onnx:  # enhancement (whole images, tiled), generation
         if backend == "onnx":
             raise UserError(f"--backend onnx: {run_dir} is a {cfg.task} run, which serves with PyTorch only")
         return GeneratorBackend(run_dir, name) if cfg.task == "generation" else ImageBackend(run_dir, name)

@@ -64,6 +64,11 @@ class Task:
         ``transform`` augments when it is a training transform, drawing only from ``generator``."""
         raise NotImplementedError
 
+    def export_batch(self, ds, idx: torch.Tensor, transform, generator: torch.Generator) -> dict:
+        """What an ONNX export is calibrated and checked on: rows ``idx`` as the model takes them (eval
+        ``transform``, no augmentation), with their targets.  Most tasks: ``make_batch``."""
+        return self.make_batch(ds, idx, transform, generator)
+
     # -- training -----------------------------------------------------------------------------
     def loss(self, outputs: torch.Tensor, batch: dict) -> torch.Tensor:
         raise NotImplementedError

@@ -86,6 +86,26 @@ class EnhancementTask(Task):
         clean = u8.float() / 255
         return {"image": self.degrade(clean, generator, train), "target": clean}
 
+    EXPORT_CROP = 256  # clean pixels on a side of each held-out photo an export is checked on
+
+    def export_batch(self, ds, idx: Tensor, transform, generator: torch.Generator) -> dict:
+        """Degraded inputs and clean targets for an export: the training bank's centre crops as training
+        shows them, or a centre crop of ``EXPORT_CROP`` pixels of each whole photograph (held-out
+        photos differ in size; the crop is larger than the training size, so the exported graph's free
+        height and width are exercised)."""
+        if not isinstance(ds.images, list):
+            return self.make_batch(ds, idx, transform, generator)
+        side = self.EXPORT_CROP - self.EXPORT_CROP % self.scale
+        crops = []
+        for i in idx.tolist():
+            u8 = ds.images[i]
+            if min(u8.shape[-2:]) < side:
+                raise DataError(f"{ds.paths[i]} is smaller than {side} pixels on a side: too small to check an export on")
+            y0, y1, x0, x1 = centre_box(u8.shape[-2:], side)
+            crops.append(u8[:, y0:y1, x0:x1])
+        clean = torch.stack(crops).float() / 255
+        return {"image": self.degrade(clean, generator, train=False), "target": clean}
+
     # -- training -----------------------------------------------------------------------------
     def loss(self, outputs: Tensor, batch: dict) -> Tensor:
         """``enhance.loss`` between the restored [B, C, S, S] and the clean target."""
