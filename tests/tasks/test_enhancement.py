@@ -174,6 +174,10 @@ def test_a_super_resolution_run_upscales(tmp_path, cli):
     Image.fromarray(small).save(tmp_path / "small.png")
     assert cli("enhance", run, tmp_path / "small.png", "--out", tmp_path / "big").returncode == 0
     assert np.asarray(Image.open(tmp_path / "big" / "small.png")).shape == (small.shape[0] * 2, small.shape[1] * 2, 3)
+    # the exported upsampler takes any size too, and gives scale-times larger images
+    from visionsmith.export.runtime import OnnxModel
+    assert cli("export", run, "--out", tmp_path / "sr.onnx").returncode == 0
+    assert OnnxModel(tmp_path / "sr.onnx").predict_pixels(torch.rand(1, 3, 20, 28)).shape == (1, 3, 40, 56)
 
 
 def test_export_to_onnx_takes_any_size_and_matches_pytorch(denoise_run, tmp_path, cli):
@@ -202,7 +206,3 @@ def test_export_to_onnx_takes_any_size_and_matches_pytorch(denoise_run, tmp_path
     assert "PSNR drop" in res.stdout
     res = cli("serve", tmp_path / "dn.onnx", "--port", "0", check=False)
     assert res.returncode == 2 and "serve its run folder" in res.stderr and "Traceback" not in res.stderr
-    # the exported upsampler takes any size too, and gives scale-times larger images
-    from visionsmith.export.runtime import OnnxModel
-    assert cli("export", run, "--out", tmp_path / "sr.onnx").returncode == 0
-    assert OnnxModel(tmp_path / "sr.onnx").predict_pixels(torch.rand(1, 3, 20, 28)).shape == (1, 3, 40, 56)
