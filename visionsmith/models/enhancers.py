@@ -17,6 +17,8 @@ These are small and fast on purpose (two CPU cores, 30 minutes of training):
 - ``edsr``: Lim et al., "Enhanced Deep Residual Networks for Single Image Super-Resolution" (CVPRW
   2017): residual blocks without BatchNorm, residual scaling, a pixel-shuffle upsampler; at
   ``scale=1`` it is a stronger denoiser than DnCNN for the same depth.
+- ``nafnet``: a small U-Net of NAFNet blocks (Chen et al., "Simple Baselines for Image Restoration",
+  ECCV 2022), the stronger denoiser: most of its work runs at 1/2-1/8 resolution.
 - ``espcn``: Shi et al., "Real-Time Single Image and Video Super-Resolution Using an Efficient
   Sub-Pixel Convolutional Neural Network" (CVPR 2016): three convolutions and a pixel shuffle.
 The classification registry (``models/registry.py``) holds backbones with a classifier interface;
@@ -159,6 +161,89 @@ class ESPCN(_Enhancer):
         return self.body(z)
 
 
+class _ChannelNorm(nn.Module):
+    """LayerNorm over the channels of each pixel ([B, C, H, W] -> same), statistics in float32."""
+
+    def __init__(self, c: int):
+        super().__init__()
+        self.weight, self.bias = nn.Parameter(torch.ones(1, c, 1, 1)), nn.Parameter(torch.zeros(1, c, 1, 1))
+
+    def forward(self, x):
+        xf = x.float()
+        mu = xf.mean(1, keepdim=True)
+        var = (xf - mu).pow(2).mean(1, keepdim=True)
+        return ((xf - mu) * torch.rsqrt(var + 1e-6) * self.weight + self.bias).to(x.dtype)
+
+
+class _NAFBlock(nn.Module):
+    """NAFNet's block (Chen et al., "Simple Baselines for Image Restoration", ECCV 2022) without its
+    channel attention: that attention pools over the whole image, so a tile's output would depend on
+    where the tile is, and tiled restoration would not match the whole-image pass.
+    norm -> 1x1 (c -> 2c) -> 3x3 depthwise -> gate (half times half) -> 1x1, added with a learned
+    scale (started at 0); then norm -> 1x1 (c -> 2c) -> gate -> 1x1, added the same way."""
+
+    def __init__(self, c: int):
+        super().__init__()
+        self.n1, self.n2 = _ChannelNorm(c), _ChannelNorm(c)
+        self.pw1, self.dw = nn.Conv2d(c, 2 * c, 1), nn.Conv2d(2 * c, 2 * c, 3, padding=1, groups=2 * c)
+        self.pw2, self.ff1, self.ff2 = nn.Conv2d(c, c, 1), nn.Conv2d(c, 2 * c, 1), nn.Conv2d(c, c, 1)
+        self.beta, self.gamma = nn.Parameter(torch.zeros(1, c, 1, 1)), nn.Parameter(torch.zeros(1, c, 1, 1))
+
+    def forward(self, x):
+        a, b = self.dw(self.pw1(self.n1(x))).chunk(2, 1)
+        x = x + self.beta * self.pw2(a * b)
+        a, b = self.ff1(self.n2(x)).chunk(2, 1)
+        return x + self.gamma * self.ff2(a * b)
+
+
+class NAFUNet(_Enhancer):
+    """A small NAFNet: a U-Net of ``_NAFBlock`` s.  Level ``l`` (``width * 2^l`` channels, ``1/2^l`` of the
+    resolution) has ``enc[l]`` blocks before a 2x2 stride-2 convolution down and ``dec[l]`` after the
+    way back up (a 1x1 convolution and a pixel shuffle, the skip added); ``middle`` blocks at the
+    bottom.  Most of the work runs at low resolution, so for the compute of a DnCNN it sees far more
+    context (receptive radius ~60 pixels against 17).  Inputs are padded (edge pixels repeated) to a
+    multiple of ``2^levels`` and the output cropped back; tiles must start on that grid (``align``)."""
+
+    def __init__(self, in_chans: int = 3, scale: int = 1, width: int = 32, enc=(2, 2, 2), middle: int = 2,
+                 dec=(2, 2, 2)):
+        super().__init__()
+        if scale != 1:
+            raise ValueError("nafnet denoises (scale 1); use edsr or espcn for super-resolution")
+        if len(enc) != len(dec):
+            raise ValueError(f"nafnet: enc {list(enc)} and dec {list(dec)} must have one entry per level")
+        self.in_chans, self.scale, self.pixel_norm = in_chans, 1, _norm(in_chans)
+        self.intro = nn.Conv2d(in_chans, width, 3, padding=1)
+        self.encoders, self.downs, self.ups, self.decoders = (nn.ModuleList() for _ in range(4))
+        c = width
+        for n_enc, n_dec in zip(enc, dec):
+            self.encoders.append(nn.Sequential(*[_NAFBlock(c) for _ in range(n_enc)]))
+            self.downs.append(nn.Conv2d(c, 2 * c, 2, 2))
+            self.ups.insert(0, nn.Sequential(nn.Conv2d(2 * c, 4 * c, 1, bias=False), nn.PixelShuffle(2)))
+            self.decoders.insert(0, nn.Sequential(*[_NAFBlock(c) for _ in range(n_dec)]))
+            c *= 2
+        self.middle = nn.Sequential(*[_NAFBlock(c) for _ in range(middle)])
+        self.ending = nn.Conv2d(width, in_chans, 3, padding=1)
+        self.align = 2 ** len(enc)
+        # input pixels an output pixel can see: a 3x3 (depthwise) convolution at level l adds 2^l, a
+        # down-sampling 2^l, and the grid of the lowest level up to 2^levels more; rounded up to the grid
+        r = 2 + sum((e + d + 1) * 2 ** lv for lv, (e, d) in enumerate(zip(enc, dec))) + (middle + 1) * self.align
+        self.receptive_radius = -(-r // self.align) * self.align
+
+    def residual(self, z):
+        h, w = z.shape[-2:]
+        z = F.pad(z, (0, -w % self.align, 0, -h % self.align), mode="replicate")  # [B, C, H', W'], multiples of align
+        x = self.intro(z)
+        skips = []
+        for enc, down in zip(self.encoders, self.downs):
+            x = enc(x)
+            skips.append(x)
+            x = down(x)
+        x = self.middle(x)
+        for up, dec, skip in zip(self.ups, self.decoders, reversed(skips)):
+            x = dec(up(x) + skip)
+        return self.ending(x)[..., :h, :w]
+
+
 @register_enhancer
 def dncnn(in_chans: int = 3, scale: int = 1, depth: int = 17, width: int = 64, bn: bool = True) -> nn.Module:
     """DnCNN denoiser (17 layers of 64 channels by default; residual: predicts the noise)."""
@@ -169,6 +254,12 @@ def dncnn(in_chans: int = 3, scale: int = 1, depth: int = 17, width: int = 64, b
 def edsr(in_chans: int = 3, scale: int = 2, blocks: int = 8, width: int = 48, res_scale: float = 1.0) -> nn.Module:
     """EDSR-style residual network with a pixel-shuffle upsampler (scale 1: a denoiser)."""
     return EDSR(in_chans, scale, blocks, width, res_scale)
+
+
+@register_enhancer
+def nafnet(in_chans: int = 3, scale: int = 1, width: int = 32, enc=(2, 2, 2), middle: int = 2, dec=(2, 2, 2)) -> nn.Module:
+    """A small NAFNet-style U-Net denoiser: more context per FLOP than DnCNN (tiles need ``align``)."""
+    return NAFUNet(in_chans, scale, width, tuple(enc), middle, tuple(dec))
 
 
 @register_enhancer

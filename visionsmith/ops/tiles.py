@@ -17,12 +17,13 @@ from typing import Callable
 import torch
 
 
-def _starts(n: int, tile: int, step: int) -> list[int]:
-    """Tile starts covering [0, n): every ``step``, the last one aligned to the end."""
+def _spans(n: int, tile: int, step: int, align: int) -> list[tuple[int, int]]:
+    """(start, end) of tiles covering [0, n): every ``step``, the last one reaching the end; starts are
+    multiples of ``align`` (so the last tile may be up to ``align - 1`` longer than ``tile``)."""
     if n <= tile:
-        return [0]
-    s = list(range(0, n - tile, step))
-    return s + [n - tile]
+        return [(0, n)]
+    starts = list(range(0, n - tile, step)) + [(n - tile) // align * align]
+    return [(s, min(s + tile, n)) for s in starts[:-1]] + [(starts[-1], n)]
 
 
 def _ramp(length: int, lo_inner: bool, hi_inner: bool, pad: int, blend: int) -> torch.Tensor:
@@ -42,26 +43,27 @@ def _ramp(length: int, lo_inner: bool, hi_inner: bool, pad: int, blend: int) -> 
 
 @torch.no_grad()
 def tiled(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, tile: int, pad: int,
-          scale: int = 1, blend: int = 16) -> torch.Tensor:
+          scale: int = 1, blend: int = 16, align: int = 1) -> torch.Tensor:
     """``fn`` over ``x`` [1, C, H, W] in tiles of ``tile`` x ``tile`` input pixels -> [1, C', sH, sW].
 
     ``tile <= 0`` or an image that fits one tile: a single call.  ``tile`` must exceed
-    ``2 * (2 * pad + blend)`` so that tiles advance."""
+    ``2 * (2 * pad + blend)`` so that tiles advance.  ``align``: tiles start at multiples of it (a
+    U-Net that halves the resolution 3 times computes the same as the whole image only on a grid of 8)."""
     _, _, h, w = x.shape
     if tile <= 0 or (h <= tile and w <= tile):
         return fn(x)
     overlap = 2 * pad + blend
-    step = tile - overlap
-    if tile < 2 * overlap:
+    step = (tile - overlap) // align * align
+    if tile < 2 * overlap or step < 1:
         raise ValueError(f"tile {tile} is too small for an overlap of {overlap} pixels (2 x pad {pad} + blend "
                          f"{blend}); use a tile of at least {2 * overlap}")
-    ys, xs = _starts(h, tile, step), _starts(w, tile, step)
+    ys, xs = _spans(h, tile, step, align), _spans(w, tile, step, align)
     out = weight = None
-    for i, y0 in enumerate(ys):
-        th = min(tile, h)
+    for i, (y0, y1) in enumerate(ys):
+        th = y1 - y0
         wy = _ramp(th, i > 0, i < len(ys) - 1, pad, blend)
-        for j, x0 in enumerate(xs):
-            tw = min(tile, w)
+        for j, (x0, x1) in enumerate(xs):
+            tw = x1 - x0
             wx = _ramp(tw, j > 0, j < len(xs) - 1, pad, blend)
             y = fn(x[:, :, y0:y0 + th, x0:x0 + tw]).float()  # [1, C', s*th, s*tw]
             if out is None:

@@ -133,7 +133,8 @@ class EnhancementTask(Task):
             with ctx:
                 return model(t).float().cpu()
 
-        return tiled(fn, x, self.cfg.enhance.tile, pad=int(getattr(model, "receptive_radius", 16)), scale=self.scale)
+        return tiled(fn, x, self.cfg.enhance.tile, pad=int(getattr(model, "receptive_radius", 16)), scale=self.scale,
+                     align=int(getattr(model, "align", 1)))
 
     @staticmethod
     def too_small(model: nn.Module, width: int, height: int) -> str | None:
