@@ -208,3 +208,28 @@ def test_export_to_onnx_takes_any_size_and_matches_pytorch(denoise_run, tmp_path
     assert "PSNR drop" in res.stdout
     res = cli("serve", tmp_path / "dn.onnx", "--port", "0", check=False)
     assert res.returncode == 2 and "serve its run folder" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_swin2sr_from_a_local_folder_trains_reloads_and_upscales(tmp_path, cli):
+    """A transformers Swin2SR saved with save_pretrained (as a downloaded one would be) fine-tunes as
+    ``model.name=swin2sr model.pretrained=FOLDER``, its run reloads for ``enhance``, and a folder whose
+    scale differs from the run's is a one-line error."""
+    import visionsmith
+    from visionsmith.models.enhancers import create_enhancer
+    torch.manual_seed(0)
+    tiny = {"embed_dim": 12, "depths": [2], "num_heads": [2], "window_size": 8, "upsampler": "pixelshuffledirect"}
+    create_enhancer("swin2sr", scale=2, **tiny).net.save_pretrained(tmp_path / "swin")
+    sr = ["model.name=swin2sr", f"model.pretrained={tmp_path / 'swin'}", "model.kwargs={}", "enhance.degradation=sr",
+          "enhance.scale=2", "enhance.baselines=false", "enhance.tile=0", "data.image_size=48"]
+    run = visionsmith.train(None, overrides=[o for o in OVERRIDES if not o.startswith(("model.", "enhance.tile"))] + sr,
+                            out=tmp_path / "run", report=False)
+    ev = json.loads((run / "eval.json").read_text())
+    assert ev["psnr"] > 20 and len(ev["per_image"]) == 8
+    small = skdata.chelsea()[::4, ::4]
+    Image.fromarray(small).save(tmp_path / "small.png")
+    assert cli("enhance", run, tmp_path / "small.png", "--out", tmp_path / "big").returncode == 0
+    assert np.asarray(Image.open(tmp_path / "big" / "small.png")).shape == (small.shape[0] * 2, small.shape[1] * 2, 3)
+    from visionsmith.errors import UserError
+    with pytest.raises(UserError, match="upscales x2 with 3 channel"):
+        visionsmith.train(None, overrides=[o for o in OVERRIDES if not o.startswith(("model.", "enhance.tile"))] +
+                          [o.replace("scale=2", "scale=4") for o in sr], out=tmp_path / "x4", report=False)

@@ -19,6 +19,7 @@ These are small and fast on purpose (two CPU cores, 30 minutes of training):
   ``scale=1`` it is a stronger denoiser than DnCNN for the same depth.
 - ``nafnet``: a small U-Net of NAFNet blocks (Chen et al., "Simple Baselines for Image Restoration",
   ECCV 2022), the stronger denoiser: most of its work runs at 1/2-1/8 resolution.
+- ``swin2sr``: ``transformers``' Swin2SR, fresh (``model.kwargs``: its config) or from a local folder.
 - ``espcn``: Shi et al., "Real-Time Single Image and Video Super-Resolution Using an Efficient
   Sub-Pixel Convolutional Neural Network" (CVPR 2016): three convolutions and a pixel shuffle.
 The classification registry (``models/registry.py``) holds backbones with a classifier interface;
@@ -32,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import UnknownNameError
+from ..errors import UnknownNameError, UserError
 from ._base import PixelNorm
 
 _ENHANCERS: dict[str, Callable[..., nn.Module]] = {}
@@ -244,6 +245,48 @@ class NAFUNet(_Enhancer):
         return self.ending(x)[..., :h, :w]
 
 
+class Swin2SR(nn.Module):
+    """``transformers``' Swin2SR (Conde et al., "Swin2SR: SwinV2 Transformer for Compressed Image
+    Super-Resolution and Restoration", 2022) behind the enhancer contract: [0, 1] pixels in, the
+    upscaled image out (the model subtracts its own mean).
+
+    ``folder``: a local ``save_pretrained`` folder (its config, and its weights unless ``weights`` is
+    False: a run folder being reloaded has its own; nothing is downloaded), or None: a fresh model from
+    ``config`` (any ``Swin2SRConfig`` field, e.g. ``embed_dim``, ``depths``, ``num_heads``,
+    ``upsampler``).  The scale and channels must match the task's."""
+
+    def __init__(self, in_chans: int, scale: int, folder: str | None, config: dict, weights: bool = True):
+        super().__init__()
+        try:
+            from transformers import Swin2SRConfig, Swin2SRForImageSuperResolution
+        except ImportError:  # pragma: no cover - transformers is a dependency
+            raise UserError("model.name=swin2sr needs transformers (pip install transformers)") from None
+        if folder:
+            from pathlib import Path
+            if not (Path(folder) / "config.json").is_file():
+                raise UserError(f"model.pretrained={folder!r} is not a Swin2SR folder (no config.json); give "
+                                       "a folder written by save_pretrained, or leave pretrained false for a fresh model")
+            self.net = (Swin2SRForImageSuperResolution.from_pretrained(folder, local_files_only=True) if weights else
+                        Swin2SRForImageSuperResolution(Swin2SRConfig.from_pretrained(folder, local_files_only=True)))
+        else:
+            self.net = Swin2SRForImageSuperResolution(Swin2SRConfig(upscale=scale, num_channels=in_chans,
+                                                                    num_channels_out=in_chans, **config))
+        c = self.net.config
+        if c.upscale != scale or c.num_channels != in_chans:
+            raise UserError(f"the Swin2SR model upscales x{c.upscale} with {c.num_channels} channel(s); this run "
+                                   f"needs x{scale} with {in_chans} (set enhance.scale / model.in_chans to match)")
+        self.in_chans, self.scale, self.align = in_chans, scale, c.window_size
+        # each of the sum(depths) window-attention layers can reach one window further
+        self.receptive_radius = c.window_size * sum(c.depths)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, C, H, W] -> [B, C, sH, sW].  Padded here (edge pixels repeated) to whole windows: the model's
+        own padding fails for sizes that are not multiples of its window in transformers 5.x."""
+        h, w = x.shape[-2:]
+        x = F.pad(x, (0, -w % self.align, 0, -h % self.align), mode="replicate")
+        return self.net(pixel_values=x).reconstruction[..., :h * self.scale, :w * self.scale]
+
+
 @register_enhancer
 def dncnn(in_chans: int = 3, scale: int = 1, depth: int = 17, width: int = 64, bn: bool = True) -> nn.Module:
     """DnCNN denoiser (17 layers of 64 channels by default; residual: predicts the noise)."""
@@ -260,6 +303,13 @@ def edsr(in_chans: int = 3, scale: int = 2, blocks: int = 8, width: int = 48, re
 def nafnet(in_chans: int = 3, scale: int = 1, width: int = 32, enc=(2, 2, 2), middle: int = 2, dec=(2, 2, 2)) -> nn.Module:
     """A small NAFNet-style U-Net denoiser: more context per FLOP than DnCNN (tiles need ``align``)."""
     return NAFUNet(in_chans, scale, width, tuple(enc), middle, tuple(dec))
+
+
+@register_enhancer
+def swin2sr(in_chans: int = 3, scale: int = 2, folder: str | None = None, weights: bool = True, **config) -> nn.Module:
+    """Swin2SR from ``transformers``: a local folder (``model.pretrained: PATH``) or a fresh model whose
+    ``Swin2SRConfig`` fields are ``model.kwargs``."""
+    return Swin2SR(in_chans, scale, folder, config, weights)
 
 
 @register_enhancer
