@@ -220,7 +220,11 @@ def cmd_export(a) -> int:
     rec = r.record  # the run's task words its own parity check; classification keeps the table below
     print(output_for(rec.get("task", "classification"), []).parity_table(rec) or _parity_table(rec))
     print(f"wrote {r.path} ({r.record['size_bytes'] / 1e6:.2f} MB); record in {Path(a.run) / 'export' / 'export.json'}")
-    print(f"run it: visionsmith predict {r.path} IMAGE...")
+    if output_for(rec.get("task", "classification"), []).serves_onnx:
+        print(f"run it: visionsmith predict {r.path} IMAGE...")
+    else:  # enhancement: the graph is for the user's own runtime; visionsmith restores files from the run folder
+        print(f"run it: ONNX Runtime with input 'pixels' float32 [N, C, H, W] in [0, 1] (any H, W); "
+              f"files: visionsmith enhance {a.run} IMAGE... --out DIR")
     return 0
 
 

@@ -117,7 +117,12 @@ def quantize_int8(fp32_path: Path, out_path: Path, mode: str = "static", calib: 
         # Shape inference + ORT's graph optimisations before quantizing (ORT's recommended first
         # step): ranges are then calibrated on the graph that will actually run.
         pre = Path(tmp) / "pre.onnx"
-        quant_pre_process(str(fp32_path), str(pre))
+        try:
+            quant_pre_process(str(fp32_path), str(pre))
+        except Exception:  # noqa: BLE001 - ORT raises a bare Exception("Incomplete symbolic shape inference")
+            # a graph with free height and width (an upsampler: bicubic resize, pixel shuffle) defeats ORT's
+            # symbolic shape inference; ONNX's own shape inference and the graph optimisations still run
+            quant_pre_process(str(fp32_path), str(pre), skip_symbolic_shape=True)
         if mode == "static":
             if calib is None or len(calib) == 0:
                 raise UserError("static INT8 needs calibration images; got none")
