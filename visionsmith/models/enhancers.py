@@ -27,6 +27,7 @@ these have none, so they have their own small registry here.
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -262,10 +263,9 @@ class Swin2SR(nn.Module):
         except ImportError:  # pragma: no cover - transformers is a dependency
             raise UserError("model.name=swin2sr needs transformers (pip install transformers)") from None
         if folder:
-            from pathlib import Path
             if not (Path(folder) / "config.json").is_file():
                 raise UserError(f"model.pretrained={folder!r} is not a Swin2SR folder (no config.json); give "
-                                       "a folder written by save_pretrained, or leave pretrained false for a fresh model")
+                                "a folder written by save_pretrained, or leave pretrained false for a fresh model")
             self.net = (Swin2SRForImageSuperResolution.from_pretrained(folder, local_files_only=True) if weights else
                         Swin2SRForImageSuperResolution(Swin2SRConfig.from_pretrained(folder, local_files_only=True)))
         else:
@@ -274,7 +274,7 @@ class Swin2SR(nn.Module):
         c = self.net.config
         if c.upscale != scale or c.num_channels != in_chans:
             raise UserError(f"the Swin2SR model upscales x{c.upscale} with {c.num_channels} channel(s); this run "
-                                   f"needs x{scale} with {in_chans} (set enhance.scale / model.in_chans to match)")
+                            f"needs x{scale} with {in_chans} (set enhance.scale / model.in_chans to match)")
         self.in_chans, self.scale, self.align = in_chans, scale, c.window_size
         # each of the sum(depths) window-attention layers can reach one window further
         self.receptive_radius = c.window_size * sum(c.depths)
