@@ -144,7 +144,7 @@ def test_bad_files_and_arguments(seg_run, seg_onnx, tmp_path):
     prop.value = json.dumps({**json.loads(prop.value), "task": "depth"})
     other = tmp_path / "other.onnx"
     onnx.save_model(m, str(other))
-    with pytest.raises(ValueError, match="'depth' export; only classification, detection, segmentation exports"):
+    with pytest.raises(ValueError, match="'depth' export; only classification, detection, enhancement, segmentation exports"):
         OnnxModel(other)
     with pytest.raises(ExportError, match="--opset 7 cannot be written"):
         export_onnx(seg_run, opset=7, out=tmp_path / "op7.onnx")

@@ -73,11 +73,15 @@ def test_bad_uploads_are_4xx_naming_the_image(client):
     assert r.status_code in (400, 415) and "x.png" in r.text
 
 
-def test_onnx_backend_export_and_predict_refuse_in_one_line(enh_run, cli, tmp_path):
+def test_onnx_backend_and_predict_refuse_in_one_line(enh_run, cli, tmp_path):
+    """An enhancement run exports (for the user's own runtime), but serve runs it from its folder, tile by
+    tile: --backend onnx and the exported file are refused in one line."""
     with pytest.raises(UserError, match="serves with PyTorch only"):
         load_backend(str(enh_run), backend="onnx")
-    res = cli("export", enh_run, check=False)
-    assert res.returncode == 2 and "not supported yet" in res.stderr and "Traceback" not in res.stderr
+    res = cli("export", enh_run, "--out", tmp_path / "enh.onnx", check=False)
+    assert res.returncode == 0 and "visionsmith enhance" in res.stdout, res.stderr
+    with pytest.raises(UserError, match="serve its run folder"):
+        load_backend(str(tmp_path / "enh.onnx"))
     (tmp_path / "a.png").write_bytes(_noisy_png())
     res = cli("predict", enh_run, tmp_path / "a.png", check=False)
     assert res.returncode == 2 and "visionsmith enhance" in res.stderr and "Traceback" not in res.stderr

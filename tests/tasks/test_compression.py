@@ -307,7 +307,7 @@ def test_config_mistakes_name_the_key():
                            (["codec.lmbdas=[0.05,0.01]"], "ascending"),
                            (["codec.baselines=[png]"], "codec.baselines"),
                            (["task=classification", "data.name=digits", "model.name=simple_cnn"], "written for task compression"),
-                           (["data.image_size=96"], "multiple of 64")):
+                           (["data.image_size=80"], "multiple of 32")):
         with pytest.raises((ConfigError, DataError), match=msg):
             cfg = load_config(recipe, overrides)
             validate(cfg)

@@ -309,7 +309,8 @@ def run_backend(run_dir: Path, name: str, threads: int | None = None, backend: s
     cfg = _servable_config(run_dir)  # a folder that is no servable run fails the same way on any backend
     from ..outputs import output_for
     from ..tasks import get_task
-    if not output_for(get_task(cfg).name, []).serves_onnx:  # enhancement (whole images, tiled), generation
+    out = output_for(get_task(cfg).name, [])
+    if not (out.exportable and out.serves_onnx):  # enhancement (whole images, tiled), generation (a sampling loop)
         if backend == "onnx":
             raise UserError(f"--backend onnx: {run_dir} is a {cfg.task} run, which serves with PyTorch only")
         return GeneratorBackend(run_dir, name) if cfg.task == "generation" else ImageBackend(run_dir, name)
