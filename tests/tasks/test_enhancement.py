@@ -239,6 +239,8 @@ def test_swin2sr_from_a_local_folder_trains_reloads_and_upscales(tmp_path, cli):
     assert cli("enhance", run, tmp_path / "small.png", "--out", tmp_path / "big").returncode == 0
     assert np.asarray(Image.open(tmp_path / "big" / "small.png")).shape == (small.shape[0] * 2, small.shape[1] * 2, 3)
     from visionsmith.errors import UserError
+    with pytest.raises(UserError, match="dncnn trains from scratch here; only swin2sr"):
+        create_enhancer("dncnn", folder=str(tmp_path / "swin"))
     with pytest.raises(UserError, match="upscales x2 with 3 channel"):
         visionsmith.train(None, overrides=[o for o in OVERRIDES if not o.startswith(("model.", "enhance.tile"))] +
                           [o.replace("scale=2", "scale=4") for o in sr], out=tmp_path / "x4", report=False)

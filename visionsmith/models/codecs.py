@@ -286,9 +286,10 @@ class _Codec(nn.Module):
 
     def analyze(self, x: Tensor, level: Tensor) -> Tensor:
         """pixels [B, C, H, W] -> the gained latent y [B, M, H/y_stride, W/y_stride] (rounded, it is what is coded)."""
-        y = self.g_a(x - 0.5)
+        x = x - 0.5
+        y = self.g_a(x)
         if self.skip_a is not None:
-            y = y + _float32(self.skip_a, x - 0.5)
+            y = y + _float32(self.skip_a, x)
         return y * self.gains(level)[0]
 
     def synthesize(self, y_hat: Tensor, level: Tensor) -> Tensor:
@@ -395,7 +396,7 @@ class ScaleHyperprior(_Codec):
     def decompress(self, streams: dict, hw: tuple[int, int], level: int = 0) -> Tensor:
         """{"y", "z": bytes}, y's (h, w) and the level -> pixels [1, C, h * y_stride, w * y_stride]."""
         from ..ops.entropy import decode
-        zh, zw = hw[0] // 4, hw[1] // 4
+        zh, zw = hw[0] // self.hyper_stride, hw[1] // self.hyper_stride
         pmf_z, lo_z = self.density.tables(level)
         z_hat = decode(streams["z"], torch.arange(self.N).view(1, -1, 1, 1).expand(1, self.N, zh, zw), pmf_z, lo_z)
         pmf_y, lo_y = GaussianConditional.tables()

@@ -27,6 +27,7 @@ these have none, so they have their own small registry here.
 """
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 from typing import Callable
 
@@ -49,11 +50,21 @@ def enhancer_names() -> list[str]:
     return sorted(_ENHANCERS)
 
 
-def create_enhancer(name: str, in_chans: int = 3, scale: int = 1, **kwargs) -> nn.Module:
+def create_enhancer(name: str, in_chans: int = 3, scale: int = 1, folder: str | None = None, weights: bool = True,
+                    **kwargs) -> nn.Module:
+    """``folder``: a local folder of pretrained weights (``model.pretrained: PATH``), for the networks that
+    load one (``swin2sr``); ``weights=False`` takes only its architecture (a run folder being reloaded)."""
     if name not in _ENHANCERS:
         raise UnknownNameError(f"model.name={name!r} is not an enhancement network; task enhancement builds "
                                f"{', '.join(enhancer_names())}")
-    return _ENHANCERS[name](in_chans=in_chans, scale=scale, **kwargs)
+    fn = _ENHANCERS[name]
+    if folder is not None:
+        if "folder" not in inspect.signature(fn).parameters:
+            raise UserError(f"model.pretrained={folder!r}: {name} trains from scratch here; only "
+                            f"{', '.join(n for n, f in _ENHANCERS.items() if 'folder' in inspect.signature(f).parameters)} "
+                            "load weights from a folder")
+        kwargs.update(folder=folder, weights=weights)
+    return fn(in_chans=in_chans, scale=scale, **kwargs)
 
 
 def _norm(in_chans: int) -> PixelNorm:

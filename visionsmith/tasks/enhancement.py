@@ -63,10 +63,9 @@ class EnhancementTask(Task):
     def build_model(self, num_classes: int, pretrained: bool | str | None = None) -> nn.Module:
         from ..models.enhancers import create_enhancer
         m = self.cfg.model
-        extra = {}
-        if m.name == "swin2sr" and isinstance(m.pretrained, str):  # a local save_pretrained folder; reloading a
-            extra = {"folder": m.pretrained, "weights": pretrained is not False}  # run takes only its config
-        return create_enhancer(m.name, in_chans=m.in_chans, scale=self.scale, **m.kwargs, **extra)
+        folder = m.pretrained if isinstance(m.pretrained, str) else None  # reloading a run: its architecture only
+        return create_enhancer(m.name, in_chans=m.in_chans, scale=self.scale, folder=folder,
+                               weights=pretrained is not False, **m.kwargs)
 
     def degrade(self, clean: Tensor, generator: torch.Generator | None, train: bool) -> Tensor:
         """clean float [B, C, S, S] in [0, 1] -> the network's input (8-bit levels, data/degrade.py)."""
