@@ -91,6 +91,9 @@ class TrainConfig:
     amp: Literal["auto", "off", "bf16", "fp16"] = "auto"  # auto: bf16/fp16 on CUDA, off on CPU
     channels_last: bool = True  # NHWC: 2-4x faster convolutions on CPU
     early_stop: EarlyStopConfig = field(default_factory=EarlyStopConfig)
+    select: Literal["val", "last"] = "val"  # the run's result: the weights of the best validation epoch, or
+    # the last epoch's (a fixed schedule, as super-resolution papers train: for when validation is too
+    # small or unlike the test data to pick an epoch; validation is still scored and plotted)
     checkpoint_every: int = 0  # also checkpoint every N steps (0: only at epoch ends)
     log_every: int = 20  # steps between train lines in metrics.jsonl
     threads: int | None = None  # torch intra-op threads (default: torch's choice)
@@ -239,6 +242,8 @@ class EnhanceConfig:
     noise: Literal["gaussian", "poisson"] = "gaussian"
     sigma: float = 25.0  # Gaussian noise std on the 0-255 scale: what val/test are scored at
     sigma_max: float = 0.0  # > 0: blind training, each image's sigma drawn uniformly from [0, sigma_max]
+    eval_sigmas: list[float] = field(default_factory=list)  # gaussian: the test evaluation also scores the
+    # network and the baselines at each of these sigmas (a blind model's table); the headline stays at `sigma`
     peak: float = 30.0  # poisson: photons at white (lower: noisier)
     scale: int = 2  # sr: the upscaling factor (2, 3, 4)
     loss: Literal["l1", "mse", "charbonnier"] = "l1"
@@ -563,6 +568,7 @@ def validate(cfg: Config) -> None:
         (cfg.det.max_detections >= 1 and cfg.det.pre_nms >= 1, "det.max_detections and det.pre_nms must be >= 1"),
         (cfg.enhance.sigma >= 0 and cfg.enhance.sigma_max >= 0 and cfg.enhance.peak > 0,
          "enhance.sigma and enhance.sigma_max must be >= 0, enhance.peak > 0"),
+        (all(s > 0 for s in cfg.enhance.eval_sigmas), "enhance.eval_sigmas must all be > 0"),
         (cfg.enhance.scale in (2, 3, 4), "enhance.scale must be 2, 3 or 4"),
         (cfg.enhance.tile >= 0, "enhance.tile must be >= 0 (0: whole images)"),
         (cfg.distill.temperature > 0, "distill.temperature must be > 0"),

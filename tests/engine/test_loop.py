@@ -54,6 +54,19 @@ def test_early_stopping_stops_and_says_so(tmp_path):
     assert (run / "checkpoints" / "best.safetensors").is_file()
 
 
+@pytest.mark.parametrize("select,epoch", [("val", 1), ("last", 3)])
+def test_select_picks_the_best_validation_epoch_or_the_last(tmp_path, select, epoch):
+    # Validation cannot move (lr 1e-12): "val" keeps the first epoch's weights, "last" the third's.
+    from visionsmith.engine.checkpoint import read_meta
+    cfg = load_config(DIGITS, ["train.lr=1e-12", "train.warmup_epochs=0", f"train.select={select}",
+                               "train.threads=1", "train.epochs=3", "model.name=hf_vision",
+                               "model.kwargs={config: {model_type: vit, image_size: 16, patch_size: 4, hidden_size: 32, "
+                               "num_hidden_layers: 1, num_attention_heads: 2, intermediate_size: 64}}"])
+    run = fit(cfg, out=tmp_path / select)
+    assert len({r["acc"] for r in _rows(run, "val")}) == 1  # the same score every epoch
+    assert int(read_meta(run / "checkpoints" / "best.safetensors")["epoch"]) == epoch
+
+
 def test_sgd_clip_ema_and_max_steps(tmp_path):
     cfg = load_config(DIGITS, ["train.optimizer=sgd", "train.lr=0.05", "train.grad_clip=1.0", "train.ema=true",
                                "train.max_steps=7", "train.log_every=2", "train.threads=1"])

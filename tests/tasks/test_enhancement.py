@@ -244,3 +244,38 @@ def test_swin2sr_from_a_local_folder_trains_reloads_and_upscales(tmp_path, cli):
     with pytest.raises(UserError, match="upscales x2 with 3 channel"):
         visionsmith.train(None, overrides=[o for o in OVERRIDES if not o.startswith(("model.", "enhance.tile"))] +
                           [o.replace("scale=2", "scale=4") for o in sr], out=tmp_path / "x4", report=False)
+
+
+def test_a_blind_denoiser_is_scored_at_every_noise_level_with_the_baselines():
+    """``enhance.eval_sigmas``: the test evaluation adds one row per noise level (the same seeded noise,
+    scaled), the row at ``enhance.sigma`` is the headline itself, and the baselines run at each level."""
+    from visionsmith.config import Config
+    from visionsmith.data.photos import PhotoDataset
+    from visionsmith.tasks import get_task
+    cfg = Config(task="enhancement")
+    cfg.data.name = "photos"
+    cfg.enhance.sigma, cfg.enhance.eval_sigmas, cfg.enhance.tile = 25.0, [10.0, 25.0, 50.0], 0
+    task = get_task(cfg)
+    photo = torch.from_numpy(skdata.astronaut()[100:196, 200:296].copy()).permute(2, 0, 1)
+    ds = PhotoDataset([photo, photo.flip(-1).contiguous()], "photos/test", ["a.png", "b.png"])
+    noisy10 = task.at_sigma(10).degraded_split(ds)[0][0]
+    noisy50 = task.at_sigma(50).degraded_split(ds)[0][0]
+    clean = photo.float() / 255
+    assert (noisy10 - clean).std().item() * 255 == pytest.approx(10, rel=0.1)  # the levels asked for,
+    assert (noisy50 - clean).std().item() * 255 == pytest.approx(45, rel=0.12)  # clipped at 0 and 1 at 50
+    torch.manual_seed(0)
+    model = create_enhancer("dncnn", in_chans=3, scale=1, depth=4, width=8).eval()
+    m = task.evaluate(model, ds, None, 2, torch.device("cpu"), keep_outputs=True)
+    rows = {r["sigma"]: r for r in m["by_sigma"]}
+    assert list(rows) == [10.0, 25.0, 50.0]
+    assert rows[25.0]["psnr"] == m["psnr"] and rows[25.0]["psnr_input"] == m["psnr_input"]
+    assert rows[10.0]["psnr_input"] > rows[25.0]["psnr_input"] + 6 > rows[50.0]["psnr_input"] + 6
+    assert rows[10.0]["psnr"] > rows[50.0]["psnr"]
+    val = torch.from_numpy(skdata.coffee()[150:214, 250:314].copy()).permute(2, 0, 1)
+    task._val = lambda: PhotoDataset([val], "photos/val", ["v.png"])  # a small validation set: a fast test
+    extra = task.eval_artifacts(None, ds, m.pop("outputs"), m)
+    for s, r in rows.items():
+        assert r["baselines"]["nlm"]["psnr"] > r["psnr_input"] + 2  # NLM at each level, on that level's noise
+    assert rows[25.0]["baselines"] == extra["baselines"]
+    assert rows[10.0]["baselines"]["nlm"]["psnr"] > rows[50.0]["baselines"]["nlm"]["psnr"] + 4
+    assert "sigma 50: PSNR" in task.summary({**m, **extra})

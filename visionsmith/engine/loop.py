@@ -321,7 +321,7 @@ def fit(cfg: Config, out: str | Path | None = None, resume: str | Path | None = 
                 else:
                     bad_epochs += 1
                 stop = bool(es.patience) and bad_epochs >= es.patience
-                if improved:
+                if improved or t.select == "last":
                     save_weights(run_dir / "checkpoints" / "best.safetensors", eval_model().state_dict(),
                                  {"step": step, "epoch": epoch, monitor: value, "classes": classes,
                                   "model": cfg.model.name})

@@ -76,6 +76,23 @@ def side_by_side(z: dict) -> str | None:
                      [[titles[k] for k in keys]] + [[None] * len(keys)] * (n - 1), names[:n])
 
 
+def _sigma_table(ev: dict) -> str:
+    """PSNR at each noise level of ``enhance.eval_sigmas`` (one blind model): the network, the input and
+    every baseline, each on the same seeded noise."""
+    rows = [r for r in ev.get("by_sigma") or [] if isinstance(r, dict)]
+    if not rows:
+        return ""
+    names = sorted({n for r in rows for n in (r.get("baselines") or {})})
+    head = "".join(f"<th class=num>{esc(n)}</th>" for n in names)
+    body = "".join(
+        f"<tr><td>{esc(fmt.num(r.get('sigma'), 3))}</td><td class=num>{esc(fmt.num(r.get('psnr_input'), 4))}</td>"
+        + "".join(f"<td class=num>{esc(fmt.num(((r.get('baselines') or {}).get(n) or {}).get('psnr'), 4))}</td>"
+                  for n in names)
+        + f"<td class=num><b>{esc(fmt.num(r.get('psnr'), 4))}</b></td></tr>" for r in rows)
+    return ("<h3>At each noise level (PSNR, dB)</h3><table><tr><th>sigma</th><th class=num>input</th>"
+            f"{head}<th class=num>this network</th></tr>{body}</table>")
+
+
 @ENHANCEMENT.section("evaluation", "Test evaluation")
 def _evaluation(data: RunData) -> str:
     missing = no_eval(data)
@@ -91,7 +108,8 @@ def _evaluation(data: RunData) -> str:
     table = ("<table><tr><th>method</th><th class=num>PSNR</th><th class=num>SSIM</th><th class=num>PSNR-Y</th>"
              f"<th class=num>SSIM-Y</th><th>setting</th></tr>{rows}</table>")
     bars = img(_bars(ev), "PSNR per image", "No per-image scores in eval.json.")
-    body = f'<div class="grid2"><div><h3>Against the classical methods</h3>{table}</div><div>{bars}</div></div>'
+    body = (f'<div class="grid2"><div><h3>Against the classical methods</h3>{table}{_sigma_table(ev)}</div>'
+            f'<div>{bars}</div></div>')
     return section("evaluation", "Test evaluation",
                    "Every method restores the same degraded versions of the held-out photographs (the noise is "
                    "seeded), and every output is scored as the 8-bit image a user gets. PSNR/SSIM on RGB, and on "

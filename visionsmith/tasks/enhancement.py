@@ -14,6 +14,7 @@ quote Y).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 
 import torch
 import torch.nn as nn
@@ -187,9 +188,29 @@ class EnhancementTask(Task):
         m = metric.compute()
         m["psnr_input"] = sum(first_in) / max(len(first_in), 1)
         m["per_image"] = [{"image": str(p), **r} for p, r in zip(ds.paths, metric.per_image)]
-        if keep_outputs:
+        if keep_outputs:  # the test evaluation (not the per-epoch validation): the noise-level table too
             m["outputs"] = kept
+            sweep = self.sweep_sigmas()
+            if sweep:
+                m["by_sigma"] = [self._row_at(s, m) if s == self.cfg.enhance.sigma else
+                                 self._row_at(s, self.at_sigma(s).evaluate(model, ds, transform, batch_size, device,
+                                                                           channels_last, amp_dtype))
+                                 for s in sweep]
         return m
+
+    def sweep_sigmas(self) -> list[float]:
+        """``enhance.eval_sigmas`` for Gaussian denoising, else none."""
+        e = self.cfg.enhance
+        return list(e.eval_sigmas) if e.degradation == "noise" and e.noise == "gaussian" else []
+
+    def at_sigma(self, sigma: float) -> "EnhancementTask":
+        """This task scoring at another Gaussian noise level (the same seeded noise, scaled)."""
+        enhance = dataclasses.replace(self.cfg.enhance, sigma=float(sigma), eval_sigmas=[])
+        return type(self)(dataclasses.replace(self.cfg, enhance=enhance))
+
+    @staticmethod
+    def _row_at(sigma: float, m: dict) -> dict:
+        return {"sigma": float(sigma), **{k: m[k] for k in ("psnr", "ssim", "psnr_y", "ssim_y", "psnr_input")}}
 
     def _input_psnr(self, x: Tensor, clean: Tensor) -> float:
         """The degraded input's own score: noisy vs clean, or bicubic upsampling vs clean."""
@@ -211,6 +232,13 @@ class EnhancementTask(Task):
             results = run_baselines(pairs, e.degradation, sigma, self.scale, self.shave,
                                     tuned_on=self.degraded_split(self._val()))
             extra["baselines"] = {k: v["scores"] for k, v in results.items()}
+            for row in m.get("by_sigma") or []:  # the same methods at each noise level of the table
+                if row["sigma"] == e.sigma:
+                    row["baselines"] = extra["baselines"]
+                    continue
+                at = self.at_sigma(row["sigma"])
+                row["baselines"] = {k: v["scores"] for k, v in run_baselines(
+                    at.degraded_split(ds), "noise", row["sigma"], 1, 0, tuned_on=at.degraded_split(self._val())).items()}
         if run_dir is not None and pairs and outputs:
             import numpy as np
             best = max(results, key=lambda k: results[k]["scores"]["psnr"]) if results else None
@@ -239,6 +267,9 @@ class EnhancementTask(Task):
                 f"(degraded input {m['psnr_input']:.2f} dB)")
         for name, s in (m.get("baselines") or {}).items():
             line += f"  {name} {s['psnr']:.2f} (Y {s['psnr_y']:.2f})"
+        for row in m.get("by_sigma") or []:
+            nlm = (row.get("baselines") or {}).get("nlm")
+            line += f"\n  sigma {row['sigma']:g}: PSNR {row['psnr']:.2f} dB" + (f" (nlm {nlm['psnr']:.2f})" if nlm else "")
         return line
 
     def per_class_lines(self, m: dict) -> list[str]:
