@@ -20,6 +20,10 @@ class Supervised(nn.Module):
         self.task = task
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        own = getattr(self.model, "loss_and_output", None)
+        if own is not None:  # a model with its own loss (transformers' DETR family: a set loss over queries)
+            loss, out = own(batch)
+            return {"loss": loss.float(), "output": out}
         out = self.model(batch["image"])
         return {"loss": self.task.loss(out.float(), batch), "output": out}
 

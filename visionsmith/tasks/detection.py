@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from ..data.errors import DataError
 from ..data.transforms import IGNORE
+from ..errors import UserError
 from .base import Task, register_task
 
 SOURCES = ("scenes", "coco", "voc", "yolo")  # data.name values this task reads
@@ -111,6 +112,21 @@ class DetectionTask(Task):
         return [i for i, f in enumerate(info) if f["reduction"] >= self.cfg.det.min_stride] or [len(info) - 1]
 
     def build_model(self, num_classes: int, pretrained: bool | str | None = None) -> nn.Module:
+        from ..models.detectors import DETECTORS, create_detector
+        m = self.cfg.model
+        if m.name in DETECTORS:  # a whole detector from transformers (its own head and set loss)
+            if self.cfg.method != "supervised":
+                raise UserError(f"model.name={m.name} trains with its own set loss: method supervised only "
+                                f"(got method={self.cfg.method})")
+            if m.pretrained is True:
+                raise UserError(f"model.name={m.name}: no weights for it install offline; set model.pretrained to a "
+                                "local save_pretrained folder of a downloaded checkpoint, or false to train from scratch")
+            folder = m.pretrained if isinstance(m.pretrained, str) else None
+            return create_detector(m.name, num_classes, folder=folder, weights=pretrained is not False,
+                                   in_chans=m.in_chans, **m.kwargs)
+        return self._fcos(num_classes, pretrained)
+
+    def _fcos(self, num_classes: int, pretrained) -> nn.Module:
         from ..models import create_model
         from ..models.heads.detection import FCOSHead
         from ..models.segmenter import EncoderDecoder
