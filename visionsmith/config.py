@@ -221,7 +221,9 @@ class SegConfig:
 
 @dataclass
 class DetConfig:
-    """Object detection (tasks/detection.py); ``task: detection``.  FCOS on the backbone pyramid."""
+    """Object detection (tasks/detection.py); ``task: detection``.  FCOS (one stage) or Faster R-CNN (two
+    stages) on the backbone pyramid; ``model.name: rt_detr | hf_detector`` for the DETR family instead."""
+    head: Literal["fcos", "faster_rcnn"] = "fcos"
     channels: int = 96  # FPN neck and head width
     convs: int = 2  # 3x3 conv blocks in each of the head's classification and regression towers
     min_stride: int = 8  # the finest pyramid level the head reads (levels from it to the deepest)

@@ -13,7 +13,7 @@ probability, the same ranking), and K class logits (sigmoid-based models: RT-DET
 Deformable DETR; DETR's softmax with a no-object class becomes per-class logits of its
 probabilities).  Training uses the model's own set loss (Hungarian matching, ``transformers``' loss
 functions need scipy), which is why these models carry ``loss_and_output``: the task's FCOS loss
-does not apply to a set of queries.
+does not apply to a set of queries (so method ``supervised`` only, as for every detector today).
 
 Why not our own DETR: ``transformers`` maintains these (and their checkpoints); the wrapper only
 converts boxes and pixels.  A folder is loaded with ``local_files_only`` (nothing is downloaded); its

@@ -115,28 +115,29 @@ class DetectionTask(Task):
         from ..models.detectors import DETECTORS, create_detector
         m = self.cfg.model
         if m.name in DETECTORS:  # a whole detector from transformers (its own head and set loss)
-            if self.cfg.method != "supervised":
-                raise UserError(f"model.name={m.name} trains with its own set loss: method supervised only "
-                                f"(got method={self.cfg.method})")
             if m.pretrained is True:
                 raise UserError(f"model.name={m.name}: no weights for it install offline; set model.pretrained to a "
                                 "local save_pretrained folder of a downloaded checkpoint, or false to train from scratch")
             folder = m.pretrained if isinstance(m.pretrained, str) else None
             return create_detector(m.name, num_classes, folder=folder, weights=pretrained is not False,
                                    in_chans=m.in_chans, **m.kwargs)
-        return self._fcos(num_classes, pretrained)
+        return self._on_pyramid(num_classes, pretrained)
 
-    def _fcos(self, num_classes: int, pretrained) -> nn.Module:
+    def _on_pyramid(self, num_classes: int, pretrained) -> nn.Module:
+        """A registered backbone's pyramid into the FCOS head, or Faster R-CNN's (``det.head``)."""
         from ..models import create_model
         from ..models.heads.detection import FCOSHead
+        from ..models.heads.faster_rcnn import FasterRCNNHead, TwoStageDetector
         from ..models.segmenter import EncoderDecoder
         m, d = self.cfg.model, self.cfg.det
         pre = m.pretrained if pretrained is None else pretrained
         backbone = create_model(m.name, num_classes=0, pretrained=pre, in_chans=m.in_chans, drop_rate=0.0, **m.kwargs)
         levels = self._levels(backbone)
         info = backbone.feature_info
-        head = FCOSHead([info[i]["num_chs"] for i in levels], [info[i]["reduction"] for i in levels], num_classes,
-                        channels=d.channels, convs=d.convs)
+        chans, strides = [info[i]["num_chs"] for i in levels], [info[i]["reduction"] for i in levels]
+        if d.head == "faster_rcnn":
+            return TwoStageDetector(backbone, FasterRCNNHead(chans, strides, num_classes, channels=d.channels), levels)
+        head = FCOSHead(chans, strides, num_classes, channels=d.channels, convs=d.convs)
         return EncoderDecoder(backbone, head, levels)
 
     @functools.cached_property

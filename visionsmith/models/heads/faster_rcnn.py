@@ -1,0 +1,252 @@
+"""Two-stage detection: Faster R-CNN with an FPN, in plain torch.
+
+Ren, He, Girshick, Sun, "Faster R-CNN", NeurIPS 2015; Lin et al., "Feature Pyramid Networks", CVPR 2017.
+An FPN neck on the backbone's pyramid; a region proposal network (a 3x3 conv, then per anchor an
+objectness logit and four box deltas; 3 aspect ratios, one size per level) proposes boxes; RoIAlign
+(``ops/boxes.py``) pools 7 x 7 features of each proposal from the pyramid level its size belongs to; a
+box head (two fully connected layers) classifies it over K classes + background and refines it per class.
+
+Why here and not torchvision's: torchvision's detection models and ops do not import with the CPU
+torch this project installs (its registry build is CUDA); ``ops/boxes.py`` hands NMS and RoIAlign to
+torchvision when a working one is installed.  The layout follows torchvision's so its habits carry over.
+
+The proposals and the sampled training regions depend on the targets, so the head trains through
+``loss_and_output(feats, size, boxes, labels)`` (the RPN and box-head losses); ``forward(feats, size)``
+gives the shared detection output ``[B, R * K, 5 + K]`` (``models/heads/detection.py``): for each of R
+proposals and each class k, the class-k box in input pixels, a constant centre-ness logit (sigmoid 1),
+and class logits that are ``logit(p_k)`` in column k and a large negative elsewhere, so decoding
+(score = sqrt(p_k), class-aware NMS), COCO evaluation, predict and serve are shared with FCOS.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ...ops.boxes import batched_nms, box_iou, clip_boxes, roi_align
+from ..segmenter import EncoderDecoder
+from .detection import FPNNeck
+from .segmentation import _check_pyramid
+
+__all__ = ["FasterRCNNHead", "TwoStageDetector"]
+
+OFF = 30.0  # |logit| whose sigmoid is 0 or 1 in float32
+CLAMP = math.log(1000.0 / 16)  # largest log-scale change a delta may ask for (torchvision's)
+
+
+def encode(ref: Tensor, gt: Tensor, w: tuple[float, ...]) -> Tensor:
+    """Box deltas (dx, dy, dw, dh) * weights that move ``ref [N, 4]`` onto ``gt [N, 4]`` (xyxy)."""
+    rw, rh = ref[:, 2] - ref[:, 0], ref[:, 3] - ref[:, 1]
+    gw, gh = gt[:, 2] - gt[:, 0], gt[:, 3] - gt[:, 1]
+    dx = ((gt[:, 0] + gt[:, 2]) - (ref[:, 0] + ref[:, 2])) / 2 / rw
+    dy = ((gt[:, 1] + gt[:, 3]) - (ref[:, 1] + ref[:, 3])) / 2 / rh
+    return torch.stack([w[0] * dx, w[1] * dy, w[2] * torch.log(gw / rw), w[3] * torch.log(gh / rh)], 1)
+
+
+def decode(ref: Tensor, deltas: Tensor, w: tuple[float, ...]) -> Tensor:
+    """``encode``'s inverse: ``ref [N, 4]`` and ``deltas [N, ..., 4]`` -> boxes ``[N, ..., 4]`` (xyxy)."""
+    shape = [-1] + [1] * (deltas.dim() - 2)
+    rw, rh = (ref[:, 2] - ref[:, 0]).view(shape), (ref[:, 3] - ref[:, 1]).view(shape)
+    cx, cy = (ref[:, 0].view(shape) + rw / 2), (ref[:, 1].view(shape) + rh / 2)
+    dx, dy = deltas[..., 0] / w[0], deltas[..., 1] / w[1]
+    dw, dh = (deltas[..., 2] / w[2]).clamp(max=CLAMP), (deltas[..., 3] / w[3]).clamp(max=CLAMP)
+    pcx, pcy, pw, ph = cx + dx * rw, cy + dy * rh, rw * torch.exp(dw), rh * torch.exp(dh)
+    return torch.stack([pcx - pw / 2, pcy - ph / 2, pcx + pw / 2, pcy + ph / 2], -1)
+
+
+def anchors_for(sizes: list[tuple[int, int]], strides: list[int], scale: float, ratios: tuple[float, ...],
+                device=None) -> Tensor:
+    """Every anchor of every level: ``[sum h_l * w_l * A, 4]`` xyxy in input pixels, level by level,
+    row-major, the A = len(ratios) shapes of a location together; side ``scale * stride``, area kept
+    across aspect ratios (h / w = ratio), centred at ``(j + 0.5) * stride``."""
+    out = []
+    for (h, w), s in zip(sizes, strides):
+        r = torch.tensor(ratios, dtype=torch.float32, device=device)
+        hw = torch.stack([scale * s / r.sqrt(), scale * s * r.sqrt()], 1)  # [A, 2] widths, heights
+        base = torch.cat([-hw / 2, hw / 2], 1)  # [A, 4]
+        ys, xs = torch.meshgrid(torch.arange(h, device=device, dtype=torch.float32),
+                                torch.arange(w, device=device, dtype=torch.float32), indexing="ij")
+        c = torch.stack([xs, ys, xs, ys], -1).reshape(-1, 1, 4).add(0.5).mul(s)  # [h*w, 1, 4]
+        out.append((c + base).reshape(-1, 4))
+    return torch.cat(out)
+
+
+def _sample(labels: Tensor, n: int, pos_fraction: float, generator: torch.Generator | None) -> Tensor:
+    """Indices of at most ``n`` labelled entries (>= 1 positive, 0 negative, -1 ignored), at most
+    ``pos_fraction`` of them positive, drawn at random."""
+    pos, neg = torch.nonzero(labels >= 1).squeeze(1), torch.nonzero(labels == 0).squeeze(1)
+    n_pos = min(pos.numel(), int(n * pos_fraction))
+    n_neg = min(neg.numel(), n - n_pos)
+    pick = lambda idx, k: idx[torch.randperm(idx.numel(), generator=generator)[:k].to(idx.device)]  # noqa: E731
+    return torch.cat([pick(pos, n_pos), pick(neg, n_neg)])
+
+
+class FasterRCNNHead(nn.Module):
+    """FPN + RPN + RoIAlign box head on the pyramid levels of ``strides`` (``in_channels`` each).
+
+    ``forward(feats, out_size)`` -> ``[B, R * K, 5 + K]`` (module docstring); ``loss_and_output(feats,
+    out_size, boxes, labels)`` -> (RPN objectness BCE + RPN smooth-L1 + box-head cross-entropy + box-head
+    smooth-L1, the output).  The whole head (neck included) is the model's "classifier" for transfer
+    learning and LoRA, as FCOS's is."""
+
+    def __init__(self, in_channels: list[int], strides: list[int], num_classes: int, channels: int = 128,
+                 anchor_scale: float = 3.0, ratios: tuple[float, ...] = (0.5, 1.0, 2.0), fc: int = 256,
+                 roi_size: int = 7, pre_nms: int = 600, post_nms_train: int = 300, post_nms_test: int = 100,
+                 rpn_nms: float = 0.7, rpn_batch: int = 256, roi_batch: int = 128):
+        super().__init__()
+        in_channels, self.strides = _check_pyramid("FasterRCNNHead", in_channels, strides, "none")
+        self.num_classes, self.anchor_scale, self.ratios = int(num_classes), float(anchor_scale), tuple(ratios)
+        self.roi_size, self.pre_nms, self.rpn_nms = roi_size, pre_nms, rpn_nms
+        self.post_nms = (post_nms_train, post_nms_test)
+        self.rpn_batch, self.roi_batch = rpn_batch, roi_batch
+        a = len(self.ratios)
+        self.neck = FPNNeck(in_channels, channels)
+        self.rpn_conv = nn.Conv2d(channels, channels, 3, padding=1)
+        self.rpn_obj = nn.Conv2d(channels, a, 1)
+        self.rpn_reg = nn.Conv2d(channels, 4 * a, 1)
+        self.box_head = nn.Sequential(nn.Flatten(1), nn.Linear(channels * roi_size * roi_size, fc), nn.ReLU(inplace=True),
+                                      nn.Linear(fc, fc), nn.ReLU(inplace=True))
+        self.cls_score = nn.Linear(fc, num_classes + 1)  # column 0: background
+        self.bbox_pred = nn.Linear(fc, 4 * num_classes)
+        for m in (self.rpn_conv, self.rpn_obj, self.rpn_reg):
+            nn.init.normal_(m.weight, std=0.01)
+            nn.init.zeros_(m.bias)
+        nn.init.normal_(self.cls_score.weight, std=0.01)
+        nn.init.normal_(self.bbox_pred.weight, std=0.001)
+        nn.init.zeros_(self.cls_score.bias)
+        nn.init.zeros_(self.bbox_pred.bias)
+
+    RPN_W = (1.0, 1.0, 1.0, 1.0)
+    ROI_W = (10.0, 10.0, 5.0, 5.0)
+
+    # -- stage 1: proposals ---------------------------------------------------------------------
+    def _rpn(self, feats: list[Tensor]) -> tuple[Tensor, Tensor, Tensor, list[int]]:
+        """-> (objectness ``[B, N]``, deltas ``[B, N, 4]``, anchors ``[N, 4]``, anchors per level)."""
+        obj, reg, counts = [], [], []
+        for f in feats:
+            t = F.relu(self.rpn_conv(f))
+            b, _, h, w = t.shape
+            obj.append(self.rpn_obj(t).permute(0, 2, 3, 1).reshape(b, -1))         # [B, h*w*A]
+            reg.append(self.rpn_reg(t).permute(0, 2, 3, 1).reshape(b, -1, 4))      # [B, h*w*A, 4]
+            counts.append(obj[-1].shape[1])
+        anchors = anchors_for([tuple(f.shape[-2:]) for f in feats], self.strides, self.anchor_scale, self.ratios,
+                              feats[0].device)
+        return torch.cat(obj, 1).float(), torch.cat(reg, 1).float(), anchors, counts
+
+    def _proposals(self, obj: Tensor, reg: Tensor, anchors: Tensor, counts: list[int], size) -> list[Tensor]:
+        """Per image: the top ``pre_nms`` anchors of each level by objectness, decoded, clipped, tiny
+        ones dropped, NMS per level, then the best ``post_nms`` overall: ``[P_i, 4]`` (detached)."""
+        post = self.post_nms[0] if self.training else self.post_nms[1]
+        level = torch.cat([torch.full((c,), i, device=obj.device) for i, c in enumerate(counts)])
+        out = []
+        for o, r in zip(obj.detach(), reg.detach()):
+            idx = torch.cat([s + o[s:s + c].topk(min(self.pre_nms, c)).indices
+                             for s, c in zip([0, *torch.tensor(counts).cumsum(0).tolist()[:-1]], counts)])
+            boxes = clip_boxes(decode(anchors[idx], r[idx], self.RPN_W), size)
+            ok = ((boxes[:, 2] - boxes[:, 0]) > 1e-3) & ((boxes[:, 3] - boxes[:, 1]) > 1e-3)
+            boxes, scores, lv = boxes[ok], o[idx][ok], level[idx][ok]
+            keep = batched_nms(boxes, scores, lv, self.rpn_nms)[:post]
+            out.append(boxes[keep])
+        return out
+
+    # -- stage 2: box head ------------------------------------------------------------------------
+    def _pool(self, feats: list[Tensor], props: list[Tensor]) -> Tensor:
+        """RoIAlign of every proposal from its FPN level (FPN paper eq. 1: level 4 for a 224-px box,
+        one finer per halving, clamped to the pyramid) -> ``[sum P_i, C, roi, roi]``."""
+        rois = torch.cat([torch.cat([torch.full((len(p), 1), float(i), device=p.device), p], 1)
+                          for i, p in enumerate(props)])
+        side = ((rois[:, 3] - rois[:, 1]).clamp(min=1e-6) * (rois[:, 4] - rois[:, 2]).clamp(min=1e-6)).sqrt()
+        lv = torch.log2(torch.tensor([float(s) for s in self.strides], device=rois.device))
+        k = torch.floor(4 + torch.log2(side / 224 + 1e-8)).clamp(lv[0].item(), lv[-1].item())
+        out = feats[0].new_zeros(len(rois), feats[0].shape[1], self.roi_size, self.roi_size)
+        for i, (f, s) in enumerate(zip(feats, self.strides)):
+            m = k == lv[i]
+            if m.any():
+                out[m] = roi_align(f, rois[m].to(f.dtype), self.roi_size, 1.0 / s, sampling_ratio=2, aligned=True)
+        return out
+
+    def _box_head(self, feats: list[Tensor], props: list[Tensor]) -> tuple[Tensor, Tensor]:
+        h = self.box_head(self._pool(feats, props))
+        return self.cls_score(h).float(), self.bbox_pred(h).float().view(len(h), self.num_classes, 4)
+
+    def _output(self, props: list[Tensor], logits: Tensor, deltas: Tensor, size) -> Tensor:
+        """Per image, R = ``post_nms_test`` rows of proposals (padded with empty boxes) x K classes ->
+        ``[B, R * K, 5 + K]``."""
+        k, r = self.num_classes, self.post_nms[1]
+        prob = logits.softmax(-1)[:, 1:]                                                # [P, K]
+        boxes = clip_boxes(decode(torch.cat(props), deltas, self.ROI_W).reshape(-1, 4), size).view(-1, k, 4)
+        cls = torch.full((len(prob), k, k), -OFF, device=prob.device)
+        eye = torch.eye(k, dtype=torch.bool, device=prob.device)
+        cls[:, eye] = torch.logit(prob, eps=1e-6)                                       # [P, K, K]: diagonal
+        rows = torch.cat([boxes, torch.full_like(boxes[..., :1], OFF), cls], -1)        # [P, K, 5 + K]
+        out = rows.new_zeros(len(props), r, k, 5 + k)
+        out[..., 4], out[..., 5:] = OFF, -OFF
+        for i, n in enumerate(torch.tensor([len(p) for p in props]).cumsum(0).tolist()):
+            start = n - len(props[i])
+            out[i, :len(props[i])] = rows[start:n][:r]
+        return out.view(len(props), r * k, 5 + k)
+
+    def forward(self, feats: list[Tensor], out_size) -> Tensor:
+        feats = self.neck(feats)
+        obj, reg, anchors, counts = self._rpn(feats)
+        props = self._proposals(obj, reg, anchors, counts, out_size)
+        logits, deltas = self._box_head(feats, props)
+        return self._output(props, logits, deltas, out_size)
+
+    # -- training ---------------------------------------------------------------------------------
+    def loss_and_output(self, feats: list[Tensor], out_size, boxes: list[Tensor], labels: list[Tensor],
+                        generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+        """The sampled anchors and regions are drawn from ``generator`` (None: torch's default one, which
+        the loop seeds every step, so resume stays exact)."""
+        feats = self.neck(feats)
+        obj, reg, anchors, counts = self._rpn(feats)
+        props = self._proposals(obj, reg, anchors, counts, out_size)
+        rpn_cls, rpn_box, roi_props, roi_labels, roi_targets = [], [], [], [], []
+        for i, (gt, lab) in enumerate(zip(boxes, labels)):
+            gt, lab = gt.to(obj.device).float(), lab.to(obj.device).long()
+            # RPN: IoU >= 0.7 positive, < 0.3 negative, and each object's best anchors positive
+            a_lab = torch.zeros(len(anchors), device=obj.device)
+            match = torch.zeros(len(anchors), dtype=torch.long, device=obj.device)
+            if len(gt):
+                iou = box_iou(anchors, gt)                                               # [N, M]
+                best, match = iou.max(1)
+                a_lab = torch.where(best >= 0.7, 1.0, torch.where(best < 0.3, 0.0, -1.0))
+                gbest = iou.max(0).values                                                # [M]
+                a_lab[((iou == gbest[None]) & (gbest[None] > 0)).any(1)] = 1.0
+            pick = _sample(a_lab, self.rpn_batch, 0.5, generator)
+            rpn_cls.append(F.binary_cross_entropy_with_logits(obj[i, pick], a_lab[pick], reduction="sum") / len(pick))
+            pos = pick[a_lab[pick] == 1]
+            if len(pos):
+                t = encode(anchors[pos], gt[match[pos]], self.RPN_W)
+                rpn_box.append(F.smooth_l1_loss(reg[i, pos], t, beta=1 / 9, reduction="sum") / len(pick))
+            # box head: the proposals and the objects themselves, IoU >= 0.5 foreground
+            p = torch.cat([props[i], gt])
+            p_lab = torch.zeros(len(p), dtype=torch.long, device=obj.device)
+            p_match = torch.zeros(len(p), dtype=torch.long, device=obj.device)
+            if len(gt):
+                best, p_match = box_iou(p, gt).max(1)
+                p_lab = torch.where(best >= 0.5, lab[p_match] + 1, 0)
+            keep = _sample(p_lab, self.roi_batch, 0.25, generator)
+            roi_props.append(p[keep])
+            roi_labels.append(p_lab[keep])
+            roi_targets.append(encode(p[keep], gt[p_match[keep]], self.ROI_W) if len(gt) else p[keep] * 0)
+        logits, deltas = self._box_head(feats, roi_props)
+        y, t = torch.cat(roi_labels), torch.cat(roi_targets)
+        fg = torch.nonzero(y > 0).squeeze(1)
+        box_loss = (F.smooth_l1_loss(deltas[fg, y[fg] - 1], t[fg], beta=1.0, reduction="sum") / max(len(y), 1)
+                    if len(fg) else deltas.sum() * 0)
+        loss = (torch.stack(rpn_cls).mean() + (torch.stack(rpn_box).sum() / len(boxes) if rpn_box else obj.sum() * 0)
+                + F.cross_entropy(logits, y) + box_loss)
+        return loss, obj.new_zeros(len(boxes), 0, 5 + self.num_classes)  # no detections while training
+
+
+class TwoStageDetector(EncoderDecoder):
+    """``EncoderDecoder`` with a ``FasterRCNNHead``: ``forward`` detects; ``loss_and_output(batch)``
+    (what ``methods/supervised.py`` calls) gives the two stages' losses for ``batch``'s boxes and labels."""
+
+    def loss_and_output(self, batch: dict) -> tuple[Tensor, Tensor]:
+        x = batch["image"]
+        feats = self.backbone.forward_intermediates(x, self.levels)
+        return self.head.loss_and_output(feats, (int(x.shape[-2]), int(x.shape[-1])), batch["boxes"], batch["labels"])
