@@ -9,8 +9,10 @@ import pytest
 import torch
 
 import visionsmith as vs
+from visionsmith.errors import UserError
 from visionsmith.config import load_config
 from visionsmith.data.scenes import ensure_scenes
+from visionsmith.errors import UserError
 from visionsmith.models.heads.faster_rcnn import FasterRCNNHead, TwoStageDetector, anchors_for, decode, encode
 from visionsmith.ops.boxes import box_iou
 from visionsmith.tasks import get_task
@@ -96,3 +98,5 @@ def test_a_faster_rcnn_run_trains_evaluates_reloads_and_predicts(scenes_root, tm
     res = vs.predict(run, [next((scenes_root / "images" / "test").iterdir())], out=tmp_path / "pred")
     (p,) = res.predictions
     assert (p.width, p.height) == (64, 64) and len(p.boxes) == len(p.labels) <= 100
+    with pytest.raises(UserError, match="does not export to ONNX yet"):
+        vs.export(run, out=tmp_path / "m.onnx")

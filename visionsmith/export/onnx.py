@@ -117,6 +117,9 @@ def export_onnx(run_dir: str | Path, int8: str | None = None, opset: int = DEFAU
     if not output.exportable:
         raise UserError(f"exporting a {task.name} run to ONNX is not supported yet; serve the run folder "
                         "(`visionsmith serve RUN`) or run it with its own command")
+    if not getattr(model, "onnx_exportable", True):
+        raise UserError(f"{run_dir}: a {type(model).__name__} does not export to ONNX yet; serve the run folder "
+                        "(`visionsmith serve RUN` runs it with PyTorch) or use `visionsmith predict RUN`")
     max_drop = output.int8_max_drop if max_drop is None else max_drop
     if threads:
         torch.set_num_threads(threads)

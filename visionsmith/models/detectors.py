@@ -62,6 +62,8 @@ def _folder_norm(folder: Path) -> tuple[list[float], list[float]]:
 class HFDetector(nn.Module):
     """A ``transformers`` object-detection model: pixels in [0, 1] -> ``[B, Q, 5 + K]``."""
 
+    onnx_exportable = False  # not tried yet: `visionsmith export` says so instead of failing inside the exporter
+
     def __init__(self, net: nn.Module, num_classes: int, mean, std):
         super().__init__()
         self.net, self.num_classes = net, int(num_classes)

@@ -246,6 +246,8 @@ class TwoStageDetector(EncoderDecoder):
     """``EncoderDecoder`` with a ``FasterRCNNHead``: ``forward`` detects; ``loss_and_output(batch)``
     (what ``methods/supervised.py`` calls) gives the two stages' losses for ``batch``'s boxes and labels."""
 
+    onnx_exportable = False  # the proposal stage (per-level top-k, NMS, a variable count) is not traced yet
+
     def loss_and_output(self, batch: dict) -> tuple[Tensor, Tensor]:
         x = batch["image"]
         feats = self.backbone.forward_intermediates(x, self.levels)
