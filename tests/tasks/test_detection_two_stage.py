@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import visionsmith as vs
+from visionsmith import api
 from visionsmith.errors import UserError
 from visionsmith.config import load_config
 from visionsmith.data.scenes import ensure_scenes
@@ -99,4 +100,4 @@ def test_a_faster_rcnn_run_trains_evaluates_reloads_and_predicts(scenes_root, tm
     (p,) = res.predictions
     assert (p.width, p.height) == (64, 64) and len(p.boxes) == len(p.labels) <= 100
     with pytest.raises(UserError, match="does not export to ONNX yet"):
-        vs.export(run, out=tmp_path / "m.onnx")
+        api.export(run, out=tmp_path / "m.onnx")
