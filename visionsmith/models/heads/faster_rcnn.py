@@ -184,8 +184,8 @@ class FasterRCNNHead(nn.Module):
         out = rows.new_zeros(len(props), r, k, 5 + k)
         out[..., 4], out[..., 5:] = OFF, -OFF
         for i, n in enumerate(torch.tensor([len(p) for p in props]).cumsum(0).tolist()):
-            start = n - len(props[i])
-            out[i, :len(props[i])] = rows[start:n][:r]
+            mine = rows[n - len(props[i]):n][:r]  # this image's proposals, best first
+            out[i, :len(mine)] = mine
         return out.view(len(props), r * k, 5 + k)
 
     def forward(self, feats: list[Tensor], out_size) -> Tensor:
