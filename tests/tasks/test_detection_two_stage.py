@@ -10,7 +10,6 @@ import torch
 
 import visionsmith as vs
 from visionsmith import api
-from visionsmith.errors import UserError
 from visionsmith.config import load_config
 from visionsmith.data.scenes import ensure_scenes
 from visionsmith.errors import UserError
