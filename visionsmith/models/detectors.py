@@ -29,6 +29,7 @@ import torch.nn as nn
 from torch import Tensor
 
 from ..errors import UserError
+from ..ops.boxes import cxcywh_to_xyxy, xyxy_to_cxcywh
 from ._base import PixelNorm
 
 DETECTORS = ("rt_detr", "hf_detector")
@@ -74,8 +75,7 @@ class HFDetector(nn.Module):
         """logits [B, Q, K] (or K + 1 with DETR's no-object class), pred_boxes [B, Q, 4] normalised
         cx, cy, w, h -> [B, Q, 5 + K]."""
         h, w = float(hw[0]), float(hw[1])
-        cx, cy, bw, bh = pred_boxes.float().unbind(-1)
-        boxes = torch.stack([(cx - bw / 2) * w, (cy - bh / 2) * h, (cx + bw / 2) * w, (cy + bh / 2) * h], -1)
+        boxes = cxcywh_to_xyxy(pred_boxes.float()) * pred_boxes.new_tensor([w, h, w, h], dtype=torch.float32)
         logits = logits.float()
         if logits.shape[-1] == self.num_classes + 1:  # softmax over K classes + no-object
             logits = torch.logit(logits.softmax(-1)[..., :self.num_classes], eps=1e-6)
@@ -92,9 +92,7 @@ class HFDetector(nn.Module):
         scale = torch.tensor([w, h, w, h], dtype=torch.float32, device=x.device)
         labels = []
         for b, lab in zip(batch["boxes"], batch["labels"]):
-            b = b.to(x.device).float()
-            cxcywh = torch.stack([(b[:, 0] + b[:, 2]) / 2, (b[:, 1] + b[:, 3]) / 2, b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]], -1)
-            labels.append({"class_labels": lab.to(x.device).long(), "boxes": cxcywh / scale})
+            labels.append({"class_labels": lab.to(x.device).long(), "boxes": xyxy_to_cxcywh(b.to(x.device).float()) / scale})
         o = self.net(pixel_values=self.pixel_norm(x), labels=labels)
         return o.loss, self._as_boxes(o.logits.detach(), o.pred_boxes.detach(), (h, w))
 

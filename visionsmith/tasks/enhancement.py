@@ -229,8 +229,9 @@ class EnhancementTask(Task):
         results = {}
         if e.baselines and pairs:
             sigma = e.sigma if e.degradation == "noise" and e.noise == "gaussian" else None
+            val = self._val()
             results = run_baselines(pairs, e.degradation, sigma, self.scale, self.shave,
-                                    tuned_on=self.degraded_split(self._val()))
+                                    tuned_on=self.degraded_split(val))
             extra["baselines"] = {k: v["scores"] for k, v in results.items()}
             for row in m.get("by_sigma") or []:  # the same methods at each noise level of the table
                 if row["sigma"] == e.sigma:
@@ -238,7 +239,7 @@ class EnhancementTask(Task):
                     continue
                 at = self.at_sigma(row["sigma"])
                 row["baselines"] = {k: v["scores"] for k, v in run_baselines(
-                    at.degraded_split(ds), "noise", row["sigma"], 1, 0, tuned_on=at.degraded_split(self._val())).items()}
+                    at.degraded_split(ds), "noise", row["sigma"], 1, 0, tuned_on=at.degraded_split(val)).items()}
         if run_dir is not None and pairs and outputs:
             import numpy as np
             best = max(results, key=lambda k: results[k]["scores"]["psnr"]) if results else None

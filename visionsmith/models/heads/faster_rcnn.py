@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ...ops.boxes import batched_nms, box_iou, clip_boxes, roi_align
+from ...ops.boxes import batched_nms, box_area, box_iou, clip_boxes, remove_small, roi_align
 from ..segmenter import EncoderDecoder
 from .detection import FPNNeck
 from .segmentation import _check_pyramid
@@ -140,12 +140,12 @@ class FasterRCNNHead(nn.Module):
         ones dropped, NMS per level, then the best ``post_nms`` overall: ``[P_i, 4]`` (detached)."""
         post = self.post_nms[0] if self.training else self.post_nms[1]
         level = torch.cat([torch.full((c,), i, device=obj.device) for i, c in enumerate(counts)])
+        starts = [0, *torch.tensor(counts).cumsum(0).tolist()[:-1]]
         out = []
         for o, r in zip(obj.detach(), reg.detach()):
-            idx = torch.cat([s + o[s:s + c].topk(min(self.pre_nms, c)).indices
-                             for s, c in zip([0, *torch.tensor(counts).cumsum(0).tolist()[:-1]], counts)])
+            idx = torch.cat([s + lo.topk(min(self.pre_nms, len(lo))).indices for s, lo in zip(starts, o.split(counts))])
             boxes = clip_boxes(decode(anchors[idx], r[idx], self.RPN_W), size)
-            ok = ((boxes[:, 2] - boxes[:, 0]) > 1e-3) & ((boxes[:, 3] - boxes[:, 1]) > 1e-3)
+            ok = remove_small(boxes, 1e-3)
             boxes, scores, lv = boxes[ok], o[idx][ok], level[idx][ok]
             keep = batched_nms(boxes, scores, lv, self.rpn_nms)[:post]
             out.append(boxes[keep])
@@ -157,7 +157,7 @@ class FasterRCNNHead(nn.Module):
         one finer per halving, clamped to the pyramid) -> ``[sum P_i, C, roi, roi]``."""
         rois = torch.cat([torch.cat([torch.full((len(p), 1), float(i), device=p.device), p], 1)
                           for i, p in enumerate(props)])
-        side = ((rois[:, 3] - rois[:, 1]).clamp(min=1e-6) * (rois[:, 4] - rois[:, 2]).clamp(min=1e-6)).sqrt()
+        side = box_area(rois[:, 1:]).clamp(min=1e-12).sqrt()
         lv = torch.log2(torch.tensor([float(s) for s in self.strides], device=rois.device))
         k = torch.floor(4 + torch.log2(side / 224 + 1e-8)).clamp(lv[0].item(), lv[-1].item())
         out = feats[0].new_zeros(len(rois), feats[0].shape[1], self.roi_size, self.roi_size)
@@ -183,9 +183,8 @@ class FasterRCNNHead(nn.Module):
         rows = torch.cat([boxes, torch.full_like(boxes[..., :1], OFF), cls], -1)        # [P, K, 5 + K]
         out = rows.new_zeros(len(props), r, k, 5 + k)
         out[..., 4], out[..., 5:] = OFF, -OFF
-        for i, n in enumerate(torch.tensor([len(p) for p in props]).cumsum(0).tolist()):
-            mine = rows[n - len(props[i]):n][:r]  # this image's proposals, best first
-            out[i, :len(mine)] = mine
+        for i, mine in enumerate(rows.split([len(p) for p in props])):  # each image's proposals, best first
+            out[i, :min(len(mine), r)] = mine[:r]
         return out.view(len(props), r * k, 5 + k)
 
     def forward(self, feats: list[Tensor], out_size) -> Tensor:
