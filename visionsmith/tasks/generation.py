@@ -143,17 +143,23 @@ class GenerationTask(Task):
     @torch.no_grad()
     def draw(self, model: nn.Module, n: int, labels: Tensor | None, steps: int, seed: int, batch_size: int,
              sampler: str | None = None, guidance: float | None = None, progress: str | None = None) -> Tensor:
-        """``n`` samples as uint8 ``[n, C, S, S]``, batch by batch from one CPU generator seeded ``seed``."""
+        """``n`` samples as uint8 ``[n, C, S, S]``, batch by batch from one CPU generator seeded ``seed``.
+
+        A run trained under bf16 autocast (``train.amp: bf16``) samples under it too: 2.6x faster on this
+        project's CPU for the diffusion recipe, its scores equal within the noise of 200 samples
+        (docs/generation.md); any other run samples in float32."""
         g = self.cfg.gen
         gen = torch.Generator().manual_seed(seed)
         was_training = model.training
         model.eval()
+        device = next(model.parameters()).device
         out = []
         bar = tqdm(range(0, n, batch_size), desc=progress, unit="batch", leave=False, disable=progress is None)
         for i in bar:
             y = labels[i:i + batch_size] if labels is not None else None
-            x = model.sample(min(batch_size, n - i), y, steps=steps, sampler=sampler or g.sampler,
-                             guidance=g.guidance if guidance is None else guidance, generator=gen)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.cfg.train.amp == "bf16"):
+                x = model.sample(min(batch_size, n - i), y, steps=steps, sampler=sampler or g.sampler,
+                                 guidance=g.guidance if guidance is None else guidance, generator=gen)
             out.append(((x.float().cpu() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8))
         model.train(was_training)
         return torch.cat(out)
