@@ -16,12 +16,13 @@ from visionsmith.config import ConfigError, load_config
 from visionsmith.data.scenes import ensure_scenes
 from visionsmith.engine.build import build_model
 from visionsmith.engine.loop import fit
-from visionsmith.losses.detection import fcos_targets
+from visionsmith.losses.detection import dense_detection_kd, fcos_targets
 from visionsmith.models.heads.detection import FCOSHead
 from visionsmith.tasks import get_task
 
 REPO = Path(__file__).resolve().parents[2]
 RECIPE = REPO / "recipes" / "scenes-det.yaml"
+CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"]
 
 
 @pytest.fixture(scope="module")
@@ -152,6 +153,43 @@ def test_detection_resume_is_bit_exact(scenes_root, tmp_path):
     fit(cfg, resume=part)
     a, b = _weights(full), _weights(part)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_detection_kd_is_zero_at_the_teacher_and_pulls_the_student_to_it():
+    g = torch.Generator().manual_seed(0)
+    strides = torch.tensor([8.0] * 48 + [16.0] * 12)                       # N = 60 locations
+    teacher = torch.cat([torch.rand(2, 60, 2, generator=g) * 40, torch.rand(2, 60, 2, generator=g) * 40 + 40,
+                         torch.randn(2, 60, 1 + 10, generator=g) * 3], -1)   # [B, N, 5 + K]
+    loss, parts = dense_detection_kd(teacher.clone(), teacher, 2.0, strides)
+    assert abs(float(loss)) < 1e-6 and all(abs(v) < 1e-6 for v in parts.values())
+    student = torch.zeros_like(teacher, requires_grad=True)
+    opt = torch.optim.Adam([student], lr=0.5)
+    first = float(dense_detection_kd(student, teacher, 2.0, strides)[0].detach())
+    for _ in range(300):
+        opt.zero_grad()
+        dense_detection_kd(student, teacher, 2.0, strides)[0].backward()
+        opt.step()
+    last, parts = dense_detection_kd(student, teacher, 2.0, strides)
+    assert float(last.detach()) < 0.02 * first
+    sure = torch.sigmoid(teacher[..., 5:]).amax(-1) > 0.5                  # where the teacher sees an object
+    assert (student[..., :4] - teacher[..., :4])[sure].abs().max() < 1.0   # its boxes are copied to < 1 px
+    assert torch.equal(student[..., 5:][sure].argmax(-1), teacher[..., 5:][sure].argmax(-1))
+
+
+def test_detection_distillation_trains_a_student_and_refuses_what_it_cannot(scenes_root, tmp_path):
+    torch.set_num_threads(1)
+    teacher = vs.train(load_config(RECIPE, _over(scenes_root, "train.max_steps=4")), out=tmp_path / "t", report=False)
+    cfg = load_config(RECIPE, _over(scenes_root, "train.max_steps=4", "method=distill", f"distill.teacher={teacher}",
+                                    "det.convs=1"))
+    run = fit(cfg, out=tmp_path / "student")
+    rows = [json.loads(r) for r in (run / "metrics.jsonl").read_text().splitlines() if '"train"' in r]
+    assert rows and all(np.isfinite(r["loss_kd"]) and r["loss_kd"] > 0 and "kd_box" in r for r in rows)
+    from visionsmith.engine.build import build_teacher
+    from visionsmith.methods import build_method
+    for extra, match in [("data.image_size=96", "image size"), ("det.head=faster_rcnn", "one-stage FCOS")]:
+        bad = load_config(RECIPE, _over(scenes_root, "method=distill", f"distill.teacher={teacher}", extra))
+        with pytest.raises(ConfigError, match=match):
+            build_method(bad, build_model(bad, 10), get_task(bad), build_teacher(bad, CLASSES, torch.device("cpu")))
 
 
 @pytest.mark.parametrize("mode", ["linear", "lora"])

@@ -122,7 +122,7 @@ def test_distillation_per_pixel(scenes_root, tmp_path):
 def test_methods_declare_the_tasks_they_support():
     from visionsmith.methods import list_methods, method_spec
     assert method_spec("supervised").tasks is None  # any task: its loss is the task's
-    assert set(method_spec("distill").tasks) == {"classification", "segmentation"}
+    assert set(method_spec("distill").tasks) == {"classification", "segmentation", "detection"}
     assert not method_spec("simclr").labels and not method_spec("simclr").trains_head
     assert method_spec("distill").teacher
     assert {m.name for m in list_methods()} >= {"supervised", "distill", "adversarial", "simclr", "mim"}

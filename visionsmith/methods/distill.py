@@ -13,6 +13,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..config import ConfigError, DistillConfig
+from ..errors import UserError
 from .registry import register_method
 
 
@@ -96,11 +97,15 @@ class Distill(nn.Module):
 
     def _dense(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Per-pixel logit distillation (dense tasks): the teacher's class distribution at every pixel,
-        its logits resized to the student's output when the two ran at different sizes."""
+        its logits resized to the student's output when the two ran at different sizes.  Detection:
+        ``losses.detection.dense_detection_kd`` on the two detectors' outputs at the same locations."""
         x, c = batch["image"], self.cfg
-        logits = self.model(x)  # [B, K, H, W]
+        logits = self.model(x)  # [B, K, H, W]; detection [B, N, 5 + K]
         with torch.no_grad():
             t_logits = self.teacher(self.teacher_input(x))
+        if self.task.name == "detection":
+            return self._detection(logits, t_logits, batch)
+        with torch.no_grad():
             if t_logits.shape[-2:] != logits.shape[-2:]:
                 t_logits = F.interpolate(t_logits, size=logits.shape[-2:], mode="bilinear", align_corners=False)
         ce = self.task.loss(logits.float(), batch)
@@ -108,11 +113,30 @@ class Distill(nn.Module):
         return {"loss": (1 - c.alpha) * ce + c.alpha * kd, "output": logits, "loss_ce": ce.detach(),
                 "loss_kd": kd.detach()}
 
+    def _detection(self, out: torch.Tensor, t_out: torch.Tensor, batch: dict) -> dict[str, torch.Tensor]:
+        from ..losses.detection import dense_detection_kd
+        if t_out.shape != out.shape:
+            raise UserError(f"distill.teacher {self.cfg.teacher} answers {tuple(t_out.shape[1:])} (locations, 5 + "
+                            f"classes) per image where the student answers {tuple(out.shape[1:])}: a detection "
+                            "teacher needs the student's head strides (det.min_stride, the backbone's levels)")
+        _, strides = self.task.points(tuple(batch["image"].shape[-2:]), out.device)
+        ce = self.task.loss(out, batch)
+        kd, parts = dense_detection_kd(out, t_out, self.cfg.temperature, strides)
+        return {"loss": (1 - self.cfg.alpha) * ce + self.cfg.alpha * kd, "output": out, "loss_ce": ce.detach(),
+                "loss_kd": kd.detach(), **{f"kd_{k}": torch.tensor(v) for k, v in parts.items()}}
 
-@register_method("distill", teacher=True, tasks=("classification", "segmentation"))
+
+@register_method("distill", teacher=True, tasks=("classification", "segmentation", "detection"))
 def build(cfg, model, task, teacher=None):
     """Knowledge distillation from a frozen teacher (logits and/or features)."""
     if task.target_key != "label" and cfg.distill.kind != "logit":
         raise ConfigError(f"distill.kind={cfg.distill.kind}: task {cfg.task} distils per-pixel logits only; "
                           "use distill.kind=logit")
+    if hasattr(model, "loss_and_output") or (teacher and hasattr(teacher["model"], "loss_and_output")):
+        raise ConfigError(f"method=distill: model {cfg.model.name} (det.head={cfg.det.head}) computes its own set or "
+                          "two-stage loss; detection distillation needs one-stage FCOS detectors (det.head=fcos) as "
+                          "student and teacher")
+    if task.name == "detection" and teacher and teacher["size"] != cfg.data.image_size:
+        raise ConfigError(f"distill.teacher {cfg.distill.teacher} was trained at data.image_size={teacher['size']}, "
+                          f"this run at {cfg.data.image_size}: a detection teacher must see the student's image size")
     return Distill(model, teacher, cfg.distill, task)

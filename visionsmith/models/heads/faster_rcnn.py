@@ -160,12 +160,15 @@ class FasterRCNNHead(nn.Module):
         side = box_area(rois[:, 1:]).clamp(min=1e-12).sqrt()
         lv = torch.log2(torch.tensor([float(s) for s in self.strides], device=rois.device))
         k = torch.floor(4 + torch.log2(side / 224 + 1e-8)).clamp(lv[0].item(), lv[-1].item())
-        out = feats[0].new_zeros(len(rois), feats[0].shape[1], self.roi_size, self.roi_size)
+        parts, order = [], []  # per level, then back in roi order by one gather (see ops.boxes.roi_align)
         for i, (f, s) in enumerate(zip(feats, self.strides)):
-            m = k == lv[i]
-            if m.any():
-                out[m] = roi_align(f, rois[m].to(f.dtype), self.roi_size, 1.0 / s, sampling_ratio=2, aligned=True)
-        return out
+            idx = (k == lv[i]).nonzero().flatten()
+            if idx.numel():
+                order.append(idx)
+                parts.append(roi_align(f, rois[idx].to(f.dtype), self.roi_size, 1.0 / s, sampling_ratio=2, aligned=True))
+        if not parts:
+            return feats[0].new_zeros(0, feats[0].shape[1], self.roi_size, self.roi_size)
+        return torch.cat(parts)[torch.argsort(torch.cat(order))]
 
     def _box_head(self, feats: list[Tensor], props: list[Tensor]) -> tuple[Tensor, Tensor]:
         h = self.box_head(self._pool(feats, props))
