@@ -228,9 +228,7 @@ def roi_align(features: Tensor, rois: Tensor, output_size: int | tuple[int, int]
     else:
         grid = torch.ceil(size / size.new_tensor([ow, oh])).long()  # [K, 2] samples per bin side (x, y)
     batch = r[:, 0].long()
-    # One group of rois per (sample grid, image); the groups' outputs are concatenated and put back in
-    # roi order by one gather: writing each group into ``out`` in place would cost a copy of the whole
-    # output per group in the backward pass (128 groups at Faster R-CNN's batch of 32 images).
+    # One group of rois per (sample grid, image), put back in roi order at the end (``cat_in_order``).
     parts, order = [], []
     for gw, gh in grid.unique(dim=0).tolist():
         for b in batch.unique().tolist():
@@ -242,6 +240,13 @@ def roi_align(features: Tensor, rois: Tensor, output_size: int | tuple[int, int]
                 parts.append(features.new_zeros(len(idx), c, oh, ow))
             else:
                 parts.append(_roi_align_grid(features[b:b + 1], start[idx], size[idx], oh, ow, gh, gw))
+    return cat_in_order(parts, order)
+
+
+def cat_in_order(parts: list[Tensor], order: list[Tensor]) -> Tensor:
+    """Rows computed group by group (``parts[i]`` holds the rows ``order[i]`` of the whole) -> the whole,
+    in row order, by one gather.  Writing each group into a preallocated tensor instead costs a copy of
+    that whole tensor per group in the backward pass."""
     return torch.cat(parts)[torch.argsort(torch.cat(order))]
 
 
@@ -270,7 +275,7 @@ def _roi_align_grid(feat: Tensor, start: Tensor, size: Tensor, oh: int, ow: int,
     ``grid_sample`` of the k x oh*gh x ow*gw points and its scatter-add backward cost ~3x more on a CPU
     at Faster R-CNN's 128 regions per image).
     """
-    _, c, h, w = feat.shape
+    h, w = feat.shape[-2:]
 
     def coords(n_bins: int, g: int, axis: int) -> Tensor:  # [k, n_bins * g] sample positions along one axis
         steps = (torch.arange(n_bins, device=feat.device, dtype=feat.dtype)[:, None]

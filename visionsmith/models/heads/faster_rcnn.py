@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ...ops.boxes import batched_nms, box_area, box_iou, clip_boxes, remove_small, roi_align
+from ...ops.boxes import batched_nms, box_area, box_iou, cat_in_order, clip_boxes, remove_small, roi_align
 from ..segmenter import EncoderDecoder
 from .detection import FPNNeck
 from .segmentation import _check_pyramid
@@ -160,7 +160,7 @@ class FasterRCNNHead(nn.Module):
         side = box_area(rois[:, 1:]).clamp(min=1e-12).sqrt()
         lv = torch.log2(torch.tensor([float(s) for s in self.strides], device=rois.device))
         k = torch.floor(4 + torch.log2(side / 224 + 1e-8)).clamp(lv[0].item(), lv[-1].item())
-        parts, order = [], []  # per level, then back in roi order by one gather (see ops.boxes.roi_align)
+        parts, order = [], []  # per level, then back in roi order
         for i, (f, s) in enumerate(zip(feats, self.strides)):
             idx = (k == lv[i]).nonzero().flatten()
             if idx.numel():
@@ -168,7 +168,7 @@ class FasterRCNNHead(nn.Module):
                 parts.append(roi_align(f, rois[idx].to(f.dtype), self.roi_size, 1.0 / s, sampling_ratio=2, aligned=True))
         if not parts:
             return feats[0].new_zeros(0, feats[0].shape[1], self.roi_size, self.roi_size)
-        return torch.cat(parts)[torch.argsort(torch.cat(order))]
+        return cat_in_order(parts, order)
 
     def _box_head(self, feats: list[Tensor], props: list[Tensor]) -> tuple[Tensor, Tensor]:
         h = self.box_head(self._pool(feats, props))
