@@ -15,10 +15,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from scene_item_crops import crop_square  # noqa: E402
+from det_error_budget import classify  # noqa: E402
 
 BINS = ((0, .25), (.25, .5), (.5, .75), (.75, .95), (.95, 1.01))
 
@@ -38,23 +37,13 @@ def main(argv=None) -> None:
     p.add_argument("runs", type=Path, nargs="+", help="classification runs on scene_item_crops.py crops")
     a = p.parse_args(argv)
     from visionsmith.data import scenes
-    from visionsmith.data.images import image_to_uint8
-    from visionsmith.engine.build import load_trained
     test = scenes.load_scenes()["test"]
     vis = visible_share()
     truth = np.concatenate([np.asarray(lab) - 1 for lab in test.box_labels])  # 0 = background in the scenes
+    x = torch.as_tensor(np.asarray(test.images))
     for run in a.runs:
-        cfg, model, classes, _ = load_trained(run)
-        model.eval()
-        # the run's classes are the crop folders' names, sorted; map its outputs to the scenes' order
-        to_scene = torch.tensor([[c.replace("/", "-") for c in test.classes[1:]].index(c) for c in classes])
-        s = int(cfg.data.image_size)
-        crops = [image_to_uint8(Image.fromarray(crop_square(np.asarray(img).transpose(1, 2, 0), b)), s, False)
-                 for img, boxes in zip(test.images, test.boxes) for b in np.asarray(boxes)]
-        x = torch.stack(crops).float() / 255
-        with torch.no_grad():
-            pred = torch.cat([model(x[i:i + 256]).argmax(1) for i in range(0, len(x), 256)])
-        ok = to_scene[pred].numpy() == truth
+        probs = classify(x, [{"boxes": b} for b in test.boxes], run, list(test.classes[1:]))
+        ok = torch.cat(probs).argmax(1).numpy() == truth
         print(f"{run}: accuracy {ok.mean():.4f} on {len(ok)} test items")
         for lo, hi in BINS:
             m = (vis >= lo) & (vis < hi)
