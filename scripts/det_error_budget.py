@@ -78,16 +78,13 @@ def classify(images: torch.Tensor, boxes: list[dict], run: Path, names: list[str
     model.eval()
     order = [list(classes).index(n.replace("/", "-")) for n in names]
     s = int(cfg.data.image_size)
-    out = []
-    for img, d in zip(images, boxes):
-        hwc = img.permute(1, 2, 0).numpy()
-        crops = [image_to_uint8(Image.fromarray(crop_square(hwc, b)), s, False) for b in d["boxes"].tolist()]
-        if not crops:
-            out.append(torch.zeros(0, len(names)))
-            continue
-        with torch.no_grad():
-            out.append(model(torch.stack(crops).float() / 255).softmax(1)[:, order])
-    return out
+    crops = [image_to_uint8(Image.fromarray(crop_square(img.permute(1, 2, 0).numpy(), b)), s, False)
+             for img, d in zip(images, boxes) for b in d["boxes"].tolist()]
+    x = torch.stack(crops).float() / 255 if crops else torch.zeros(0, 3, s, s)
+    with torch.no_grad():  # all crops of all images, 256 at a time, then split back per image
+        chunks = [model(x[i:i + 256]).softmax(1) for i in range(0, len(x), 256)]
+    probs = torch.cat(chunks) if chunks else torch.zeros(0, len(classes))
+    return list(probs[:, order].split([len(d["boxes"]) for d in boxes]))
 
 
 def main(argv=None) -> dict:

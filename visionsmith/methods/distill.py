@@ -13,20 +13,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..config import ConfigError, DistillConfig
-from ..errors import UserError
+from ..losses.kd import kd_loss
 from .registry import register_method
 
-
-def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
-    """``T^2 * KL(softmax(t/T) || softmax(s/T))``, batch mean.  Both logits [B, K], or dense
-    [B, K, H, W] (segmentation): then the mean is over every pixel (each pixel is one distribution)."""
-    if student_logits.dim() > 2:  # [B, K, H, W] -> [B*H*W, K]
-        k = student_logits.shape[1]
-        student_logits = student_logits.movedim(1, -1).reshape(-1, k)
-        teacher_logits = teacher_logits.movedim(1, -1).reshape(-1, k)
-    t = temperature
-    return F.kl_div(F.log_softmax(student_logits / t, -1), F.log_softmax(teacher_logits / t, -1),
-                    reduction="batchmean", log_target=True) * t * t
+__all__ = ["Distill", "TeacherInput", "build", "kd_loss"]
 
 
 class TeacherInput(nn.Module):
@@ -96,33 +86,15 @@ class Distill(nn.Module):
         return out
 
     def _dense(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Per-pixel logit distillation (dense tasks): the teacher's class distribution at every pixel,
-        its logits resized to the student's output when the two ran at different sizes.  Detection:
-        ``losses.detection.dense_detection_kd`` on the two detectors' outputs at the same locations."""
+        """Dense tasks: the task's loss and its ``distill_loss`` of the student's output against the
+        teacher's on the same images (per-pixel KL for segmentation, per-location for detection)."""
         x, c = batch["image"], self.cfg
-        logits = self.model(x)  # [B, K, H, W]; detection [B, N, 5 + K]
+        out = self.model(x)  # [B, K, H, W]; detection [B, N, 5 + K]
         with torch.no_grad():
-            t_logits = self.teacher(self.teacher_input(x))
-        if self.task.name == "detection":
-            return self._detection(logits, t_logits, batch)
-        with torch.no_grad():
-            if t_logits.shape[-2:] != logits.shape[-2:]:
-                t_logits = F.interpolate(t_logits, size=logits.shape[-2:], mode="bilinear", align_corners=False)
-        ce = self.task.loss(logits.float(), batch)
-        kd = kd_loss(logits.float(), t_logits.float(), c.temperature)
-        return {"loss": (1 - c.alpha) * ce + c.alpha * kd, "output": logits, "loss_ce": ce.detach(),
-                "loss_kd": kd.detach()}
-
-    def _detection(self, out: torch.Tensor, t_out: torch.Tensor, batch: dict) -> dict[str, torch.Tensor]:
-        from ..losses.detection import dense_detection_kd
-        if t_out.shape != out.shape:
-            raise UserError(f"distill.teacher {self.cfg.teacher} answers {tuple(t_out.shape[1:])} (locations, 5 + "
-                            f"classes) per image where the student answers {tuple(out.shape[1:])}: a detection "
-                            "teacher needs the student's head strides (det.min_stride, the backbone's levels)")
-        _, strides = self.task.points(tuple(batch["image"].shape[-2:]), out.device)
-        ce = self.task.loss(out, batch)
-        kd, parts = dense_detection_kd(out, t_out, self.cfg.temperature, strides)
-        return {"loss": (1 - self.cfg.alpha) * ce + self.cfg.alpha * kd, "output": out, "loss_ce": ce.detach(),
+            t_out = self.teacher(self.teacher_input(x))
+        ce = self.task.loss(out.float(), batch)
+        kd, parts = self.task.distill_loss(out, t_out, batch, c.temperature)
+        return {"loss": (1 - c.alpha) * ce + c.alpha * kd, "output": out, "loss_ce": ce.detach(),
                 "loss_kd": kd.detach(), **{f"kd_{k}": torch.tensor(v) for k, v in parts.items()}}
 
 

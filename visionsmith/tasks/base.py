@@ -73,6 +73,12 @@ class Task:
     def loss(self, outputs: torch.Tensor, batch: dict) -> torch.Tensor:
         raise NotImplementedError
 
+    def distill_loss(self, outputs: torch.Tensor, teacher_outputs: torch.Tensor, batch: dict,
+                     temperature: float) -> tuple[torch.Tensor, dict]:
+        """(the distillation loss of a student's ``outputs`` against a frozen teacher's on the same batch,
+        named parts to log as floats): what ``method=distill`` adds to ``loss`` for a dense task."""
+        raise NotImplementedError(f"task {self.name} has no output distillation")
+
     # -- evaluation ---------------------------------------------------------------------------
     def metric(self, classes: list[str]) -> Metric:
         raise NotImplementedError

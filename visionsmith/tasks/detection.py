@@ -176,6 +176,16 @@ class DetectionTask(Task):
         loss, _ = self._loss(out, pts, strides, batch["boxes"], batch["labels"])
         return loss
 
+    def distill_loss(self, out: Tensor, t_out: Tensor, batch: dict, temperature: float) -> tuple[Tensor, dict]:
+        """``losses.detection.dense_detection_kd`` of two FCOS outputs ``[B, N, 5 + K]`` at the same locations."""
+        from ..losses.detection import dense_detection_kd
+        if t_out.shape != out.shape:
+            raise UserError(f"distill.teacher {self.cfg.distill.teacher} answers {tuple(t_out.shape[1:])} (locations, "
+                            f"5 + classes) per image where the student answers {tuple(out.shape[1:])}: a detection "
+                            "teacher needs the student's head strides (det.min_stride, the backbone's levels)")
+        _, strides = self.points(tuple(batch["image"].shape[-2:]), out.device)
+        return dense_detection_kd(out, t_out, temperature, strides)
+
     def postprocess_settings(self) -> dict:
         """What turns raw outputs into detections (``decode``'s keywords): exports and servers carry it."""
         d = self.cfg.det

@@ -92,6 +92,16 @@ class SegmentationTask(Task):
         """Per-pixel cross-entropy (255 ignored) + ``seg.dice_weight`` x Dice; ``logits`` [B, K, S, S]."""
         return self._loss_fn()(logits, batch["mask"])
 
+    def distill_loss(self, logits: Tensor, t_logits: Tensor, batch: dict, temperature: float) -> tuple[Tensor, dict]:
+        """Per-pixel KL to the teacher's class distribution (``losses.kd``), its logits resized to the
+        student's ``[B, K, S, S]`` when the two ran at different sizes."""
+        import torch.nn.functional as F
+
+        from ..losses.kd import kd_loss
+        if t_logits.shape[-2:] != logits.shape[-2:]:
+            t_logits = F.interpolate(t_logits, size=logits.shape[-2:], mode="bilinear", align_corners=False)
+        return kd_loss(logits.float(), t_logits.float(), temperature), {}
+
     @torch.no_grad()
     def postprocess(self, logits: Tensor) -> tuple[Tensor, Tensor]:
         """(class map int64 ``[B, S, S]``, its softmax confidence ``[B, S, S]``)."""
