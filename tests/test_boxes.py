@@ -136,6 +136,32 @@ def test_batched_nms_paths_agree_with_ties(monkeypatch):
     assert torch.equal(per_label, B.batched_nms(boxes, scores, labels, 0.5))
 
 
+@pytest.mark.parametrize("b, n, thr", [(1, 1, 0.5), (3, 60, 0.5), (2, 300, 0.7)])
+def test_nms_fixed_keeps_what_batched_nms_keeps_per_image(b, n, thr):
+    # The traceable NMS of Faster R-CNN's export: per image, its kept boxes in its order are batched_nms's on
+    # the valid boxes; invalid boxes neither survive nor suppress.
+    g = torch.Generator().manual_seed(n)
+    boxes = torch.stack([random_boxes(n, n + i, span=50) for i in range(b)])
+    scores, groups = torch.rand(b, n, generator=g), torch.randint(0, 3, (b, n), generator=g)
+    valid = torch.rand(b, n, generator=g) > 0.2
+    order, kept = B.nms_fixed(boxes, scores, groups, valid, thr)
+    assert order.shape == kept.shape == (b, n) and kept.dtype == torch.bool
+    for i in range(b):
+        ok = valid[i].nonzero().flatten()
+        expect = ok[B.batched_nms(boxes[i, ok], scores[i, ok], groups[i, ok], thr)]
+        assert order[i][kept[i]].tolist() == expect.tolist()
+    assert kept.sum() < valid.sum() or n == 1  # something was suppressed: the test exercised NMS
+
+
+def test_roi_align_fixed_equals_roi_align_for_every_image():
+    feat = torch.randn(2, 3, 7, 9, generator=torch.Generator().manual_seed(1))
+    boxes = ROIS[:, 1:].view(2, 3, 4) * 2  # [B, R, 4]: three rois per image, some partly outside
+    out = B.roi_align_fixed(feat, boxes, 3, 0.5, sampling_ratio=2)
+    assert out.shape == (2, 3, 3, 3, 3)
+    rois = torch.cat([torch.arange(2).repeat_interleave(3)[:, None].float(), boxes.reshape(-1, 4)], 1)
+    torch.testing.assert_close(out.reshape(6, 3, 3, 3), B.roi_align(feat, rois, 3, 0.5, 2, True), atol=1e-5, rtol=0)
+
+
 def ref_bilinear(f: np.ndarray, y: float, x: float) -> np.ndarray:
     """torchvision's ``bilinear_interpolate`` (roi_align_kernel.cpp), one point: f [C, H, W] -> [C]."""
     _, h, w = f.shape

@@ -34,6 +34,7 @@ import torch
 
 from ..data import decode_size
 from ..errors import UserError
+from .custom_ops import translation_table
 from .parity import FP32_ATOL, ExportError
 from .runtime import INPUT_NAME, METADATA_KEY, OUTPUT_NAME, OnnxModel
 
@@ -149,7 +150,9 @@ def export_onnx(run_dir: str | Path, int8: str | None = None, opset: int = DEFAU
         final = tmp_fp32
         if int8:
             cal = calibration_pixels(cfg, eval_tf, calib, calib_data, grayscale) if int8 == "static" else None
-            quant = quantize_int8(tmp_fp32, tmp_int8, int8, None if cal is None else cal.pixels.numpy(), INPUT_NAME)
+            scopes = [name for name, m in model.named_modules() if getattr(m, "int8_own_ops_float", False)]
+            quant = quantize_int8(tmp_fp32, tmp_int8, int8, None if cal is None else cal.pixels.numpy(), INPUT_NAME,
+                                  float_scopes=scopes)
             if cal is not None:
                 quant["calib_source"] = cal.source
             set_metadata(tmp_int8, {**meta, "quantization": quant})
@@ -187,7 +190,8 @@ def _torch_export(model, eval_tf, opset: int, path: Path, run_dir: Path, cfg, fr
             warnings.simplefilter("ignore", (FutureWarning, DeprecationWarning, UserWarning))
             program = torch.onnx.export(model, (example,), None, input_names=[INPUT_NAME],
                                         output_names=[OUTPUT_NAME], dynamic_shapes=(dims,),
-                                        opset_version=opset, dynamo=True, verbose=False, optimize=True)
+                                        opset_version=opset, dynamo=True, verbose=False, optimize=True,
+                                        custom_translation_table=translation_table())
     except Exception as e:  # noqa: BLE001 - the exporter raises many types; the user needs one line
         hint = (f" A {cfg.adapt.mode} run: fold its adapters first (`visionsmith merge {run_dir}`) and export "
                 "the merged run." if cfg.adapt.mode in PEFT_MODES else "")

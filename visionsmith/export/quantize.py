@@ -93,12 +93,34 @@ class _Batches:
         self.i = 0
 
 
+def float_nodes(path: Path, scopes: list[str]) -> list[str]:
+    """Names of the nodes of the ONNX file at ``path`` that the module paths ``scopes`` run in their own
+    ``forward`` (not in a submodule), from what the dynamo exporter records in each node's
+    ``pkg.torch.onnx.name_scopes`` (``['', 'head', 'where_13']``: an op of ``head.forward``)."""
+    import ast
+
+    import onnx
+    out = []
+    for node in onnx.load(str(path), load_external_data=False).graph.node:
+        meta = {p.key: p.value for p in node.metadata_props}
+        try:
+            names = ast.literal_eval(meta.get("pkg.torch.onnx.name_scopes", "[]"))
+        except (ValueError, SyntaxError):
+            continue
+        if len(names) >= 2 and names[-2] in scopes:
+            out.append(node.name)
+    return out
+
+
 def quantize_int8(fp32_path: Path, out_path: Path, mode: str = "static", calib: np.ndarray | None = None,
-                  input_name: str = "pixels", reduce_range: bool | None = None, per_channel: bool = True) -> dict:
+                  input_name: str = "pixels", reduce_range: bool | None = None, per_channel: bool = True,
+                  float_scopes: list[str] | tuple = ()) -> dict:
     """Quantize ``fp32_path`` into ``out_path``; returns the settings used (for export.json).
 
     ``calib``: float32 pixels ``[N, C, S, S]`` in [0, 1] for ``mode="static"`` (N >= 1).
     ``reduce_range``: None = on exactly when this CPU has no VNNI (see the module docstring).
+    ``float_scopes``: module paths whose own ops stay float (``float_nodes``): a detector's box decoding,
+    NMS and RoIAlign work on pixel coordinates, which 8 bits over a 0-96 px range would round to 0.4 px.
     """
     from onnxruntime.quantization import (
         CalibrationDataReader,
@@ -127,12 +149,16 @@ def quantize_int8(fp32_path: Path, out_path: Path, mode: str = "static", calib: 
             if calib is None or len(calib) == 0:
                 raise UserError("static INT8 needs calibration images; got none")
             reader = type("Reader", (_Batches, CalibrationDataReader), {})(calib, input_name)
+            # from the exported file: pre-processing drops the scopes but keeps the names of the nodes it leaves
+            exclude = float_nodes(fp32_path, list(float_scopes)) if float_scopes else []
             quantize_static(str(pre), str(out_path), reader, quant_format=QuantFormat.QDQ, per_channel=per_channel,
                             reduce_range=reduce_range, activation_type=QuantType.QUInt8,
-                            weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax)
+                            weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax,
+                            nodes_to_exclude=exclude)
             return {"mode": "static", "format": "QDQ", "activations": "uint8", "weights": "int8",
                     "per_channel": per_channel, "reduce_range": reduce_range, "calibration": "minmax",
-                    "calib_images": int(len(calib))}
+                    "calib_images": int(len(calib)), **({"float_scopes": list(float_scopes),
+                                                         "float_nodes": len(exclude)} if float_scopes else {})}
         quantize_dynamic(str(pre), str(out_path), per_channel=per_channel, reduce_range=reduce_range,
                          weight_type=QuantType.QInt8)
         return {"mode": "dynamic", "format": "ConvInteger/MatMulInteger", "activations": "uint8 (per batch)",

@@ -66,8 +66,8 @@ def _iou_and_enclosing(a: Tensor, b: Tensor, hull: bool = False) -> tuple[Tensor
 
 
 def box_iou(a: Tensor, b: Tensor) -> Tensor:
-    """Pairwise IoU: ``a [N, 4]``, ``b [M, 4]`` -> ``[N, M]``."""
-    return _iou_and_enclosing(a[:, None, :], b[None, :, :])[0]
+    """Pairwise IoU: ``a [..., N, 4]``, ``b [..., M, 4]`` -> ``[..., N, M]`` (leading dims: a batch)."""
+    return _iou_and_enclosing(a[..., :, None, :], b[..., None, :, :])[0]
 
 
 def _giou(iou: Tensor, union: Tensor, hull: Tensor) -> Tensor:
@@ -165,6 +165,39 @@ def nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
     return order[torch.as_tensor(keep, dtype=torch.int64, device=order.device)]
 
 
+def nms_fixed(boxes: Tensor, scores: Tensor, groups: Tensor, valid: Tensor, iou_threshold: float
+              ) -> tuple[Tensor, Tensor]:
+    """``batched_nms`` for a batch, in shapes fixed by the input: what a ``torch.export``-traced graph
+    (ONNX export) can hold, where ``nms``'s data-dependent loop and output size cannot.
+
+    boxes ``[B, N, 4]``, scores ``[B, N]``, groups int ``[B, N]`` (boxes suppress only boxes of their
+    own group), valid bool ``[B, N]`` (an invalid box is neither kept nor suppresses: it was filtered
+    out) -> (order int64 ``[B, N]``: each image's indices by descending score; kept bool ``[B, N]`` in
+    that order).  The kept boxes in order are exactly ``batched_nms`` on the valid ones.
+
+    The suppression itself is the custom op ``visionsmith::nms_mask``: opaque to ``torch.export``, it
+    becomes ONNX's own ``NonMaxSuppression`` in an exported graph (``export/custom_ops.py``) instead of a
+    greedy loop unrolled into thousands of nodes.
+    """
+    order = scores.topk(scores.shape[1], dim=1).indices  # [B, N]; not sort(stable=True): no ONNX function
+    return order, torch.ops.visionsmith.nms_mask(boxes, scores, groups, valid, float(iou_threshold)).gather(1, order)
+
+
+@torch.library.custom_op("visionsmith::nms_mask", mutates_args=())
+def nms_mask(boxes: Tensor, scores: Tensor, groups: Tensor, valid: Tensor, iou_threshold: float) -> Tensor:
+    """bool ``[B, N]``: the boxes ``batched_nms`` keeps among each image's valid ones (``nms_fixed``)."""
+    kept = torch.zeros_like(valid)
+    for i in range(boxes.shape[0]):
+        ok = valid[i].nonzero().flatten()
+        kept[i, ok[batched_nms(boxes[i, ok], scores[i, ok], groups[i, ok], iou_threshold)]] = True
+    return kept
+
+
+@nms_mask.register_fake
+def _(boxes, scores, groups, valid, iou_threshold):
+    return torch.empty_like(valid)
+
+
 _PER_CLASS_ABOVE = 256  # batched_nms: from this many boxes on, one nms per label
 
 
@@ -251,10 +284,9 @@ def cat_in_order(parts: list[Tensor], order: list[Tensor]) -> Tensor:
 
 
 def _bin_weights(pos: Tensor, n: int, bins: int, g: int) -> Tensor:
-    """``[k, bins * g]`` sample positions along one axis of ``n`` pixels -> ``[k, bins, n]``: each bin's
+    """``[..., k, bins * g]`` sample positions along one axis of ``n`` pixels -> ``[..., k, bins, n]``: each bin's
     mean bilinear weight on every pixel, by torchvision's ``bilinear_interpolate`` rule (a sample
     outside [-1, n] weighs nothing; below 0 it sits on pixel 0; at or past n - 1 on pixel n - 1)."""
-    k = pos.shape[0]
     valid = ((pos >= -1) & (pos <= n)).to(pos.dtype)
     p = pos.clamp(min=0)
     low = p.floor().long().clamp(max=n - 1)
@@ -262,7 +294,7 @@ def _bin_weights(pos: Tensor, n: int, bins: int, g: int) -> Tensor:
     high = torch.where(end, low, low + 1)
     frac = torch.where(end, torch.zeros_like(p), p - low)
     w = F.one_hot(low, n) * ((1 - frac) * valid)[..., None] + F.one_hot(high, n) * (frac * valid)[..., None]
-    return w.reshape(k, bins, g, n).mean(2)
+    return w.reshape(*pos.shape[:-1], bins, g, n).mean(-2)
 
 
 def _roi_align_grid(feat: Tensor, start: Tensor, size: Tensor, oh: int, ow: int, gh: int, gw: int) -> Tensor:
@@ -276,13 +308,34 @@ def _roi_align_grid(feat: Tensor, start: Tensor, size: Tensor, oh: int, ow: int,
     at Faster R-CNN's 128 regions per image).
     """
     h, w = feat.shape[-2:]
-
-    def coords(n_bins: int, g: int, axis: int) -> Tensor:  # [k, n_bins * g] sample positions along one axis
-        steps = (torch.arange(n_bins, device=feat.device, dtype=feat.dtype)[:, None]
-                 + (torch.arange(g, device=feat.device, dtype=feat.dtype) + 0.5) / g).flatten()
-        return start[:, axis:axis + 1] + steps[None] * (size[:, axis:axis + 1] / n_bins)
-
-    ay = _bin_weights(coords(oh, gh, 1), h, oh, gh).to(feat.dtype)   # [k, oh, H]
-    ax = _bin_weights(coords(ow, gw, 0), w, ow, gw).to(feat.dtype)   # [k, ow, W]
+    ay = _bin_weights(_sample_positions(start[:, 1:2], size[:, 1:2], oh, gh), h, oh, gh).to(feat.dtype)  # [k, oh, H]
+    ax = _bin_weights(_sample_positions(start[:, 0:1], size[:, 0:1], ow, gw), w, ow, gw).to(feat.dtype)  # [k, ow, W]
     t = torch.einsum("kyh,chw->kcyw", ay, feat[0])                   # [k, C, oh, W]
     return torch.einsum("kcyw,kxw->kcyx", t, ax)                     # [k, C, oh, ow]
+
+
+def _sample_positions(start: Tensor, size: Tensor, n_bins: int, g: int) -> Tensor:
+    """``[..., 1]`` roi starts and sizes along one axis -> ``[..., n_bins * g]``: the sample positions, ``g``
+    evenly spaced per bin at the centres of its ``g`` parts."""
+    steps = (torch.arange(n_bins, device=start.device, dtype=start.dtype)[:, None]
+             + (torch.arange(g, device=start.device, dtype=start.dtype) + 0.5) / g).flatten()
+    return start + steps * (size / n_bins)
+
+
+def roi_align_fixed(features: Tensor, boxes: Tensor, output_size: int, spatial_scale: float,
+                    sampling_ratio: int = 2) -> Tensor:
+    """``roi_align`` (``aligned=True``, a fixed ``sampling_ratio``) of R boxes per image, in shapes fixed by
+    the input: what a ``torch.export``-traced graph can hold (``roi_align`` groups rois by image and grid).
+
+    features ``[B, C, H, W]``; boxes ``[B, R, 4]`` xyxy in input pixels -> ``[B, R, C, s, s]``.
+    """
+    if sampling_ratio <= 0:
+        raise ValueError("roi_align_fixed: sampling_ratio must be > 0 (a fixed sample grid)")
+    h, w = features.shape[-2:]
+    s, g = output_size, sampling_ratio
+    start = boxes[..., :2] * spatial_scale - 0.5                                # [B, R, 2] (x, y)
+    size = boxes[..., 2:] * spatial_scale - 0.5 - start
+    ay = _bin_weights(_sample_positions(start[..., 1:2], size[..., 1:2], s, g), h, s, g).to(features.dtype)
+    ax = _bin_weights(_sample_positions(start[..., 0:1], size[..., 0:1], s, g), w, s, g).to(features.dtype)
+    t = torch.einsum("bkyh,bchw->bkcyw", ay, features)                         # [B, R, C, s, W]
+    return torch.einsum("bkcyw,bkxw->bkcyx", t, ax)                             # [B, R, C, s, s]

@@ -154,12 +154,14 @@ class BoxOutput(TaskOutput):
 
     def check_fp32(self, res, atol):
         from ..export.parity import ParityError
+        props = res.get("proposal_agreement", 1.0)
         if res["max_abs_diff"] > atol or res["max_box_diff_px"] > BOX_ATOL_PX \
-                or res["final_agreement"] < MIN_FINAL_AGREEMENT:
+                or res["final_agreement"] < MIN_FINAL_AGREEMENT or props < MIN_FINAL_AGREEMENT:
             raise ParityError(
                 f"fp32 ONNX does not match PyTorch on {res['n']} held-out images: max |logit difference| "
                 f"{res['max_abs_diff']:.2e} (bound {atol:.0e}), max box difference {res['max_box_diff_px']:.2e} px "
-                f"(bound {BOX_ATOL_PX}), final detections matched {100 * res['final_agreement']:.2f}% (bound "
+                f"(bound {BOX_ATOL_PX}), proposals matched {100 * props:.2f}%, final detections matched "
+                f"{100 * res['final_agreement']:.2f}% (both bound "
                 f"{100 * MIN_FINAL_AGREEMENT:.0f}%); nothing was written. This is an exporter bug for this model: "
                 "report it with the run's config.yaml (try another --opset)")
 
@@ -187,8 +189,12 @@ class BoxOutput(TaskOutput):
             if kind in par:
                 r = par[kind]
                 m = f"{r['map']:>8.4f}{r['map50']:>9.4f}" if r.get("metric") else f"{'-':>8}{'-':>9}"
-                lines.append(f"  {'onnx ' + kind:<14}{m}{100 * r['final_agreement']:>12.2f}%{r['max_abs_diff']:>14.2e}"
-                             f"{r['max_box_diff_px']:>15.2e}")
+                diffs = (f"{r['max_abs_diff']:>14.2e}{r['max_box_diff_px']:>15.2e}"
+                         if r.get("proposal_agreement", 1.0) >= MIN_FINAL_AGREEMENT else f"{'-':>14}{'-':>15}")
+                lines.append(f"  {'onnx ' + kind:<14}{m}{100 * r['final_agreement']:>12.2f}%{diffs}")
+        if "proposal_agreement" in ref:  # a two-stage model: rows are proposals, compared as a set
+            lines.append(f"  proposals PyTorch's that ONNX also gives (boxes within {BOX_ATOL_PX} px): " + ", ".join(
+                f"{kind} {100 * par[kind]['proposal_agreement']:.2f}%" for kind in ("fp32", "int8") if kind in par))
         return "\n".join(lines)
 
 
@@ -211,16 +217,30 @@ def _matched(ref: list[dict], got: list[dict]) -> tuple[int, int]:
     return total, hit
 
 
+def align_proposals(ref: torch.Tensor, got: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two-stage outputs ``[B, R * k, 5 + k]`` hold k rows per proposal, proposals by score: two runtimes may
+    order near-tied proposals differently, or keep another one at the NMS threshold, which moves whole rows.
+    -> (``got`` with each proposal's k rows moved to where ``ref`` has the proposal with the nearest boxes,
+    bool ``[B, R]``: ref's proposals whose boxes ``got`` has within ``BOX_ATOL_PX``)."""
+    b, n, c = ref.shape
+    rb, gb = ref.reshape(b, n // k, k, c), got.reshape(b, n // k, k, c)
+    dist = torch.cdist(rb[..., :4].flatten(2), gb[..., :4].flatten(2), p=float("inf"))  # [B, R, R]: max |d box|
+    near, pick = dist.min(-1)
+    aligned = gb.gather(1, pick[..., None, None].expand(-1, -1, k, c))
+    return aligned.reshape(b, n, c), near <= BOX_ATOL_PX
+
+
 @torch.no_grad()
 def compare_boxes(model, clf, held, task, atol: float, batch: int = 32) -> dict:
     """PyTorch ``model`` vs an ``OnnxModel`` ``clf`` on ``held.pixels``: the raw outputs (class and
-    centre-ness logits, decoded boxes), the final detections (``final_agreement``: see ``_matched``),
+    centre-ness logits, decoded boxes; for a model whose ``rows_are_a_set`` (Faster R-CNN's proposals), the
+    proposals both give (``proposal_agreement``: see ``align_proposals``), the final detections (``final_agreement``: see ``_matched``),
     and with targets mAP / mAP@.5 of both (``map_ref``, ``map``, ``map_drop_points``)."""
     from ..metrics.detection import DetectionMetric
     n = len(held.pixels)
     size = tuple(held.pixels.shape[-2:])
     max_d = max_box = 0.0
-    total = hit = 0
+    total = hit = props = props_same = 0
     targets = held.targets if held.targets and "labels" in held.targets else None
     m_ref, m_got = (DetectionMetric(clf.classes), DetectionMetric(clf.classes)) if targets else (None, None)
     for i in range(0, n, batch):
@@ -230,8 +250,15 @@ def compare_boxes(model, clf, held, task, atol: float, batch: int = 32) -> dict:
         if ref.shape != got.shape:
             from ..export.parity import ExportError
             raise ExportError(f"exported model gives outputs of shape {tuple(got.shape)}, PyTorch gives {tuple(ref.shape)}")
-        max_d = max(max_d, float((ref[..., 4:] - got[..., 4:]).abs().max()))
-        max_box = max(max_box, float((ref[..., :4] - got[..., :4]).abs().max()))
+        ra, ga = ref, got  # the rows compared
+        if getattr(model, "rows_are_a_set", False):
+            ga, same = align_proposals(ref, got, ref.shape[-1] - 5)
+            props, props_same = props + same.numel(), props_same + int(same.sum())
+            rows = same.repeat_interleave(ref.shape[-1] - 5, 1)  # [B, R * K]
+            ra, ga = ref[rows], ga[rows]
+        if ra.numel():
+            max_d = max(max_d, float((ra[..., 4:] - ga[..., 4:]).abs().max()))
+            max_box = max(max_box, float((ra[..., :4] - ga[..., :4]).abs().max()))
         dr, dg = task.postprocess(ref, size), task.postprocess(got, size)
         t, h = _matched(dr, dg)
         total, hit = total + t, hit + h
@@ -241,6 +268,8 @@ def compare_boxes(model, clf, held, task, atol: float, batch: int = 32) -> dict:
             m_got.update(dg, tg)
     out = {"n": int(n), "max_abs_diff": max_d, "max_box_diff_px": max_box,
            "final_agreement": hit / total if total else 1.0, "final_detections": total}
+    if props:
+        out["proposal_agreement"] = props_same / props
     if targets:
         r, g = m_ref.compute(), m_got.compute()
         out.update({"map_ref": r["map"], "map": g["map"], "map50_ref": r["map50"], "map50": g["map50"],

@@ -95,6 +95,8 @@ class FCOSHead(nn.Module):
     (neck included) is the model's "classifier" for transfer learning and LoRA.
     """
 
+    int8_own_ops_float = True  # INT8 export: the box decoding (pixel coordinates) stays float (export/quantize.py)
+
     def __init__(self, in_channels: list[int], strides: list[int], num_classes: int, channels: int = 96,
                  convs: int = 2, prior: float = 0.01):
         super().__init__()

@@ -14,7 +14,7 @@ The proposals and the sampled training regions depend on the targets, so the hea
 ``loss_and_output(feats, size, boxes, labels)`` (the RPN and box-head losses); ``forward(feats, size)``
 gives the shared detection output ``[B, R * K, 5 + K]`` (``models/heads/detection.py``): for each of R
 proposals and each class k, the class-k box in input pixels, a constant centre-ness logit (sigmoid 1),
-and class logits that are ``logit(p_k)`` in column k and a large negative elsewhere, so decoding
+and class logits that are ``logit(p_k)`` (``class_logits``) in column k and a large negative elsewhere, so decoding
 (score = sqrt(p_k), class-aware NMS), COCO evaluation, predict and serve are shared with FCOS.
 """
 from __future__ import annotations
@@ -25,7 +25,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ...ops.boxes import batched_nms, box_area, box_iou, cat_in_order, clip_boxes, remove_small, roi_align
+from ...ops.boxes import (
+    batched_nms,
+    box_area,
+    box_iou,
+    cat_in_order,
+    clip_boxes,
+    nms_fixed,
+    remove_small,
+    roi_align,
+    roi_align_fixed,
+)
 from ..segmenter import EncoderDecoder
 from .detection import FPNNeck
 from .segmentation import _check_pyramid
@@ -54,6 +64,16 @@ def decode(ref: Tensor, deltas: Tensor, w: tuple[float, ...]) -> Tensor:
     dw, dh = (deltas[..., 2] / w[2]).clamp(max=CLAMP), (deltas[..., 3] / w[3]).clamp(max=CLAMP)
     pcx, pcy, pw, ph = cx + dx * rw, cy + dy * rh, rw * torch.exp(dw), rh * torch.exp(dh)
     return torch.stack([pcx - pw / 2, pcy - ph / 2, pcx + pw / 2, pcy + ph / 2], -1)
+
+
+def class_logits(z: Tensor) -> Tensor:
+    """Box-head logits ``[P, K + 1]`` (column 0: background) -> ``[P, K]``: logit(p_k) of the softmax
+    probabilities, as ``z_k - logsumexp(z_j, j != k)``, clamped to +-OFF.  Not ``torch.logit(p)``: for a p_k
+    near 1, ``1 - p_k`` keeps few of float32's digits, and two runtimes' last-bit differences in p became
+    differences of 1e-2 in the logit."""
+    others = torch.eye(z.shape[1], dtype=torch.bool, device=z.device)[1:]              # [K, K + 1]: row k hides class k
+    rest = z[:, None, :].masked_fill(others, float("-inf")).logsumexp(-1)               # [P, K]
+    return (z[:, 1:] - rest).clamp(-OFF, OFF)
 
 
 def anchors_for(sizes: list[tuple[int, int]], strides: list[int], scale: float, ratios: tuple[float, ...],
@@ -118,6 +138,8 @@ class FasterRCNNHead(nn.Module):
         nn.init.zeros_(self.cls_score.bias)
         nn.init.zeros_(self.bbox_pred.bias)
 
+    int8_own_ops_float = True  # INT8 export: proposals, NMS, RoIAlign and decoding stay float (export/quantize.py)
+    int8_own_ops_float = True  # INT8 export: proposals, NMS, RoIAlign and decoding stay float (export/quantize.py)
     RPN_W = (1.0, 1.0, 1.0, 1.0)
     ROI_W = (10.0, 10.0, 5.0, 5.0)
 
@@ -178,11 +200,11 @@ class FasterRCNNHead(nn.Module):
         """Per image, R = ``post_nms_test`` rows of proposals (padded with empty boxes) x K classes ->
         ``[B, R * K, 5 + K]``."""
         k, r = self.num_classes, self.post_nms[1]
-        prob = logits.softmax(-1)[:, 1:]                                                # [P, K]
+        logit = class_logits(logits)                                                    # [P, K]
         boxes = clip_boxes(decode(torch.cat(props), deltas, self.ROI_W).reshape(-1, 4), size).view(-1, k, 4)
-        cls = torch.full((len(prob), k, k), -OFF, device=prob.device)
-        eye = torch.eye(k, dtype=torch.bool, device=prob.device)
-        cls[:, eye] = torch.logit(prob, eps=1e-6)                                       # [P, K, K]: diagonal
+        cls = torch.full((len(logit), k, k), -OFF, device=logit.device)
+        eye = torch.eye(k, dtype=torch.bool, device=logit.device)
+        cls[:, eye] = logit                                                             # [P, K, K]: diagonal
         rows = torch.cat([boxes, torch.full_like(boxes[..., :1], OFF), cls], -1)        # [P, K, 5 + K]
         out = rows.new_zeros(len(props), r, k, 5 + k)
         out[..., 4], out[..., 5:] = OFF, -OFF
@@ -193,9 +215,56 @@ class FasterRCNNHead(nn.Module):
     def forward(self, feats: list[Tensor], out_size) -> Tensor:
         feats = self.neck(feats)
         obj, reg, anchors, counts = self._rpn(feats)
+        if self.fixed_shapes or torch.compiler.is_exporting():
+            return self._forward_fixed(feats, obj, reg, anchors, counts, out_size)
         props = self._proposals(obj, reg, anchors, counts, out_size)
         logits, deltas = self._box_head(feats, props)
         return self._output(props, logits, deltas, out_size)
+
+    # -- the same detections in shapes fixed by the image size: what ONNX export traces -----------
+    fixed_shapes = False  # True: eager inference takes this path too (the tests compare the two)
+
+    def _forward_fixed(self, feats: list[Tensor], obj: Tensor, reg: Tensor, anchors: Tensor, counts: list[int],
+                       size) -> Tensor:
+        """``forward`` without data-dependent shapes (``torch.export`` cannot trace boolean indexing, a
+        variable proposal count or NMS's Python loop): small proposals are masked instead of dropped, NMS is
+        ``nms_fixed``, every image keeps R = ``post_nms_test`` proposal rows (the ones past its own count
+        padded, as ``_output`` pads), and RoIAlign pools every proposal from every level and keeps the
+        level ``_pool`` would pick.  Same output as ``forward``, up to float rounding."""
+        b, r, k = obj.shape[0], self.post_nms[1], self.num_classes
+        starts = [0, *torch.tensor(counts).cumsum(0).tolist()[:-1]]
+        idx = torch.cat([st + o.topk(min(self.pre_nms, c), dim=1).indices
+                         for st, c, o in zip(starts, counts, obj.split(counts, 1))], 1)    # [B, M]
+        m = idx.shape[1]
+        level = torch.cat([torch.full((min(self.pre_nms, c),), i, device=obj.device) for i, c in enumerate(counts)])
+        boxes = clip_boxes(decode(anchors[idx].reshape(-1, 4), reg.gather(1, idx[..., None].expand(-1, -1, 4))
+                                  .reshape(-1, 4), self.RPN_W), size).view(b, m, 4)
+        ok = remove_small(boxes.view(-1, 4), 1e-3).view(b, m)
+        order, kept = nms_fixed(boxes, obj.gather(1, idx), level.expand(b, m), ok, self.rpn_nms)
+        rank = kept.float() * m - torch.arange(m, device=kept.device, dtype=torch.float32)  # distinct keys
+        first = rank.topk(min(r, m), dim=1).indices                                           # kept, best first
+        props = boxes.gather(1, order.gather(1, first)[..., None].expand(-1, -1, 4))         # [B, R', 4]
+        valid = kept.gather(1, first)                                                        # [B, R']
+        # RoIAlign: each level pools every proposal; keep the level FPN eq. 1 assigns it (as ``_pool``)
+        lv = [math.log2(s) for s in self.strides]
+        side = box_area(props).clamp(min=1e-12).sqrt()
+        want = torch.floor(4 + torch.log2(side / 224 + 1e-8)).clamp(lv[0], lv[-1])            # [B, R']
+        pooled = 0
+        for f, s, lg in zip(feats, self.strides, lv):
+            p = roi_align_fixed(f, props.to(f.dtype), self.roi_size, 1.0 / s, sampling_ratio=2)  # [B, R', C, 7, 7]
+            pooled = pooled + p * (want == lg).to(p.dtype)[..., None, None, None]
+        h = self.box_head(pooled.flatten(0, 1))
+        logit = class_logits(self.cls_score(h).float())                                      # [B * R', K]
+        deltas = self.bbox_pred(h).float().view(-1, k, 4)
+        boxes = clip_boxes(decode(props.reshape(-1, 4), deltas, self.ROI_W), size)            # [B * R', K, 4]
+        eye = torch.eye(k, dtype=torch.bool, device=logit.device)
+        cls = torch.where(eye, logit[:, None, :], torch.full_like(logit[:, None, :], -OFF))
+        rows = torch.cat([boxes, torch.full_like(boxes[..., :1], OFF), cls], -1).view(b, -1, k, 5 + k)
+        pad = torch.cat([rows.new_zeros(4), rows.new_full((1,), OFF), rows.new_full((k,), -OFF)])  # an empty row
+        rows = torch.where(valid[..., None, None], rows, pad)
+        if rows.shape[1] < r:  # fewer candidates than rows (a small image): pad as ``_output`` does
+            rows = torch.cat([rows, pad.expand(b, r - rows.shape[1], k, 5 + k)], 1)
+        return rows.reshape(b, r * k, 5 + k)
 
     # -- training ---------------------------------------------------------------------------------
     def loss_and_output(self, feats: list[Tensor], out_size, boxes: list[Tensor], labels: list[Tensor],
@@ -248,7 +317,7 @@ class TwoStageDetector(EncoderDecoder):
     """``EncoderDecoder`` with a ``FasterRCNNHead``: ``forward`` detects; ``loss_and_output(batch)``
     (what ``methods/supervised.py`` calls) gives the two stages' losses for ``batch``'s boxes and labels."""
 
-    onnx_exportable = False  # the proposal stage (per-level top-k, NMS, a variable count) is not traced yet
+    rows_are_a_set = True  # rows follow proposals by score: export parity matches them as a set (outputs/detection.py)
 
     def loss_and_output(self, batch: dict) -> tuple[Tensor, Tensor]:
         x = batch["image"]
