@@ -115,6 +115,9 @@ class Jit(Eager):
         example = torch.rand(8, in_chans, size, size)
         if channels_last:
             example = example.contiguous(memory_format=torch.channels_last)
+        head = getattr(self.model, "head", None)
+        if hasattr(head, "fixed_shapes"):  # Faster R-CNN: trace the fixed-shape path (the eager one's proposal
+            head.fixed_shapes = True       # count and NMS are data-dependent: a trace would bake one image's in)
         with torch.inference_mode(False), torch.no_grad():
             traced = torch.jit.trace(self.model, example, check_trace=False)
             self.model = torch.jit.optimize_for_inference(torch.jit.freeze(traced.eval()))

@@ -7,6 +7,8 @@ on a free loopback port in a background thread, for the tests that need real soc
 from __future__ import annotations
 
 import io
+import os
+import shutil
 import threading
 import time
 from pathlib import Path
@@ -119,3 +121,31 @@ def scene_pngs(seg_run) -> list[bytes]:
         im = im.resize(size) if size else im
         out.append(png(np.asarray(im.convert("L") if size == (40, 130) else im)))
     return out
+
+
+CHROMIUM = next(filter(None, map(shutil.which, ("chromium", "chromium-browser", "google-chrome"))), None)
+DRIVER = shutil.which("chromedriver")
+
+
+@pytest.fixture
+def browser():
+    """Headless Chromium through Selenium; skips the test where the Debian packages chromium and
+    chromium-driver are not installed (``scripts/setup.sh`` installs them)."""
+    if not (CHROMIUM and DRIVER):
+        pytest.skip("needs Chromium and chromedriver (Debian packages chromium and chromium-driver; "
+                    "scripts/setup.sh installs them)")
+    webdriver = pytest.importorskip("selenium.webdriver")
+    from selenium.webdriver.chrome.service import Service
+    os.environ.setdefault("SE_OFFLINE", "true")  # Selenium Manager must not try to download a driver
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = CHROMIUM
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
+                "--window-size=1000,800", "--disable-extensions", "--no-first-run"):
+        opts.add_argument(arg)
+    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(options=opts, service=Service(executable_path=DRIVER))
+    driver.set_page_load_timeout(60)
+    try:
+        yield driver
+    finally:
+        driver.quit()

@@ -7,37 +7,10 @@ Skipped only when the Debian packages ``chromium`` / ``chromium-driver`` are not
 from __future__ import annotations
 
 import io
-import os
-import shutil
 
 import pytest
 
 from visionsmith.serve import ServeOptions, TorchBackend, create_app
-
-CHROMIUM = next(filter(None, map(shutil.which, ("chromium", "chromium-browser", "google-chrome"))), None)
-DRIVER = shutil.which("chromedriver")
-pytestmark = pytest.mark.skipif(not (CHROMIUM and DRIVER), reason="needs Chromium and chromedriver (Debian packages "
-                                "chromium and chromium-driver; scripts/setup.sh installs them)")
-
-
-@pytest.fixture
-def browser():
-    webdriver = pytest.importorskip("selenium.webdriver")
-    from selenium.webdriver.chrome.service import Service
-    os.environ.setdefault("SE_OFFLINE", "true")  # Selenium Manager must not try to download a driver
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = CHROMIUM
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
-                "--window-size=1000,800", "--disable-extensions", "--no-first-run"):
-        opts.add_argument(arg)
-    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(options=opts, service=Service(executable_path=DRIVER))
-    driver.set_page_load_timeout(60)
-    try:
-        yield driver
-    finally:
-        driver.quit()
-
 
 @pytest.mark.timeout(240)
 def test_upload_in_the_page_shows_the_prediction(digits_run, digit_pngs, live_server, browser, tmp_path, artifacts):

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import base64
 import io
-import os
-import shutil
 
 import numpy as np
 import pytest
@@ -76,45 +74,27 @@ def test_classification_answers_keep_their_shape(digits_run, digit_pngs):
     assert set(p) == {"filename", "topk"} and [set(t) for t in p["topk"]] == [{"class", "index", "prob"}] * 2
 
 
-CHROMIUM = next(filter(None, map(shutil.which, ("chromium", "chromium-browser", "google-chrome"))), None)
-DRIVER = shutil.which("chromedriver")
-
-
 @pytest.mark.timeout(240)
-@pytest.mark.skipif(not (CHROMIUM and DRIVER), reason="needs Chromium and chromedriver (Debian packages chromium "
-                    "and chromium-driver; scripts/setup.sh installs them)")
-def test_page_draws_the_mask_over_the_upload(seg_run, scene_pngs, live_server, tmp_path, artifacts):
-    webdriver = pytest.importorskip("selenium.webdriver")
-    from selenium.webdriver.chrome.service import Service
+def test_page_draws_the_mask_over_the_upload(seg_run, scene_pngs, live_server, browser, tmp_path, artifacts):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as EC
     from selenium.webdriver.support.ui import WebDriverWait
-    os.environ.setdefault("SE_OFFLINE", "true")
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = CHROMIUM
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
-                "--window-size=1000,800", "--disable-extensions", "--no-first-run"):
-        opts.add_argument(arg)
-    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     img = tmp_path / "scene.png"
     img.write_bytes(scene_pngs[1])  # 150 x 90
-    driver = webdriver.Chrome(options=opts, service=Service(executable_path=DRIVER))
-    try:
-        with live_server(create_app([TorchBackend(seg_run, "seg")], ServeOptions())) as url:
-            driver.get(url + "/")
-            wait = WebDriverWait(driver, 60)
-            wait.until(lambda d: d.find_element(By.ID, "model-info").text.startswith("segmentation"))
-            driver.find_element(By.ID, "file").send_keys(str(img))
-            card = wait.until(EC.presence_of_element_located((By.CSS_SELECTOR, ".result.segmentation")))
-            canvas = card.find_element(By.CSS_SELECTOR, "canvas.overlay")
-            size = driver.execute_script("return [arguments[0].width, arguments[0].height]", canvas)
-            legend = [e.text for e in card.find_elements(By.CSS_SELECTOR, ".legend li")]
-            top = card.get_attribute("data-top")
-            shot = artifacts / "page-segmentation.png"
-            driver.save_screenshot(str(shot))
-            console = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
-    finally:
-        driver.quit()
+    driver = browser
+    with live_server(create_app([TorchBackend(seg_run, "seg")], ServeOptions())) as url:
+        driver.get(url + "/")
+        wait = WebDriverWait(driver, 60)
+        wait.until(lambda d: d.find_element(By.ID, "model-info").text.startswith("segmentation"))
+        driver.find_element(By.ID, "file").send_keys(str(img))
+        card = wait.until(EC.presence_of_element_located((By.CSS_SELECTOR, ".result.segmentation")))
+        canvas = card.find_element(By.CSS_SELECTOR, "canvas.overlay")
+        size = driver.execute_script("return [arguments[0].width, arguments[0].height]", canvas)
+        legend = [e.text for e in card.find_elements(By.CSS_SELECTOR, ".legend li")]
+        top = card.get_attribute("data-top")
+        shot = artifacts / "page-segmentation.png"
+        driver.save_screenshot(str(shot))
+        console = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]
     assert size == [150, 90]  # the canvas has the upload's pixels
     assert legend and all("%" in t for t in legend) and legend[0].startswith(top)
     assert not console, console  # no CSP violation, no failed asset

@@ -337,5 +337,9 @@ def roi_align_fixed(features: Tensor, boxes: Tensor, output_size: int, spatial_s
     size = boxes[..., 2:] * spatial_scale - 0.5 - start
     ay = _bin_weights(_sample_positions(start[..., 1:2], size[..., 1:2], s, g), h, s, g).to(features.dtype)
     ax = _bin_weights(_sample_positions(start[..., 0:1], size[..., 0:1], s, g), w, s, g).to(features.dtype)
-    t = torch.einsum("bkyh,bchw->bkcyw", ay, features)                         # [B, R, C, s, W]
-    return torch.einsum("bkcyw,bkxw->bkcyx", t, ax)                             # [B, R, C, s, s]
+    # Two matrix products, not einsum (ONNX Runtime's Einsum kernel took 56% of Faster R-CNN's graph):
+    # rows first, one GEMM per image [R * s, H] @ [H, C * W]; then columns, [C, W] @ [W, s] per roi and row.
+    b, c, r = features.shape[0], features.shape[1], boxes.shape[1]
+    t = ay.reshape(b, r * s, h) @ features.permute(0, 2, 1, 3).reshape(b, h, c * w)   # [B, R * s, C * W]
+    t = t.view(b, r, s, c, w) @ ax.transpose(-1, -2)[:, :, None]                       # [B, R, s, C, s]
+    return t.permute(0, 1, 3, 2, 4)                                                    # [B, R, C, s, s]
