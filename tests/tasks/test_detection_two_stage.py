@@ -81,6 +81,18 @@ def test_the_two_stage_loss_learns_a_batch_until_the_boxes_land_on_the_objects()
         assert box_iou(det["boxes"][top:top + 1], batch["boxes"][i]).item() > 0.6
 
 
+def test_parity_matches_proposals_as_a_set():
+    # Two runtimes may order near-tied proposals differently: the rows move as whole proposals (K rows each)
+    from visionsmith.outputs.detection import align_proposals
+    k = 3
+    ref = torch.rand(2, 4 * k, 5 + k) * 50
+    got = ref.view(2, 4, k, 5 + k)[:, [1, 0, 2, 3]].reshape(2, 4 * k, 5 + k).clone()  # proposals 0 and 1 swapped
+    got[1, 3 * k:, :4] += 1.0  # image 1's last proposal is another box
+    aligned, same = align_proposals(ref, got, k)
+    assert same.tolist() == [[True] * 4, [True, True, True, False]]
+    assert torch.equal(aligned[0], ref[0]) and torch.equal(aligned[1, :3 * k], ref[1, :3 * k])
+
+
 @pytest.fixture(scope="module")
 def scenes_root():
     return ensure_scenes(canvas=64, n_train=96, n_val=16, n_test=16)

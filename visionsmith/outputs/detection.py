@@ -233,9 +233,10 @@ def align_proposals(ref: torch.Tensor, got: torch.Tensor, k: int) -> tuple[torch
 @torch.no_grad()
 def compare_boxes(model, clf, held, task, atol: float, batch: int = 32) -> dict:
     """PyTorch ``model`` vs an ``OnnxModel`` ``clf`` on ``held.pixels``: the raw outputs (class and
-    centre-ness logits, decoded boxes; for a model whose ``rows_are_a_set`` (Faster R-CNN's proposals), the
-    proposals both give (``proposal_agreement``: see ``align_proposals``), the final detections (``final_agreement``: see ``_matched``),
-    and with targets mAP / mAP@.5 of both (``map_ref``, ``map``, ``map_drop_points``)."""
+    centre-ness logits, decoded boxes; for a model whose ``rows_are_a_set`` (Faster R-CNN's proposals), after
+    matching the proposals both give: ``proposal_agreement``, see ``align_proposals``), the final detections
+    (``final_agreement``: see ``_matched``), and with targets mAP / mAP@.5 of both (``map_ref``, ``map``,
+    ``map_drop_points``)."""
     from ..metrics.detection import DetectionMetric
     n = len(held.pixels)
     size = tuple(held.pixels.shape[-2:])

@@ -139,7 +139,6 @@ class FasterRCNNHead(nn.Module):
         nn.init.zeros_(self.bbox_pred.bias)
 
     int8_own_ops_float = True  # INT8 export: proposals, NMS, RoIAlign and decoding stay float (export/quantize.py)
-    int8_own_ops_float = True  # INT8 export: proposals, NMS, RoIAlign and decoding stay float (export/quantize.py)
     RPN_W = (1.0, 1.0, 1.0, 1.0)
     ROI_W = (10.0, 10.0, 5.0, 5.0)
 
