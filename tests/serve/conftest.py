@@ -89,10 +89,9 @@ def live_server():
     return LiveServer
 
 
-@pytest.fixture(scope="session")
-def seg_run(tmp_path_factory) -> Path:
-    """A segmentation run: MobileNetV2 + FPN on 64 px fashion-mnist scenes (COCO format), 24 steps on one
-    thread (~10 s)."""
+def train_on_scenes(tmp_path_factory, recipe: str, extra: list[str]) -> Path:
+    """A MobileNetV2 run of ``recipes/RECIPE`` on 64 px fashion-mnist scenes (192 training scenes, COCO
+    format), one thread; ``extra``: more overrides (epochs, head width)."""
     import torch
 
     import visionsmith
@@ -100,10 +99,40 @@ def seg_run(tmp_path_factory) -> Path:
     torch.set_num_threads(1)
     root = ensure_scenes(canvas=64, n_train=192, n_val=24, n_test=24)
     over = ["data.name=coco", f"data.root={root}", "data.image_size=64", "model.name=mobilenetv2",
-            "model.pretrained=true", "train.batch_size=16", "train.epochs=2", "train.eval_batch_size=24",
-            "train.threads=1", "seg.channels=32"]
-    return visionsmith.train(REPO / "recipes" / "scenes-seg.yaml", overrides=over,
-                             out=tmp_path_factory.mktemp("serve") / "seg", report=False)
+            "model.pretrained=true", "train.batch_size=16", "train.eval_batch_size=24", "train.threads=1", *extra]
+    return visionsmith.train(REPO / "recipes" / recipe, overrides=over, out=tmp_path_factory.mktemp("serve") / "run",
+                             report=False)
+
+
+@pytest.fixture(scope="session")
+def seg_run(tmp_path_factory) -> Path:
+    """A segmentation run: FPN, 24 steps (~10 s)."""
+    return train_on_scenes(tmp_path_factory, "scenes-seg.yaml", ["train.epochs=2", "seg.channels=32"])
+
+
+@pytest.fixture(scope="session")
+def det_run(tmp_path_factory) -> Path:
+    """A detection run: FCOS, 5 epochs (~20 s), enough to find objects on its own training scenes."""
+    return train_on_scenes(tmp_path_factory, "scenes-det.yaml", ["train.epochs=5", "det.channels=32", "train.ema=false"])
+
+
+@pytest.fixture
+def upload_in_page(browser):
+    """``upload_in_page(url, image, task)``: open the served page in ``browser``, wait for its ``task`` model,
+    upload ``image`` -> (its result card, the overlay canvas, the canvas's [width, height]); masks and boxes."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as EC
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    def upload(url: str, image: Path, task: str):
+        browser.get(url + "/")
+        wait = WebDriverWait(browser, 60)
+        wait.until(lambda d: d.find_element(By.ID, "model-info").text.startswith(task))
+        browser.find_element(By.ID, "file").send_keys(str(image))
+        card = wait.until(EC.presence_of_element_located((By.CSS_SELECTOR, ".result.segmentation")))
+        canvas = card.find_element(By.CSS_SELECTOR, "canvas.overlay")
+        return card, canvas, browser.execute_script("return [arguments[0].width, arguments[0].height]", canvas)
+    return upload
 
 
 @pytest.fixture(scope="session")

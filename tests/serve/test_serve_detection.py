@@ -14,24 +14,6 @@ from PIL import Image
 
 from visionsmith.serve import ServeOptions, TorchBackend, create_app
 
-REPO = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(scope="module")
-def det_run(tmp_path_factory) -> Path:
-    """MobileNetV2 + FCOS on 64 px fashion-mnist scenes, 5 epochs of 192 scenes on one thread."""
-    import torch
-
-    import visionsmith
-    from visionsmith.data.scenes import ensure_scenes
-    torch.set_num_threads(1)
-    root = ensure_scenes(canvas=64, n_train=192, n_val=24, n_test=24)
-    over = ["data.name=coco", f"data.root={root}", "data.image_size=64", "model.pretrained=true",
-            "train.batch_size=16", "train.threads=1", "train.epochs=5", "train.eval_batch_size=24",
-            "det.channels=32", "train.ema=false"]
-    return visionsmith.train(REPO / "recipes" / "scenes-det.yaml", overrides=over,
-                             out=tmp_path_factory.mktemp("serve") / "det", report=False)
-
 
 def _post(url: str, path: Path) -> dict:
     """The REST answer for one file (multipart by hand: the standard library has no encoder)."""
@@ -45,10 +27,8 @@ def _post(url: str, path: Path) -> dict:
 
 
 @pytest.mark.timeout(300)
-def test_page_draws_the_boxes_on_the_upload(det_run, live_server, browser, tmp_path, artifacts):
+def test_page_draws_the_boxes_on_the_upload(det_run, live_server, browser, upload_in_page, tmp_path, artifacts):
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support import expected_conditions as EC
-    from selenium.webdriver.support.ui import WebDriverWait
     from visionsmith.config import load_config
     from visionsmith.tasks import get_task
     cfg = load_config(det_run / "config.yaml")
@@ -57,13 +37,7 @@ def test_page_draws_the_boxes_on_the_upload(det_run, live_server, browser, tmp_p
     Image.fromarray(train.images[0].permute(1, 2, 0).numpy()).resize((128, 128), Image.Resampling.NEAREST).save(img)
     with live_server(create_app([TorchBackend(det_run, "det")], ServeOptions())) as url:
         pred = _post(url, img)
-        browser.get(url + "/")
-        wait = WebDriverWait(browser, 60)
-        wait.until(lambda d: d.find_element(By.ID, "model-info").text.startswith("detection"))
-        browser.find_element(By.ID, "file").send_keys(str(img))
-        card = wait.until(EC.presence_of_element_located((By.CSS_SELECTOR, ".result.segmentation")))
-        canvas = card.find_element(By.CSS_SELECTOR, "canvas.overlay")
-        size = browser.execute_script("return [arguments[0].width, arguments[0].height]", canvas)
+        card, canvas, size = upload_in_page(url, img, "detection")
         legend = [(li.find_element(By.CSS_SELECTOR, ".label").text, li.find_element(By.CSS_SELECTOR, ".pct").text)
                   for li in card.find_elements(By.CSS_SELECTOR, ".legend li")]
         top = card.get_attribute("data-top")

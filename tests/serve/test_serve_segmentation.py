@@ -75,21 +75,13 @@ def test_classification_answers_keep_their_shape(digits_run, digit_pngs):
 
 
 @pytest.mark.timeout(240)
-def test_page_draws_the_mask_over_the_upload(seg_run, scene_pngs, live_server, browser, tmp_path, artifacts):
+def test_page_draws_the_mask_over_the_upload(seg_run, scene_pngs, live_server, browser, upload_in_page, tmp_path, artifacts):
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support import expected_conditions as EC
-    from selenium.webdriver.support.ui import WebDriverWait
     img = tmp_path / "scene.png"
     img.write_bytes(scene_pngs[1])  # 150 x 90
     driver = browser
     with live_server(create_app([TorchBackend(seg_run, "seg")], ServeOptions())) as url:
-        driver.get(url + "/")
-        wait = WebDriverWait(driver, 60)
-        wait.until(lambda d: d.find_element(By.ID, "model-info").text.startswith("segmentation"))
-        driver.find_element(By.ID, "file").send_keys(str(img))
-        card = wait.until(EC.presence_of_element_located((By.CSS_SELECTOR, ".result.segmentation")))
-        canvas = card.find_element(By.CSS_SELECTOR, "canvas.overlay")
-        size = driver.execute_script("return [arguments[0].width, arguments[0].height]", canvas)
+        card, canvas, size = upload_in_page(url, img, "segmentation")
         legend = [e.text for e in card.find_elements(By.CSS_SELECTOR, ".legend li")]
         top = card.get_attribute("data-top")
         shot = artifacts / "page-segmentation.png"
