@@ -66,8 +66,8 @@ def _iou_and_enclosing(a: Tensor, b: Tensor, hull: bool = False) -> tuple[Tensor
 
 
 def box_iou(a: Tensor, b: Tensor) -> Tensor:
-    """Pairwise IoU: ``a [..., N, 4]``, ``b [..., M, 4]`` -> ``[..., N, M]`` (leading dims: a batch)."""
-    return _iou_and_enclosing(a[..., :, None, :], b[..., None, :, :])[0]
+    """Pairwise IoU: ``a [N, 4]``, ``b [M, 4]`` -> ``[N, M]``."""
+    return _iou_and_enclosing(a[:, None, :], b[None, :, :])[0]
 
 
 def _giou(iou: Tensor, union: Tensor, hull: Tensor) -> Tensor:
@@ -307,19 +307,21 @@ def _roi_align_grid(feat: Tensor, start: Tensor, size: Tensor, oh: int, ow: int,
     ``grid_sample`` of the k x oh*gh x ow*gw points and its scatter-add backward cost ~3x more on a CPU
     at Faster R-CNN's 128 regions per image).
     """
-    h, w = feat.shape[-2:]
-    ay = _bin_weights(_sample_positions(start[:, 1:2], size[:, 1:2], oh, gh), h, oh, gh).to(feat.dtype)  # [k, oh, H]
-    ax = _bin_weights(_sample_positions(start[:, 0:1], size[:, 0:1], ow, gw), w, ow, gw).to(feat.dtype)  # [k, ow, W]
+    ay, ax = _axis_weights(start, size, feat.shape[-2:], (oh, ow), (gh, gw), feat.dtype)  # [k, oh, H], [k, ow, W]
     t = torch.einsum("kyh,chw->kcyw", ay, feat[0])                   # [k, C, oh, W]
     return torch.einsum("kcyw,kxw->kcyx", t, ax)                     # [k, C, oh, ow]
 
 
-def _sample_positions(start: Tensor, size: Tensor, n_bins: int, g: int) -> Tensor:
-    """``[..., 1]`` roi starts and sizes along one axis -> ``[..., n_bins * g]``: the sample positions, ``g``
-    evenly spaced per bin at the centres of its ``g`` parts."""
-    steps = (torch.arange(n_bins, device=start.device, dtype=start.dtype)[:, None]
-             + (torch.arange(g, device=start.device, dtype=start.dtype) + 0.5) / g).flatten()
-    return start + steps * (size / n_bins)
+def _axis_weights(start: Tensor, size: Tensor, hw, out_hw, grid, dtype) -> tuple[Tensor, Tensor]:
+    """Rois' (x, y) ``start`` and ``size`` ``[..., k, 2]`` on a ``hw`` feature map -> (``[..., k, oh, H]``,
+    ``[..., k, ow, W]``): each output row's and column's mean bilinear weight on every feature row and
+    column, with ``grid`` = (gh, gw) samples per bin side, evenly spaced at the centres of its parts."""
+    def axis(a: int, n_bins: int, g: int, n: int) -> Tensor:
+        steps = (torch.arange(n_bins, device=start.device, dtype=start.dtype)[:, None]
+                 + (torch.arange(g, device=start.device, dtype=start.dtype) + 0.5) / g).flatten()
+        pos = start[..., a:a + 1] + steps * (size[..., a:a + 1] / n_bins)  # [..., k, n_bins * g]
+        return _bin_weights(pos, n, n_bins, g).to(dtype)
+    return axis(1, out_hw[0], grid[0], hw[0]), axis(0, out_hw[1], grid[1], hw[1])
 
 
 def roi_align_fixed(features: Tensor, boxes: Tensor, output_size: int, spatial_scale: float,
@@ -335,8 +337,7 @@ def roi_align_fixed(features: Tensor, boxes: Tensor, output_size: int, spatial_s
     s, g = output_size, sampling_ratio
     start = boxes[..., :2] * spatial_scale - 0.5                                # [B, R, 2] (x, y)
     size = boxes[..., 2:] * spatial_scale - 0.5 - start
-    ay = _bin_weights(_sample_positions(start[..., 1:2], size[..., 1:2], s, g), h, s, g).to(features.dtype)
-    ax = _bin_weights(_sample_positions(start[..., 0:1], size[..., 0:1], s, g), w, s, g).to(features.dtype)
+    ay, ax = _axis_weights(start, size, (h, w), (s, s), (g, g), features.dtype)  # [B, R, s, H], [B, R, s, W]
     # Two matrix products, not einsum (ONNX Runtime's Einsum kernel took 56% of Faster R-CNN's graph):
     # rows first, one GEMM per image [R * s, H] @ [H, C * W]; then columns, [C, W] @ [W, s] per roi and row.
     b, c, r = features.shape[0], features.shape[1], boxes.shape[1]

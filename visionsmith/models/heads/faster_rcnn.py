@@ -178,12 +178,10 @@ class FasterRCNNHead(nn.Module):
         one finer per halving, clamped to the pyramid) -> ``[sum P_i, C, roi, roi]``."""
         rois = torch.cat([torch.cat([torch.full((len(p), 1), float(i), device=p.device), p], 1)
                           for i, p in enumerate(props)])
-        side = box_area(rois[:, 1:]).clamp(min=1e-12).sqrt()
-        lv = torch.log2(torch.tensor([float(s) for s in self.strides], device=rois.device))
-        k = torch.floor(4 + torch.log2(side / 224 + 1e-8)).clamp(lv[0].item(), lv[-1].item())
+        k = self._level(rois[:, 1:])
         parts, order = [], []  # per level, then back in roi order
-        for i, (f, s) in enumerate(zip(feats, self.strides)):
-            idx = (k == lv[i]).nonzero().flatten()
+        for f, s in zip(feats, self.strides):
+            idx = (k == math.log2(s)).nonzero().flatten()
             if idx.numel():
                 order.append(idx)
                 parts.append(roi_align(f, rois[idx].to(f.dtype), self.roi_size, 1.0 / s, sampling_ratio=2, aligned=True))
@@ -191,22 +189,39 @@ class FasterRCNNHead(nn.Module):
             return feats[0].new_zeros(0, feats[0].shape[1], self.roi_size, self.roi_size)
         return cat_in_order(parts, order)
 
+    def _level(self, boxes: Tensor) -> Tensor:
+        """FPN paper eq. 1: ``[..., 4]`` boxes -> ``[...]`` log2 of the stride of the level each is pooled from
+        (level 4 for a 224-px box, one finer per halving, clamped to the pyramid)."""
+        side = box_area(boxes).clamp(min=1e-12).sqrt()
+        return torch.floor(4 + torch.log2(side / 224 + 1e-8)).clamp(math.log2(self.strides[0]),
+                                                                    math.log2(self.strides[-1]))
+
     def _box_head(self, feats: list[Tensor], props: list[Tensor]) -> tuple[Tensor, Tensor]:
         h = self.box_head(self._pool(feats, props))
         return self.cls_score(h).float(), self.bbox_pred(h).float().view(len(h), self.num_classes, 4)
+
+    def _rows(self, props: Tensor, logits: Tensor, deltas: Tensor, size) -> Tensor:
+        """Proposals ``[P, 4]``, box-head logits ``[P, K + 1]`` and deltas ``[P, K, 4]`` -> ``[P, K, 5 + K]``: per
+        class k the refined class-k box, centre-ness OFF, and ``class_logits`` in column k, -OFF elsewhere."""
+        k = self.num_classes
+        logit = class_logits(logits)                                                    # [P, K]
+        boxes = clip_boxes(decode(props, deltas, self.ROI_W), size)                     # [P, K, 4]
+        eye = torch.eye(k, dtype=torch.bool, device=logit.device)
+        cls = torch.where(eye, logit[:, None, :], torch.full_like(logit[:, None, :], -OFF))  # [P, K, K]: diagonal
+        return torch.cat([boxes, torch.full_like(boxes[..., :1], OFF), cls], -1)
+
+    @staticmethod
+    def _empty_row(rows: Tensor) -> Tensor:
+        """``[5 + K]``: a padding row (an empty box no class scores: class logits -OFF)."""
+        k = rows.shape[-1] - 5
+        return torch.cat([rows.new_zeros(4), rows.new_full((1,), OFF), rows.new_full((k,), -OFF)])
 
     def _output(self, props: list[Tensor], logits: Tensor, deltas: Tensor, size) -> Tensor:
         """Per image, R = ``post_nms_test`` rows of proposals (padded with empty boxes) x K classes ->
         ``[B, R * K, 5 + K]``."""
         k, r = self.num_classes, self.post_nms[1]
-        logit = class_logits(logits)                                                    # [P, K]
-        boxes = clip_boxes(decode(torch.cat(props), deltas, self.ROI_W).reshape(-1, 4), size).view(-1, k, 4)
-        cls = torch.full((len(logit), k, k), -OFF, device=logit.device)
-        eye = torch.eye(k, dtype=torch.bool, device=logit.device)
-        cls[:, eye] = logit                                                             # [P, K, K]: diagonal
-        rows = torch.cat([boxes, torch.full_like(boxes[..., :1], OFF), cls], -1)        # [P, K, 5 + K]
-        out = rows.new_zeros(len(props), r, k, 5 + k)
-        out[..., 4], out[..., 5:] = OFF, -OFF
+        rows = self._rows(torch.cat(props), logits, deltas, size)                       # [P, K, 5 + K]
+        out = self._empty_row(rows).expand(len(props), r, k, 5 + k).clone()
         for i, mine in enumerate(rows.split([len(p) for p in props])):  # each image's proposals, best first
             out[i, :min(len(mine), r)] = mine[:r]
         return out.view(len(props), r * k, 5 + k)
@@ -244,22 +259,16 @@ class FasterRCNNHead(nn.Module):
         first = rank.topk(min(r, m), dim=1).indices                                           # kept, best first
         props = boxes.gather(1, order.gather(1, first)[..., None].expand(-1, -1, 4))         # [B, R', 4]
         valid = kept.gather(1, first)                                                        # [B, R']
-        # RoIAlign: each level pools every proposal; keep the level FPN eq. 1 assigns it (as ``_pool``)
-        lv = [math.log2(s) for s in self.strides]
-        side = box_area(props).clamp(min=1e-12).sqrt()
-        want = torch.floor(4 + torch.log2(side / 224 + 1e-8)).clamp(lv[0], lv[-1])            # [B, R']
+        # RoIAlign: each level pools every proposal; keep the level ``_pool`` would pick
+        want = self._level(props)                                                            # [B, R']
         pooled = 0
-        for f, s, lg in zip(feats, self.strides, lv):
+        for f, s in zip(feats, self.strides):
             p = roi_align_fixed(f, props.to(f.dtype), self.roi_size, 1.0 / s, sampling_ratio=2)  # [B, R', C, 7, 7]
-            pooled = pooled + p * (want == lg).to(p.dtype)[..., None, None, None]
+            pooled = pooled + p * (want == math.log2(s)).to(p.dtype)[..., None, None, None]
         h = self.box_head(pooled.flatten(0, 1))
-        logit = class_logits(self.cls_score(h).float())                                      # [B * R', K]
-        deltas = self.bbox_pred(h).float().view(-1, k, 4)
-        boxes = clip_boxes(decode(props.reshape(-1, 4), deltas, self.ROI_W), size)            # [B * R', K, 4]
-        eye = torch.eye(k, dtype=torch.bool, device=logit.device)
-        cls = torch.where(eye, logit[:, None, :], torch.full_like(logit[:, None, :], -OFF))
-        rows = torch.cat([boxes, torch.full_like(boxes[..., :1], OFF), cls], -1).view(b, -1, k, 5 + k)
-        pad = torch.cat([rows.new_zeros(4), rows.new_full((1,), OFF), rows.new_full((k,), -OFF)])  # an empty row
+        rows = self._rows(props.reshape(-1, 4), self.cls_score(h).float(), self.bbox_pred(h).float().view(-1, k, 4),
+                          size).view(b, -1, k, 5 + k)
+        pad = self._empty_row(rows)
         rows = torch.where(valid[..., None, None], rows, pad)
         if rows.shape[1] < r:  # fewer candidates than rows (a small image): pad as ``_output`` does
             rows = torch.cat([rows, pad.expand(b, r - rows.shape[1], k, 5 + k)], 1)
